@@ -1,0 +1,191 @@
+"""Ingest stage: crawled inputs -> WebDataset shards `ingest/{shard:06d}.tar`, an index and a quarantine.
+
+Every input ends in exactly one of two tables:
+- `ingest/index.parquet`: key, source, source_kind, width, height, bytes, sha256, shard, ...
+  (one row per sample in the shards; `{key}.jpg` is the normalised image, `{key}.json` its facts);
+- `ingest/quarantine.parquet`: key, source, source_kind, reason, detail (one row per rejected
+  input: a broken file, a download error, an unsafe tar member).
+
+Inputs are sorted by their source string and cut into shards of `shard_size`, so shard `i` always
+holds the same inputs; each shard is written under the stage's partial folder and marked done by
+its index part, so a killed ingest resumes shard by shard and ends with the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from curation.config import Section
+from curation.decode import CleanImage, DecodeLimits, clean_image
+from curation.errors import CorruptInput
+from curation.rundir import StageWork
+from curation.shards import ShardWriter
+from curation.sources import InputRef, Source, read_refs
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest"
+INDEX_SCHEMA = pa.schema([
+    ("key", pa.string()), ("source", pa.string()), ("source_kind", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()), ("sha256", pa.string()),
+    ("shard", pa.int32()), ("original_format", pa.string()), ("original_mode", pa.string()),
+    ("reencoded", pa.bool_()),
+])
+QUARANTINE_SCHEMA = pa.schema([
+    ("key", pa.string()), ("source", pa.string()), ("source_kind", pa.string()),
+    ("reason", pa.string()), ("detail", pa.string()),
+])
+
+
+class IngestConfig(Section):
+    """Inputs and the rules an acceptable image must meet."""
+
+    sources: list[Source] = Field(min_length=1)
+    shard_size: int = Field(1000, ge=1, description="inputs per output shard")
+    workers: int = Field(2, ge=1, description="parallel shard writers on the local machine")
+    max_pixels: int = Field(50_000_000, ge=1, description="larger images are decompression bombs")
+    min_side: int = Field(32, ge=1, description="images with a shorter side are quarantined")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="for images that must be re-encoded")
+
+    @property
+    def limits(self) -> DecodeLimits:
+        return DecodeLimits(self.max_pixels, self.min_side, self.jpeg_quality)
+
+
+def key_of(source: str) -> str:
+    """Stable 16-hex-digit sample key from an input's source string (URL, path, tar::member)."""
+    return hashlib.sha1(source.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """The inputs of one output shard and where to write it."""
+
+    index: int
+    refs: tuple[InputRef, ...]
+    out_dir: Path
+    limits: DecodeLimits
+
+    @property
+    def tar_path(self) -> Path:
+        return self.out_dir / f"{self.index:06d}.tar"
+
+    @property
+    def index_part(self) -> Path:
+        return self.out_dir / "parts" / f"{self.index:06d}.index.parquet"
+
+    @property
+    def quarantine_part(self) -> Path:
+        return self.out_dir / "parts" / f"{self.index:06d}.quarantine.parquet"
+
+    def is_done(self) -> bool:
+        return self.index_part.exists() and self.quarantine_part.exists() and self.tar_path.exists()
+
+
+def ingest_shard(task: ShardTask) -> tuple[int, int]:
+    """Check every input of one shard, write the good ones to its tar; returns (ingested, quarantined).
+
+    Written order: tar, quarantine part, index part (renamed last, so its presence means done).
+    """
+    data = read_refs(list(task.refs))
+    rows, rejected = [], []
+    with ShardWriter(task.tar_path) as writer:
+        for ref in task.refs:
+            key = key_of(ref.source)
+            result = ref.failure or clean_image(data[ref.source], task.limits)
+            if isinstance(result, CleanImage):
+                meta = _sample_meta(key, ref, result)
+                writer.write(key, {"jpg": result.jpeg, "json": meta})
+                rows.append({**meta, "bytes": len(result.jpeg), "shard": task.index})
+            else:
+                reason, detail = result if isinstance(result, tuple) else (result.reason, result.detail)
+                rejected.append({"key": key, "source": ref.source, "source_kind": ref.kind,
+                                 "reason": reason, "detail": detail})
+    task.index_part.parent.mkdir(exist_ok=True)
+    _write_parquet(pa.Table.from_pylist(rejected, QUARANTINE_SCHEMA), task.quarantine_part)
+    _write_parquet(pa.Table.from_pylist(rows, INDEX_SCHEMA), task.index_part)
+    return len(rows), len(rejected)
+
+
+def _sample_meta(key: str, ref: InputRef, image: CleanImage) -> dict[str, object]:
+    return {
+        "key": key, "source": ref.source, "source_kind": ref.kind, "width": image.width,
+        "height": image.height, "sha256": image.sha256, "original_format": image.original_format,
+        "original_mode": image.original_mode, "reencoded": image.reencoded,
+    }
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+MapFn = Callable[[Callable[[ShardTask], tuple[int, int]], Iterable[ShardTask]], Iterator[tuple[int, int]]]
+"""How shards are spread over workers: (fn, tasks) -> results in any order (see pipelines.executors)."""
+
+
+def list_inputs(config: IngestConfig, work_dir: Path) -> list[InputRef]:
+    """All inputs of all sources, each source sorted; a key collision between inputs is an error."""
+    refs: list[InputRef] = []
+    for source in config.sources:
+        refs.extend(source.refs(work_dir, config.shard_size))
+    keys: dict[str, str] = {}
+    for ref in refs:
+        other = keys.setdefault(key_of(ref.source), ref.source)
+        if other != ref.source:
+            raise CorruptInput(f"inputs {other!r} and {ref.source!r} are listed twice or collide on key {key_of(ref.source)}")
+    return refs
+
+
+def run_ingest(config: IngestConfig, work: StageWork, map_fn: MapFn, progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+    """Ingest every input into `work.path`; returns the counts that go to the manifest."""
+    refs = list_inputs(config, work.path)
+    tasks = [
+        ShardTask(i, tuple(refs[start:start + config.shard_size]), work.path, config.limits)
+        for i, start in enumerate(range(0, len(refs), config.shard_size))
+    ]
+    todo = [t for t in tasks if not t.is_done()]
+    progress(len(tasks) - len(todo))
+    for _ in map_fn(ingest_shard, todo):
+        progress(1)
+    counts = _merge_parts(tasks, work.path)
+    counts["inputs"] = len(refs)
+    counts["shards"] = len(tasks)
+    _clean_work_files(work.path)
+    return counts
+
+
+def _merge_parts(tasks: list[ShardTask], out_dir: Path) -> dict[str, int]:
+    index = pa.concat_tables([pq.read_table(t.index_part) for t in tasks] or [INDEX_SCHEMA.empty_table()])
+    quarantine = pa.concat_tables([pq.read_table(t.quarantine_part) for t in tasks] or [QUARANTINE_SCHEMA.empty_table()])
+    pq.write_table(index.cast(INDEX_SCHEMA), out_dir / "index.parquet")
+    pq.write_table(quarantine.cast(QUARANTINE_SCHEMA), out_dir / "quarantine.parquet")
+    reasons = Counter(quarantine.column("reason").to_pylist())
+    return {"ingested": index.num_rows, "quarantined": quarantine.num_rows,
+            **{f"quarantined.{r}": n for r, n in sorted(reasons.items())}}
+
+
+def _clean_work_files(out_dir: Path) -> None:
+    """Drop what only served the work (img2dataset downloads, per-shard parts) before the rename."""
+    for name in ("download", "parts"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    (out_dir / "download_urls.parquet").unlink(missing_ok=True)
+
+
+def summary_line(counts: dict[str, int]) -> str:
+    """One line of counts that add up: inputs = ingested + quarantined (by reason)."""
+    reasons = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in counts.items() if k.startswith("quarantined."))
+    return (f"ingest: {counts['inputs']} inputs -> {counts['ingested']} ingested + "
+            f"{counts['quarantined']} quarantined ({reasons or 'none'}) in {counts['shards']} shards")

@@ -1,0 +1,213 @@
+"""Where crawled images come from: a URL list (downloaded with img2dataset), a folder tree, tar shards.
+
+Each source turns its configuration into a sorted list of `InputRef`s, one per input file, so
+the ingest stage treats all three alike: read bytes, check, write. A ref's `source` string (the
+URL, the file path, or `tar_path::member`) is the input's identity; ingest keys are a hash of it,
+so they are stable across re-runs. Inputs that fail before ingest sees any bytes (a download
+error, an unsafe tar member, a repeated URL) carry a `failure` and end in the quarantine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from curation.config import ConfigPath, Section
+from curation.errors import ConfigError, CorruptInput
+from curation.shards import SIDECAR_EXTENSIONS, list_members, read_members, unsafe_member_reason
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_FAILED = "download_failed"
+UNSAFE_MEMBER = "unsafe_tar_member"
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One input file: where its bytes are and, if it already failed, why.
+
+    `container` is the tar holding the bytes (tar sources and downloads) and `member` its name;
+    for folder sources `container` is None and `source` is the file path.
+    """
+
+    source: str
+    kind: str
+    container: str | None = None
+    member: str | None = None
+    failure: tuple[str, str] | None = None
+
+
+def read_refs(refs: list[InputRef]) -> dict[str, bytes]:
+    """Bytes of every readable ref, keyed by `source`; each tar is read once, sequentially."""
+    data: dict[str, bytes] = {}
+    by_tar: dict[str, dict[str, str]] = {}
+    for ref in refs:
+        if ref.failure is not None:
+            continue
+        if ref.container is None:
+            data[ref.source] = Path(ref.source).read_bytes()
+        else:
+            by_tar.setdefault(ref.container, {})[ref.member] = ref.source
+    for tar, members in by_tar.items():
+        found = read_members(Path(tar), set(members))
+        for member, source in members.items():
+            data[source] = found.get(member, b"")
+    return data
+
+
+class FolderSource(Section):
+    """Every regular file under `path` (recursively, hidden files excluded) is one input."""
+
+    kind: Literal["folder"] = "folder"
+    path: ConfigPath
+
+    def refs(self, work_dir: Path, shard_size: int) -> list[InputRef]:
+        if not self.path.is_dir():
+            raise ConfigError(f"ingest source folder {self.path} does not exist or is not a directory")
+        files = sorted(
+            p for p in self.path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.path).parts)
+        )
+        return [InputRef(source=str(p), kind=self.kind) for p in files]
+
+
+class TarSource(Section):
+    """Every regular member of the tar file(s) at `path` (a tar or a folder of `*.tar`) is one input.
+
+    WebDataset sidecars (`.json`, `.txt`, `.cls` …) beside an image are metadata, not inputs.
+    Members that would escape an extraction directory (`../x.jpg`, `/etc/x.jpg`) or are links are
+    never read; they are quarantined with the reason.
+    """
+
+    kind: Literal["tar"] = "tar"
+    path: ConfigPath
+
+    def refs(self, work_dir: Path, shard_size: int) -> list[InputRef]:
+        if self.path.is_dir():
+            tars = sorted(p for p in self.path.rglob("*") if p.suffix in (".tar", ".tgz") or p.name.endswith(".tar.gz"))
+        elif self.path.is_file():
+            tars = [self.path]
+        else:
+            raise ConfigError(f"ingest source tar path {self.path} does not exist")
+        refs: list[InputRef] = []
+        for tar in tars:
+            refs.extend(self._tar_refs(tar))
+        return refs
+
+    def _tar_refs(self, tar: Path) -> list[InputRef]:
+        members = list_members(tar)
+        stems_with_images = {
+            m.name.rsplit(".", 1)[0] for m in members
+            if m.name.rsplit(".", 1)[-1].lower() not in SIDECAR_EXTENSIONS
+        }
+        refs = []
+        for m in members:
+            stem, _, ext = m.name.rpartition(".")
+            if ext.lower() in SIDECAR_EXTENSIONS and stem in stems_with_images:
+                continue
+            unsafe = unsafe_member_reason(m)
+            refs.append(InputRef(
+                source=f"{tar}::{m.name}", kind=self.kind, container=str(tar), member=m.name,
+                failure=(UNSAFE_MEMBER, unsafe) if unsafe else None,
+            ))
+        return sorted(refs, key=lambda r: r.source)
+
+
+class DownloadOptions(Section):
+    """img2dataset settings for URL sources (its own names where they exist)."""
+
+    processes_count: int = Field(2, ge=1)
+    thread_count: int = Field(32, ge=1)
+    timeout: float = Field(10.0, gt=0, description="seconds per request before it counts as failed")
+    retries: int = Field(0, ge=0)
+    user_agent_token: str | None = None
+
+
+class UrlSource(Section):
+    """URLs in a parquet/csv/txt file, downloaded with img2dataset into the stage's work folder.
+
+    img2dataset runs with re-encoding disabled, so the bytes reach our own defensive decoder
+    exactly as served, and in incremental mode, so a killed download resumes by shard.
+    """
+
+    kind: Literal["urls"] = "urls"
+    path: ConfigPath
+    url_column: str = "url"
+    download: DownloadOptions = DownloadOptions()
+
+    def refs(self, work_dir: Path, shard_size: int) -> list[InputRef]:
+        urls = self._read_urls()
+        unique = sorted(set(urls))
+        repeated = len(urls) - len(unique)
+        download_dir = work_dir / "download"
+        url_file = work_dir / "download_urls.parquet"
+        if not url_file.exists():
+            tmp = url_file.with_suffix(".tmp")
+            pq.write_table(pa.table({"url": unique}), tmp)
+            os.replace(tmp, url_file)
+        run_img2dataset(url_file, download_dir, shard_size, self.download)
+        refs = downloaded_refs(download_dir, self.kind)
+        missing = set(unique) - {r.source for r in refs}
+        if missing:
+            raise CorruptInput(f"img2dataset output in {download_dir} lacks {len(missing)} URLs, e.g. {min(missing)}; delete that folder and re-run")
+        if repeated:
+            log.warning("%d repeated URLs in %s are ingested once", repeated, self.path)
+        return sorted(refs, key=lambda r: r.source)
+
+    def _read_urls(self) -> list[str]:
+        if not self.path.is_file():
+            raise ConfigError(f"ingest source url list {self.path} does not exist")
+        if self.path.suffix == ".parquet":
+            table = pq.read_table(self.path)
+            if self.url_column not in table.column_names:
+                raise ConfigError(f"{self.path} has no column {self.url_column!r} (columns: {table.column_names}); set url_column")
+            return [u for u in table.column(self.url_column).to_pylist() if u]
+        return [line.strip() for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: DownloadOptions) -> None:
+    """Download every URL in `url_file` into WebDataset tars under `output`, resuming finished shards."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home at import
+    from img2dataset import download  # heavy import, only needed for URL sources
+
+    download(
+        url_list=str(url_file), output_folder=str(output), input_format="parquet", url_col="url",
+        output_format="webdataset", number_sample_per_shard=shard_size,
+        disable_all_reencoding=True, extract_exif=False, compute_hash=None,
+        processes_count=options.processes_count, thread_count=options.thread_count,
+        timeout=options.timeout, retries=options.retries, user_agent_token=options.user_agent_token,
+        incremental_mode="incremental", enable_wandb=False,
+    )
+
+
+_HTTP_STATUS = re.compile(r"HTTP Error (\d{3})")
+
+
+def downloaded_refs(download_dir: Path, kind: str) -> list[InputRef]:
+    """One ref per URL from img2dataset's per-shard parquet: the tar member, or the error."""
+    refs = []
+    for part in sorted(download_dir.glob("*.parquet")):
+        tar = part.with_suffix(".tar")
+        for row in pq.read_table(part, columns=["url", "key", "status", "error_message"]).to_pylist():
+            if row["status"] == "success":
+                refs.append(InputRef(row["url"], kind, container=str(tar), member=f"{row['key']}.jpg"))
+            else:
+                refs.append(InputRef(row["url"], kind, failure=(DOWNLOAD_FAILED, row["error_message"] or row["status"])))
+    return refs
+
+
+def http_status_of(detail: str) -> int | None:
+    """The HTTP status code in an img2dataset error message, if it names one."""
+    match = _HTTP_STATUS.search(detail or "")
+    return int(match.group(1)) if match else None
+
+
+Source = Annotated[FolderSource | TarSource | UrlSource, Field(discriminator="kind")]

@@ -1,0 +1,125 @@
+"""The `lvd` command: a few verbs, every knob a `key.sub=value` override on the config tree."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from curation.errors import LvdError
+from curation.rundir import RunDir
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value config overrides")]
+RunDirOption = Annotated[Path | None, typer.Option("--run-dir", help="default: run.dir, else runs/<run.name>")]
+
+
+def _fail(exc: LvdError) -> None:
+    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="folder to write (replaced if it exists) or, with --serve, to serve")],
+    images: Annotated[int, typer.Option(help="pool files to generate")] = 2000,
+    seed: Annotated[int, typer.Option()] = 0,
+    base_url: Annotated[str, typer.Option(help="URL prefix written to urls.parquet")] = "http://127.0.0.1:8765",
+    serve: Annotated[bool, typer.Option("--serve", help="serve an existing crawl over HTTP on 127.0.0.1")] = False,
+    port: Annotated[int | None, typer.Option(help="with --serve: port (default: from base_url)")] = None,
+) -> None:
+    """Write a synthetic crawl with known truth, or serve one over loopback HTTP."""
+    if serve:
+        from curation.synth.server import make_server
+
+        server = make_server(out, port)
+        console.print(f"serving {out} on http://127.0.0.1:{server.server_address[1]} (Ctrl-C to stop)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            server.server_close()
+        return
+    from curation.synth.crawl import make_crawl
+
+    started = time.monotonic()
+    make_crawl(out, images=images, seed=seed, base_url=base_url)
+    console.print(f"synth: {images} pool images + seed and eval sets in {out} ({time.monotonic() - started:.1f}s); "
+                  f"truth in {out / 'truth.parquet'}, config in {out / 'curation.yaml'}")
+
+
+def _curate(config_path: Path, overrides: list[str] | None, run_dir: Path | None, stages: tuple[str, ...] | None,
+            start_from: str | None = None) -> RunDir:
+    from pipelines.curate import STAGES, curate
+    from curation.run_config import load_curation_config
+
+    try:
+        config = load_curation_config(config_path, overrides or [])
+        return curate(config, config.run_dir(run_dir), stages or STAGES, start_from=start_from)
+    except LvdError as exc:
+        _fail(exc)
+        raise  # unreachable: _fail exits
+
+
+@app.command()
+def ingest(config: Path, overrides: Overrides = None, run_dir: RunDirOption = None) -> None:
+    """Ingest the config's sources into WebDataset shards under RUN/ingest/."""
+    run = _curate(config, overrides, run_dir, ("ingest",))
+    console.print(f"run directory: {run.root}")
+
+
+@app.command()
+def curate(
+    config: Path, overrides: Overrides = None, run_dir: RunDirOption = None,
+    start_from: Annotated[str | None, typer.Option("--from", help="re-run from this stage on")] = None,
+) -> None:
+    """Run every curation stage (skipping those already done for the same config)."""
+    run = _curate(config, overrides, run_dir, None, start_from)
+    console.print(f"run directory: {run.root}")
+
+
+@app.command()
+def status(run_dir: Path) -> None:
+    """Print a run directory's manifest as a table."""
+    manifest = RunDir(run_dir).read_manifest()
+    if "config_hash" not in manifest:
+        _fail(LvdError(f"{run_dir} has no manifest.json; is it a run directory?"))
+    table = Table(title=f"{run_dir}  (config {manifest['config_hash'][:12]})")
+    for column in ("stage", "status", "hash", "seconds", "counts"):
+        table.add_column(column)
+    for name, record in manifest["stages"].items():
+        counts = ", ".join(f"{k} {v}" for k, v in record.get("counts", {}).items())
+        table.add_row(name, record["status"], record["hash"][:12], str(record.get("seconds", "")), counts)
+    console.print(table)
+    versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
+    console.print(f"versions: {versions}", highlight=False)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="where the crawl and the run go")] = Path("lvd-demo"),
+    images: Annotated[int, typer.Option()] = 2000,
+) -> None:
+    """End to end on a synthetic crawl: synth, then every curation stage; prints where the output is."""
+    from curation.synth.crawl import make_crawl
+
+    crawl = workdir / "crawl"
+    if not (crawl / "truth.parquet").exists():
+        make_crawl(crawl, images=images)
+    run = _curate(crawl / "curation.yaml", [], workdir / "run", None)
+    status(run.root)
+    console.print(f"demo: shards in {run.root / 'ingest'}, manifest {run.root / 'manifest.json'}")
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()
