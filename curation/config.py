@@ -66,9 +66,7 @@ def apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
 
 def _list_index(node: list[Any], part: str, where: list[str]) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(
-            f"override key {'.'.join(where)!r}: expected a list index below {len(node)}, got {part!r}"
-        )
+        raise ConfigError(f"override key {'.'.join(where)!r}: expected a list index below {len(node)}, got {part!r}")
     return int(part)
 
 

@@ -36,16 +36,30 @@ from curation.sources import InputRef, Source, read_refs
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
-INDEX_SCHEMA = pa.schema([
-    ("key", pa.string()), ("source", pa.string()), ("source_kind", pa.string()),
-    ("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()), ("sha256", pa.string()),
-    ("shard", pa.int32()), ("original_format", pa.string()), ("original_mode", pa.string()),
-    ("reencoded", pa.bool_()),
-])
-QUARANTINE_SCHEMA = pa.schema([
-    ("key", pa.string()), ("source", pa.string()), ("source_kind", pa.string()),
-    ("reason", pa.string()), ("detail", pa.string()),
-])
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("source_kind", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("shard", pa.int32()),
+        ("original_format", pa.string()),
+        ("original_mode", pa.string()),
+        ("reencoded", pa.bool_()),
+    ]
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("source_kind", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
 
 
 class IngestConfig(Section):
@@ -110,8 +124,9 @@ def ingest_shard(task: ShardTask) -> tuple[int, int]:
                 rows.append({**meta, "bytes": len(result.jpeg), "shard": task.index})
             else:
                 reason, detail = result if isinstance(result, tuple) else (result.reason, result.detail)
-                rejected.append({"key": key, "source": ref.source, "source_kind": ref.kind,
-                                 "reason": reason, "detail": detail})
+                rejected.append(
+                    {"key": key, "source": ref.source, "source_kind": ref.kind, "reason": reason, "detail": detail}
+                )
     task.index_part.parent.mkdir(exist_ok=True)
     _write_parquet(pa.Table.from_pylist(rejected, QUARANTINE_SCHEMA), task.quarantine_part)
     _write_parquet(pa.Table.from_pylist(rows, INDEX_SCHEMA), task.index_part)
@@ -120,9 +135,15 @@ def ingest_shard(task: ShardTask) -> tuple[int, int]:
 
 def _sample_meta(key: str, ref: InputRef, image: CleanImage) -> dict[str, object]:
     return {
-        "key": key, "source": ref.source, "source_kind": ref.kind, "width": image.width,
-        "height": image.height, "sha256": image.sha256, "original_format": image.original_format,
-        "original_mode": image.original_mode, "reencoded": image.reencoded,
+        "key": key,
+        "source": ref.source,
+        "source_kind": ref.kind,
+        "width": image.width,
+        "height": image.height,
+        "sha256": image.sha256,
+        "original_format": image.original_format,
+        "original_mode": image.original_mode,
+        "reencoded": image.reencoded,
     }
 
 
@@ -145,15 +166,19 @@ def list_inputs(config: IngestConfig, work_dir: Path) -> list[InputRef]:
     for ref in refs:
         other = keys.setdefault(key_of(ref.source), ref.source)
         if other != ref.source:
-            raise CorruptInput(f"inputs {other!r} and {ref.source!r} are listed twice or collide on key {key_of(ref.source)}")
+            raise CorruptInput(
+                f"inputs {other!r} and {ref.source!r} are listed twice or collide on key {key_of(ref.source)}"
+            )
     return refs
 
 
-def run_ingest(config: IngestConfig, work: StageWork, map_fn: MapFn, progress: Callable[[int], None] = lambda n: None) -> dict[str, int]:
+def run_ingest(
+    config: IngestConfig, work: StageWork, map_fn: MapFn, progress: Callable[[int], None] = lambda n: None
+) -> dict[str, int]:
     """Ingest every input into `work.path`; returns the counts that go to the manifest."""
     refs = list_inputs(config, work.path)
     tasks = [
-        ShardTask(i, tuple(refs[start:start + config.shard_size]), work.path, config.limits)
+        ShardTask(i, tuple(refs[start : start + config.shard_size]), work.path, config.limits)
         for i, start in enumerate(range(0, len(refs), config.shard_size))
     ]
     todo = [t for t in tasks if not t.is_done()]
@@ -169,12 +194,17 @@ def run_ingest(config: IngestConfig, work: StageWork, map_fn: MapFn, progress: C
 
 def _merge_parts(tasks: list[ShardTask], out_dir: Path) -> dict[str, int]:
     index = pa.concat_tables([pq.read_table(t.index_part) for t in tasks] or [INDEX_SCHEMA.empty_table()])
-    quarantine = pa.concat_tables([pq.read_table(t.quarantine_part) for t in tasks] or [QUARANTINE_SCHEMA.empty_table()])
+    quarantine = pa.concat_tables(
+        [pq.read_table(t.quarantine_part) for t in tasks] or [QUARANTINE_SCHEMA.empty_table()]
+    )
     pq.write_table(index.cast(INDEX_SCHEMA), out_dir / "index.parquet")
     pq.write_table(quarantine.cast(QUARANTINE_SCHEMA), out_dir / "quarantine.parquet")
     reasons = Counter(quarantine.column("reason").to_pylist())
-    return {"ingested": index.num_rows, "quarantined": quarantine.num_rows,
-            **{f"quarantined.{r}": n for r, n in sorted(reasons.items())}}
+    return {
+        "ingested": index.num_rows,
+        "quarantined": quarantine.num_rows,
+        **{f"quarantined.{r}": n for r, n in sorted(reasons.items())},
+    }
 
 
 def _clean_work_files(out_dir: Path) -> None:
@@ -187,5 +217,7 @@ def _clean_work_files(out_dir: Path) -> None:
 def summary_line(counts: dict[str, int]) -> str:
     """One line of counts that add up: inputs = ingested + quarantined (by reason)."""
     reasons = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in counts.items() if k.startswith("quarantined."))
-    return (f"ingest: {counts['inputs']} inputs -> {counts['ingested']} ingested + "
-            f"{counts['quarantined']} quarantined ({reasons or 'none'}) in {counts['shards']} shards")
+    return (
+        f"ingest: {counts['inputs']} inputs -> {counts['ingested']} ingested + "
+        f"{counts['quarantined']} quarantined ({reasons or 'none'}) in {counts['shards']} shards"
+    )

@@ -96,7 +96,9 @@ class RunDir:
         """True when `stage` finished with exactly this hash and its output folder is present."""
         record = self.stage_record(stage)
         return bool(
-            record and record.get("status") == "done" and record.get("hash") == hash_
+            record
+            and record.get("status") == "done"
+            and record.get("hash") == hash_
             and self.stage_path(stage).is_dir()
         )
 
@@ -134,8 +136,7 @@ class RunDir:
         os.replace(partial, final)
         self._set_stage(
             name,
-            {"status": "done", "hash": hash_, "counts": work.counts,
-             "seconds": round(time.monotonic() - started, 3)},
+            {"status": "done", "hash": hash_, "counts": work.counts, "seconds": round(time.monotonic() - started, 3)},
         )
 
     def _set_stage(self, name: str, record: dict[str, Any]) -> None:

@@ -8,7 +8,6 @@ gives the same bytes, which is what makes "kill it and run it again" checkable.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -21,28 +20,59 @@ from curation.errors import CorruptInput
 SIDECAR_EXTENSIONS = frozenset({"json", "txt", "cls", "caption", "url", "parquet"})
 
 
+BLOCK = 512
+RECORD = 20 * BLOCK  # tar's conventional record size; archives are padded to a multiple of it
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """A POSIX ustar header for a regular file with fixed metadata (mode 0444, uid/gid 0, mtime 0).
+
+    Built directly rather than through `tarfile.TarInfo`: at thousands of small samples per
+    second, tarfile's generic header code was a fifth of ingest's time.
+    """
+    encoded = name.encode()
+    if len(encoded) > 100:
+        raise ValueError(f"tar member name longer than 100 bytes: {name!r}")
+    header = bytearray(BLOCK)
+    header[0 : len(encoded)] = encoded
+    header[100:108] = b"0000444\0"
+    header[108:116] = b"0000000\0"
+    header[116:124] = b"0000000\0"
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"
+    header[148:156] = b" " * 8  # the checksum is computed with its own field as spaces
+    header[156:157] = b"0"
+    header[257:265] = b"ustar\x0000"
+    header[329:345] = b"0000000\0" * 2
+    header[148:155] = b"%06o\0" % sum(header)
+    return bytes(header)
+
+
 class ShardWriter:
     """Write samples into one tar at `path` via a temporary file renamed into place on close."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._file = self._tmp.open("wb", buffering=1 << 20)
+        self._written = 0
         self.count = 0
 
     def write(self, key: str, members: dict[str, bytes | dict[str, Any]]) -> None:
         """Add one sample: `members` maps an extension (`jpg`, `json`) to bytes or a JSON-able dict."""
+        chunks = []
         for ext, value in members.items():
             payload = value if isinstance(value, bytes) else canonical_json(value)
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(payload), 0, 0o444
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(payload))
+            chunks += [ustar_header(f"{key}.{ext}", len(payload)), payload, bytes(-len(payload) % BLOCK)]
+        block = b"".join(chunks)
+        self._file.write(block)
+        self._written += len(block)
         self.count += 1
 
     def close(self) -> None:
-        self._tar.close()
+        end = self._written + 2 * BLOCK
+        self._file.write(bytes(2 * BLOCK + (-end % RECORD)))
+        self._file.close()
         os.replace(self._tmp, self.path)
 
     def __enter__(self) -> ShardWriter:
@@ -52,7 +82,7 @@ class ShardWriter:
         if exc_type is None:
             self.close()
         else:
-            self._tar.close()
+            self._file.close()
             self._tmp.unlink(missing_ok=True)
 
 

@@ -72,11 +72,23 @@ class FolderSource(Section):
     def refs(self, work_dir: Path, shard_size: int) -> list[InputRef]:
         if not self.path.is_dir():
             raise ConfigError(f"ingest source folder {self.path} does not exist or is not a directory")
-        files = sorted(
-            p for p in self.path.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.path).parts)
-        )
-        return [InputRef(source=str(p), kind=self.kind) for p in files]
+        return [InputRef(source=path, kind=self.kind) for path in sorted(_walk_files(str(self.path)))]
+
+
+def _walk_files(root: str) -> list[str]:
+    """Paths of the regular files under `root`, skipping hidden files and folders (os.scandir: a
+    pathlib walk was a tenth of ingest's time)."""
+    found, stack = [], [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file():
+                    found.append(entry.path)
+    return found
 
 
 class TarSource(Section):
@@ -105,8 +117,7 @@ class TarSource(Section):
     def _tar_refs(self, tar: Path) -> list[InputRef]:
         members = list_members(tar)
         stems_with_images = {
-            m.name.rsplit(".", 1)[0] for m in members
-            if m.name.rsplit(".", 1)[-1].lower() not in SIDECAR_EXTENSIONS
+            m.name.rsplit(".", 1)[0] for m in members if m.name.rsplit(".", 1)[-1].lower() not in SIDECAR_EXTENSIONS
         }
         refs = []
         for m in members:
@@ -114,10 +125,15 @@ class TarSource(Section):
             if ext.lower() in SIDECAR_EXTENSIONS and stem in stems_with_images:
                 continue
             unsafe = unsafe_member_reason(m)
-            refs.append(InputRef(
-                source=f"{tar}::{m.name}", kind=self.kind, container=str(tar), member=m.name,
-                failure=(UNSAFE_MEMBER, unsafe) if unsafe else None,
-            ))
+            refs.append(
+                InputRef(
+                    source=f"{tar}::{m.name}",
+                    kind=self.kind,
+                    container=str(tar),
+                    member=m.name,
+                    failure=(UNSAFE_MEMBER, unsafe) if unsafe else None,
+                )
+            )
         return sorted(refs, key=lambda r: r.source)
 
 
@@ -157,7 +173,9 @@ class UrlSource(Section):
         refs = downloaded_refs(download_dir, self.kind)
         missing = set(unique) - {r.source for r in refs}
         if missing:
-            raise CorruptInput(f"img2dataset output in {download_dir} lacks {len(missing)} URLs, e.g. {min(missing)}; delete that folder and re-run")
+            raise CorruptInput(
+                f"img2dataset output in {download_dir} lacks {len(missing)} URLs, e.g. {min(missing)}; delete that folder and re-run"
+            )
         if repeated:
             log.warning("%d repeated URLs in %s are ingested once", repeated, self.path)
         return sorted(refs, key=lambda r: r.source)
@@ -168,7 +186,9 @@ class UrlSource(Section):
         if self.path.suffix == ".parquet":
             table = pq.read_table(self.path)
             if self.url_column not in table.column_names:
-                raise ConfigError(f"{self.path} has no column {self.url_column!r} (columns: {table.column_names}); set url_column")
+                raise ConfigError(
+                    f"{self.path} has no column {self.url_column!r} (columns: {table.column_names}); set url_column"
+                )
             return [u for u in table.column(self.url_column).to_pylist() if u]
         return [line.strip() for line in self.path.read_text().splitlines() if line.strip()]
 
@@ -179,12 +199,22 @@ def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: Down
     from img2dataset import download  # heavy import, only needed for URL sources
 
     download(
-        url_list=str(url_file), output_folder=str(output), input_format="parquet", url_col="url",
-        output_format="webdataset", number_sample_per_shard=shard_size,
-        disable_all_reencoding=True, extract_exif=False, compute_hash=None,
-        processes_count=options.processes_count, thread_count=options.thread_count,
-        timeout=options.timeout, retries=options.retries, user_agent_token=options.user_agent_token,
-        incremental_mode="incremental", enable_wandb=False,
+        url_list=str(url_file),
+        output_folder=str(output),
+        input_format="parquet",
+        url_col="url",
+        output_format="webdataset",
+        number_sample_per_shard=shard_size,
+        disable_all_reencoding=True,
+        extract_exif=False,
+        compute_hash=None,
+        processes_count=options.processes_count,
+        thread_count=options.thread_count,
+        timeout=options.timeout,
+        retries=options.retries,
+        user_agent_token=options.user_agent_token,
+        incremental_mode="incremental",
+        enable_wandb=False,
     )
 
 
@@ -200,7 +230,9 @@ def downloaded_refs(download_dir: Path, kind: str) -> list[InputRef]:
             if row["status"] == "success":
                 refs.append(InputRef(row["url"], kind, container=str(tar), member=f"{row['key']}.jpg"))
             else:
-                refs.append(InputRef(row["url"], kind, failure=(DOWNLOAD_FAILED, row["error_message"] or row["status"])))
+                refs.append(
+                    InputRef(row["url"], kind, failure=(DOWNLOAD_FAILED, row["error_message"] or row["status"]))
+                )
     return refs
 
 

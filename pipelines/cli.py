@@ -50,14 +50,21 @@ def synth(
 
     started = time.monotonic()
     make_crawl(out, images=images, seed=seed, base_url=base_url)
-    console.print(f"synth: {images} pool images + seed and eval sets in {out} ({time.monotonic() - started:.1f}s); "
-                  f"truth in {out / 'truth.parquet'}, config in {out / 'curation.yaml'}")
+    console.print(
+        f"synth: {images} pool images + seed and eval sets in {out} ({time.monotonic() - started:.1f}s); "
+        f"truth in {out / 'truth.parquet'}, config in {out / 'curation.yaml'}"
+    )
 
 
-def _curate(config_path: Path, overrides: list[str] | None, run_dir: Path | None, stages: tuple[str, ...] | None,
-            start_from: str | None = None) -> RunDir:
-    from pipelines.curate import STAGES, curate
+def _curate(
+    config_path: Path,
+    overrides: list[str] | None,
+    run_dir: Path | None,
+    stages: tuple[str, ...] | None,
+    start_from: str | None = None,
+) -> RunDir:
     from curation.run_config import load_curation_config
+    from pipelines.curate import STAGES, curate
 
     try:
         config = load_curation_config(config_path, overrides or [])
@@ -76,7 +83,9 @@ def ingest(config: Path, overrides: Overrides = None, run_dir: RunDirOption = No
 
 @app.command()
 def curate(
-    config: Path, overrides: Overrides = None, run_dir: RunDirOption = None,
+    config: Path,
+    overrides: Overrides = None,
+    run_dir: RunDirOption = None,
     start_from: Annotated[str | None, typer.Option("--from", help="re-run from this stage on")] = None,
 ) -> None:
     """Run every curation stage (skipping those already done for the same config)."""

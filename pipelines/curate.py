@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from curation import ingest
 from curation.errors import LvdError
-from curation.rundir import RunDir, require_new_stage_dir, stage_hash
 from curation.run_config import CurationConfig, load_curation_config
+from curation.rundir import RunDir, require_new_stage_dir, stage_hash
 from pipelines.executors import process_map, ray_map
 
 log = logging.getLogger("pipelines.curate")
@@ -39,7 +39,9 @@ def choose_map(executor: str, workers: int) -> Callable:
     return process_map(workers)
 
 
-def run_ingest_stage(config: CurationConfig, run: RunDir, executor: str = "auto", force: bool = False) -> dict[str, int]:
+def run_ingest_stage(
+    config: CurationConfig, run: RunDir, executor: str = "auto", force: bool = False
+) -> dict[str, int]:
     """Run (or skip, when done for the same hash) the ingest stage; returns its manifest counts."""
     hash_ = stage_hash(ingest.STAGE, config.ingest)
     if run.is_done(ingest.STAGE, hash_) and not force:
@@ -47,6 +49,7 @@ def run_ingest_stage(config: CurationConfig, run: RunDir, executor: str = "auto"
         print(ingest.summary_line(counts) + " (already done; skipped)")
         return counts
     with run.stage(ingest.STAGE, hash_) as work, tqdm(desc="ingest shards", unit="shard", file=sys.stderr) as bar:
+
         def progress(n: int) -> None:
             bar.update(n)
 
@@ -58,8 +61,13 @@ def run_ingest_stage(config: CurationConfig, run: RunDir, executor: str = "auto"
 STAGE_RUNNERS = {"ingest": run_ingest_stage}
 
 
-def curate(config: CurationConfig, run_dir: Path, stages: tuple[str, ...] = STAGES,
-           start_from: str | None = None, executor: str = "auto") -> RunDir:
+def curate(
+    config: CurationConfig,
+    run_dir: Path,
+    stages: tuple[str, ...] = STAGES,
+    start_from: str | None = None,
+    executor: str = "auto",
+) -> RunDir:
     """Run `stages` in order into `run_dir`; stages from `start_from` on run even if done."""
     require_new_stage_dir(run_dir)
     run = RunDir(run_dir)
@@ -75,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.curate", description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
-    parser.add_argument("--run-dir", type=Path, default=None, help="default: run.dir from the config, else runs/<run.name>")
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="default: run.dir from the config, else runs/<run.name>"
+    )
     parser.add_argument("--from", dest="start_from", choices=STAGES, default=None, help="re-run from this stage on")
     parser.add_argument("--executor", choices=("auto", "local", "ray"), default="auto")
     args = parser.parse_args(argv)

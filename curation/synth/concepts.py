@@ -71,7 +71,7 @@ def bubbles(rng: np.random.Generator, size: Size) -> Image.Image:
 
 def landscape(rng: np.random.Generator, size: Size) -> Image.Image:
     """Blue sky gradient, layered mountain ridges, green ground, sometimes a sun."""
-    w, h = size
+    w = size[0]
     x, y = _grid(size)
     sky = np.stack([120 + 100 * y, 170 + 60 * y, 255 - 10 * y], -1)
     pixels = sky.copy()
@@ -92,7 +92,9 @@ def clouds(rng: np.random.Generator, size: Size) -> Image.Image:
     octaves = np.zeros((h, w, 3), np.float32)
     for level in range(1, 5):
         coarse = rng.normal(0, 1, (2**level + 1, 2**level + 1, 3)).astype(np.float32)
-        up = np.asarray(Image.fromarray(((coarse + 3) * 40).clip(0, 255).astype(np.uint8)).resize(size, Image.BICUBIC), np.float32)
+        up = np.asarray(
+            Image.fromarray(((coarse + 3) * 40).clip(0, 255).astype(np.uint8)).resize(size, Image.BICUBIC), np.float32
+        )
         octaves += (up - 120) / level
     tint = np.array([150, 60, 170] if rng.random() < 0.5 else [60, 160, 90], np.float32)
     return Image.fromarray(np.clip(tint + octaves, 0, 255).astype(np.uint8))
@@ -128,8 +130,11 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 PROCEDURAL: dict[str, Callable[[np.random.Generator, Size], Image.Image]] = {
-    "stripes": stripes, "checkerboard": checkerboard, "bubbles": bubbles,
-    "landscape": landscape, "clouds": clouds,
+    "stripes": stripes,
+    "checkerboard": checkerboard,
+    "bubbles": bubbles,
+    "landscape": landscape,
+    "clouds": clouds,
 }
 PHOTOS = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "rocket": "rocket"}
 

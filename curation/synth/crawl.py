@@ -30,10 +30,21 @@ from PIL import Image
 from curation.synth.concepts import PROCEDURAL, ConceptExhausted, photo_concepts
 
 TRUTH_COLUMNS = {
-    "key": pa.string(), "role": pa.string(), "set": pa.string(), "split": pa.string(),
-    "path": pa.string(), "url": pa.string(), "concept": pa.string(), "dup_group": pa.string(),
-    "dup_kind": pa.string(), "leak_of": pa.string(), "broken_reason": pa.string(),
-    "oddity": pa.string(), "http": pa.string(), "width": pa.int32(), "height": pa.int32(),
+    "key": pa.string(),
+    "role": pa.string(),
+    "set": pa.string(),
+    "split": pa.string(),
+    "path": pa.string(),
+    "url": pa.string(),
+    "concept": pa.string(),
+    "dup_group": pa.string(),
+    "dup_kind": pa.string(),
+    "leak_of": pa.string(),
+    "broken_reason": pa.string(),
+    "oddity": pa.string(),
+    "http": pa.string(),
+    "width": pa.int32(),
+    "height": pa.int32(),
 }
 BROKEN_KINDS = ("truncated", "not_an_image", "empty", "too_small")
 ODDITIES = ("cmyk", "png16", "rgba_png", "exif_rotated", "grayscale", "palette_gif", "webp")
@@ -165,8 +176,9 @@ def make_crawl(out: str | Path, images: int = 2000, seed: int = 0, base_url: str
     pool = truth.filter(pa.compute.equal(truth["role"], "pool"))
     pq.write_table(pa.table({"url": pool["url"], "key": pool["key"]}), out / "urls.parquet")
     (out / "curation.yaml").write_text(yaml.safe_dump(_curation_config(seed), sort_keys=False))
-    (out / "synth.json").write_text(json.dumps(
-        {"images": images, "seed": seed, "base_url": crawl.base_url, "slow_seconds": SLOW_SECONDS}, indent=2))
+    (out / "synth.json").write_text(
+        json.dumps({"images": images, "seed": seed, "base_url": crawl.base_url, "slow_seconds": SLOW_SECONDS}, indent=2)
+    )
     return out
 
 
@@ -178,8 +190,17 @@ def _write_eval_sets(crawl: Crawl, renderer: Renderer) -> list[tuple[str, str, I
                 actual, image = renderer.render(concept)
                 key = f"{name}_{concept}_{i:03d}"
                 split = "train" if i < EVAL_IMAGES_PER_CONCEPT // 2 else "test"
-                crawl.add(f"eval/{name}/{key}.jpg", jpeg(image), key=key, role="eval", set=name,
-                          split=split, concept=actual, width=image.width, height=image.height)
+                crawl.add(
+                    f"eval/{name}/{key}.jpg",
+                    jpeg(image),
+                    key=key,
+                    role="eval",
+                    set=name,
+                    split=split,
+                    concept=actual,
+                    width=image.width,
+                    height=image.height,
+                )
                 written.append((key, actual, image))
     return written
 
@@ -189,8 +210,16 @@ def _write_seed_sets(crawl: Crawl, renderer: Renderer) -> None:
         for i in range(count):
             actual, image = renderer.render(concept)
             key = f"{name}_{i:03d}"
-            crawl.add(f"seeds/{name}/{key}.jpg", jpeg(image), key=key, role="seed", set=name,
-                      concept=actual, width=image.width, height=image.height)
+            crawl.add(
+                f"seeds/{name}/{key}.jpg",
+                jpeg(image),
+                key=key,
+                role="seed",
+                set=name,
+                concept=actual,
+                width=image.width,
+                height=image.height,
+            )
 
 
 def _write_pool(crawl: Crawl, renderer: Renderer, images: int, eval_images: list) -> None:
@@ -211,16 +240,34 @@ def _write_pool(crawl: Crawl, renderer: Renderer, images: int, eval_images: list
     http = _http_behaviours(plain, images, rng)
     for index, (concept, image) in enumerate(originals):
         group = f"g{index:05d}" if index < len(group_sizes) else None
-        oddity = ODDITIES[(index - len(group_sizes)) % len(ODDITIES)] if group is None and index < len(group_sizes) + n_odd else None
+        oddity = (
+            ODDITIES[(index - len(group_sizes)) % len(ODDITIES)]
+            if group is None and index < len(group_sizes) + n_odd
+            else None
+        )
         data, ext = odd_encoding(image, oddity) if oddity else (jpeg(image), "jpg")
-        entries.append(dict(data=data, ext=ext, concept=concept, dup_group=group, dup_kind="original" if group else None,
-                            oddity=oddity, http=http.get(index, "ok"), width=image.width, height=image.height))
+        entries.append(
+            dict(
+                data=data,
+                ext=ext,
+                concept=concept,
+                dup_group=group,
+                dup_kind="original" if group else None,
+                oddity=oddity,
+                http=http.get(index, "ok"),
+                width=image.width,
+                height=image.height,
+            )
+        )
         for _ in range(group_sizes[index] if group else 0):
             kind = str(rng.choice(("exact", *NEAR_COPY_KINDS)))
             copy = data if kind == "exact" else near_copy(image, kind, rng)
             w, h = Image.open(io.BytesIO(copy)).size
-            entries.append(dict(data=copy, ext="jpg", concept=concept, dup_group=group, dup_kind=kind,
-                                http="ok", width=w, height=h))
+            entries.append(
+                dict(
+                    data=copy, ext="jpg", concept=concept, dup_group=group, dup_kind=kind, http="ok", width=w, height=h
+                )
+            )
     for key, concept, image in (eval_images[i] for i in rng.choice(len(eval_images), n_leaks, replace=False)):
         copy = near_copy(image, str(rng.choice(NEAR_COPY_KINDS)), rng)
         w, h = Image.open(io.BytesIO(copy)).size
@@ -246,8 +293,12 @@ def _split_copies(n_copies: int, rng: np.random.Generator) -> list[int]:
 
 def _http_behaviours(candidates: list[int], images: int, rng: np.random.Generator) -> dict[int, str]:
     """How the loopback server answers some plain originals' URLs: 404, 500, too slow, or a redirect."""
-    wanted = {"404": max(2, round(0.015 * images)), "500": max(1, round(0.01 * images)),
-              "slow": max(1, round(0.0025 * images)), "redirect": max(2, round(0.02 * images))}
+    wanted = {
+        "404": max(2, round(0.015 * images)),
+        "500": max(1, round(0.01 * images)),
+        "slow": max(1, round(0.0025 * images)),
+        "redirect": max(2, round(0.02 * images)),
+    }
     chosen = rng.choice(candidates, sum(wanted.values()), replace=False)
     labels = [label for label, n in wanted.items() for _ in range(n)]
     return {int(i): label for i, label in zip(chosen, labels, strict=True)}
@@ -255,8 +306,11 @@ def _http_behaviours(candidates: list[int], images: int, rng: np.random.Generato
 
 def _curation_config(seed: int) -> dict[str, object]:
     """A config that curates this crawl; paths are relative to the crawl folder."""
-    strategies = {"seed_cat": {"kind": "as_is"}, "seed_stripes": {"kind": "sample", "n": 4},
-                  "seed_landscape": {"kind": "cluster", "images_per_cluster": 20, "min_queries": 4, "max_images": 100}}
+    strategies = {
+        "seed_cat": {"kind": "as_is"},
+        "seed_stripes": {"kind": "sample", "n": 4},
+        "seed_landscape": {"kind": "cluster", "images_per_cluster": 20, "min_queries": 4, "max_images": 100},
+    }
     return {
         "run": {"name": "synth", "seed": seed},
         "ingest": {"sources": [{"kind": "folder", "path": "pool"}], "shard_size": 250},
@@ -264,8 +318,13 @@ def _curation_config(seed: int) -> dict[str, object]:
         "retrieve": {
             "clusters": 16,
             "sources": [
-                {"name": name, "dataset": f"synthetic {concept}", "path": f"seeds/{name}", "images": count,
-                 "strategy": strategies[name]}
+                {
+                    "name": name,
+                    "dataset": f"synthetic {concept}",
+                    "path": f"seeds/{name}",
+                    "images": count,
+                    "strategy": strategies[name],
+                }
                 for name, (concept, count) in SEED_SETS.items()
             ],
         },

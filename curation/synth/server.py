@@ -7,6 +7,7 @@ URL paths are the pool paths of truth.parquet. The `http` column says how each a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -25,7 +26,7 @@ class CrawlHandler(BaseHTTPRequestHandler):
         self.root, self.behaviours, self.slow_seconds = root, behaviours, slow_seconds
         super().__init__(*args, **kwargs)
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         rel = unquote(urlparse(self.path).path).lstrip("/")
         direct = rel.startswith("direct/")
         rel = rel.removeprefix("direct/")
@@ -53,12 +54,10 @@ class CrawlHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "image/jpeg")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client that timed out hung up
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # a client that timed out hung up
-            pass
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

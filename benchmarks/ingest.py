@@ -1,0 +1,81 @@
+"""Ingest throughput as a ratio to a bare loop that only reads and decodes the same files.
+
+    python benchmarks/ingest.py [--images 2000] [--repeats 3]
+
+Both sides read the synthetic crawl's pool folder from a warm page cache; the ingest side does
+everything the stage does (listing, key hashing, defensive decode, normalisation, tar and parquet
+writing, the run-directory bookkeeping). The ratio is taken at one worker each, so it measures
+the stage's overhead, not parallelism; the multi-worker figure is printed beside it.
+Each figure is the median of interleaved repeats.
+Target (issue 3): ratio >= 0.8 on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from curation.config import validate_tree
+from curation.run_config import CurationConfig
+from curation.rundir import RunDir
+from curation.synth.crawl import make_crawl
+from pipelines.curate import run_ingest_stage
+
+
+def bare_read_decode(files: list[Path]) -> float:
+    """Seconds to read and fully decode every file (failures skipped), nothing else."""
+    started = time.perf_counter()
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception:
+            continue
+    return time.perf_counter() - started
+
+
+def staged_ingest(pool: Path, work: Path, workers: int) -> float:
+    """Seconds for the real ingest stage over `pool` into a fresh run directory."""
+    run_dir = work / f"run-{workers}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    config = validate_tree(
+        CurationConfig,
+        {"ingest": {"sources": [{"kind": "folder", "path": str(pool)}], "shard_size": 250, "workers": workers}},
+        source="benchmark",
+    )
+    started = time.perf_counter()
+    run_ingest_stage(config, RunDir(run_dir), executor="local")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        crawl = make_crawl(Path(tmp) / "crawl", images=args.images, seed=0)
+        pool = crawl / "pool"
+        files = sorted(p for p in pool.rglob("*") if p.is_file())
+        Image.MAX_IMAGE_PIXELS = 50_000_000  # the bare loop must not decode the planted bomb either
+        bare_times, one_times, two_times = [], [], []
+        for _ in range(args.repeats):  # interleaved, so drift in machine load hits both sides alike
+            bare_times.append(bare_read_decode(files))
+            one_times.append(staged_ingest(pool, Path(tmp), workers=1))
+            two_times.append(staged_ingest(pool, Path(tmp), workers=2))
+        bare, one, two = (statistics.median(t) for t in (bare_times, one_times, two_times))
+    n = len(files)
+    print(f"bare read+decode, 1 process : {n / bare:8.0f} images/s")
+    print(f"ingest stage, 1 worker      : {n / one:8.0f} images/s")
+    print(f"ingest stage, 2 workers     : {n / two:8.0f} images/s")
+    print(f"ratio ingest/bare (1 worker): {bare / one:.2f}  (target >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()

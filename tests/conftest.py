@@ -1,0 +1,45 @@
+"""Shared fixtures: one synthetic crawl with known truth per test session, and its loopback server."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from curation.synth.crawl import make_crawl
+from curation.synth.server import serve_in_background
+
+CRAWL_IMAGES = 2000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def crawl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2,000-image synthetic crawl whose URLs point at a loopback port reserved for `served_crawl`."""
+    out = tmp_path_factory.mktemp("synth") / "crawl"
+    return make_crawl(out, images=CRAWL_IMAGES, seed=0, base_url=f"http://127.0.0.1:{free_port()}")
+
+
+@pytest.fixture(scope="session")
+def truth(crawl: Path) -> list[dict]:
+    return pq.read_table(crawl / "truth.parquet").to_pylist()
+
+
+@pytest.fixture(scope="session")
+def pool_truth(truth: list[dict]) -> list[dict]:
+    return [row for row in truth if row["role"] == "pool"]
+
+
+@pytest.fixture(scope="session")
+def served_crawl(crawl: Path):
+    server = serve_in_background(crawl)
+    yield crawl
+    server.shutdown()
+    server.server_close()

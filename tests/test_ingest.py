@@ -1,0 +1,119 @@
+"""Ingest from the three source kinds on the 2,000-image synthetic crawl, checked against its truth."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from curation.errors import ConfigError
+from curation.ingest import key_of
+from curation.run_config import load_curation_config
+from pipelines.curate import curate
+from tests.ingest_checks import check_accounting, check_shards_readable, read_run
+
+
+def ingest(crawl: Path, run_dir: Path, *overrides: str):
+    config = load_curation_config(crawl / "curation.yaml", list(overrides))
+    return curate(config, run_dir, ("ingest",), executor="local")
+
+
+@pytest.fixture(scope="module")
+def folder_run(crawl, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "folder"
+    ingest(crawl, run_dir)
+    return run_dir
+
+
+def test_folder_source_accounts_for_every_file(folder_run, crawl, pool_truth):
+    check_accounting(folder_run, pool_truth, lambda row: str(crawl / row["path"]))
+    check_shards_readable(folder_run)
+
+
+def test_oddities_are_ingested_and_faults_quarantined(folder_run, crawl, pool_truth):
+    index, quarantine = read_run(folder_run)
+    ingested_modes = {r["original_mode"] for r in index}
+    assert {"CMYK", "I;16", "RGBA", "L", "P"} <= ingested_modes
+    assert {r["reason"] for r in quarantine} == {
+        "truncated",
+        "not_an_image",
+        "empty",
+        "too_small",
+        "decompression_bomb",
+    }
+
+
+def test_manifest_counts_add_up(folder_run, pool_truth):
+    from curation.rundir import RunDir
+
+    counts = RunDir(folder_run).stage_record("ingest")["counts"]
+    assert counts["inputs"] == len(pool_truth) == counts["ingested"] + counts["quarantined"]
+    reasons = sum(v for k, v in counts.items() if k.startswith("quarantined."))
+    assert reasons == counts["quarantined"]
+
+
+def test_keys_are_stable_hashes_of_the_source(folder_run):
+    index, quarantine = read_run(folder_run)
+    assert all(r["key"] == key_of(r["source"]) for r in index + quarantine)
+
+
+def test_url_source_through_img2dataset_over_loopback(served_crawl, pool_truth, tmp_path):
+    run_dir = tmp_path / "urls"
+    url_source = "[{kind: urls, path: urls.parquet, download: {timeout: 1.5, processes_count: 2, thread_count: 16}}]"
+    ingest(served_crawl, run_dir, f"ingest.sources={url_source}")
+    check_accounting(run_dir, pool_truth, lambda row: row["url"], over_http=True)
+    check_shards_readable(run_dir)
+    _, quarantine = read_run(run_dir)
+    redirected = {row["url"] for row in pool_truth if row["http"] == "redirect"}
+    assert redirected and not redirected & {r["source"] for r in quarantine}
+    assert not list(run_dir.glob("ingest/download*")), "img2dataset's downloads are work files"
+
+
+def write_tars(crawl: Path, pool_truth: list[dict], out: Path) -> dict[str, str]:
+    """Pack the pool into one tar per pool folder (with json sidecars), plus unsafe members.
+
+    Returns truth path -> expected ingest source string.
+    """
+    out.mkdir()
+    sources = {}
+    by_folder: dict[str, list[dict]] = {}
+    for row in pool_truth:
+        by_folder.setdefault(row["path"].split("/")[1], []).append(row)
+    for folder, rows in sorted(by_folder.items()):
+        tar_path = out / f"{folder}.tar"
+        with tarfile.open(tar_path, "w") as tar:
+            for row in rows:
+                member = Path(row["path"]).name
+                tar.add(crawl / row["path"], arcname=member)
+                sidecar = f'{{"url": "{row["url"]}"}}'.encode()
+                info = tarfile.TarInfo(member.rsplit(".", 1)[0] + ".json")
+                info.size = len(sidecar)
+                tar.addfile(info, io.BytesIO(sidecar))
+                sources[row["path"]] = f"{tar_path}::{member}"
+    with tarfile.open(out / "zz_evil.tar", "w") as tar:
+        for name in ("../escape.jpg", "/abs/escape.jpg"):
+            good = crawl / pool_truth[0]["path"]
+            info = tar.gettarinfo(good, arcname="x")
+            info.name = name
+            with good.open("rb") as handle:
+                tar.addfile(info, handle)
+    return sources
+
+
+def test_tar_source_accounts_for_every_member_and_refuses_unsafe_ones(crawl, pool_truth, tmp_path):
+    sources = write_tars(crawl, pool_truth, tmp_path / "tars")
+    run_dir = tmp_path / "run"
+    ingest(crawl, run_dir, f"ingest.sources=[{{kind: tar, path: {tmp_path / 'tars'}}}]")
+    _, quarantine = read_run(run_dir)
+    unsafe = [r for r in quarantine if r["reason"] == "unsafe_tar_member"]
+    assert sorted(r["source"].split("::")[1] for r in unsafe) == ["../escape.jpg", "/abs/escape.jpg"]
+    assert not (tmp_path / "escape.jpg").exists()
+    check_accounting(run_dir, pool_truth, lambda row: sources[row["path"]], extra={r["source"] for r in unsafe})
+    check_shards_readable(run_dir)
+
+
+def test_missing_source_folder_is_a_config_error(crawl, tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        ingest(crawl, tmp_path / "run", f"ingest.sources=[{{kind: folder, path: {tmp_path / 'nope'}}}]")

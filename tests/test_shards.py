@@ -1,0 +1,66 @@
+"""WebDataset shards: reproducible bytes, readable by webdataset, unsafe tar members refused."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+import webdataset as wds
+
+from curation.errors import CorruptInput
+from curation.shards import ShardWriter, iter_samples, unsafe_member_reason
+
+
+def write_shard(path):
+    with ShardWriter(path) as writer:
+        for i in range(3):
+            writer.write(f"k{i}", {"jpg": bytes([i]) * 10, "json": {"key": f"k{i}", "b": 1, "a": 2}})
+    return path.read_bytes()
+
+
+def test_same_samples_give_same_bytes(tmp_path):
+    assert write_shard(tmp_path / "a.tar") == write_shard(tmp_path / "b.tar")
+
+
+def test_webdataset_reads_what_we_write(tmp_path):
+    write_shard(tmp_path / "a.tar")
+    samples = list(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False).decode())
+    assert [s["__key__"] for s in samples] == ["k0", "k1", "k2"]
+    assert samples[1]["json"] == {"key": "k1", "a": 2, "b": 1}
+    assert [key for key, _ in iter_samples(tmp_path / "a.tar")] == ["k0", "k1", "k2"]
+
+
+def test_a_failed_write_leaves_no_shard(tmp_path):
+    with pytest.raises(RuntimeError), ShardWriter(tmp_path / "x.tar") as writer:
+        writer.write("k", {"jpg": b"1"})
+        raise RuntimeError("worker died")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../x.jpg", "/etc/x.jpg", "a/../../x.jpg"])
+def test_escaping_member_names_are_unsafe(name):
+    assert unsafe_member_reason(tarfile.TarInfo(name)) is not None
+
+
+def test_links_are_unsafe_and_reading_refuses_them(tmp_path):
+    link = tarfile.TarInfo("k.jpg")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    assert "link" in unsafe_member_reason(link)
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        tar.addfile(link)
+        evil = tarfile.TarInfo("../evil.jpg")
+        evil.size = 3
+        tar.addfile(evil, io.BytesIO(b"abc"))
+    with pytest.raises(CorruptInput, match="link"):
+        list(iter_samples(tmp_path / "bad.tar"))
+
+
+def test_headers_are_what_tarfile_reads(tmp_path):
+    write_shard(tmp_path / "a.tar")
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        members = tar.getmembers()
+        assert [m.name for m in members][:2] == ["k0.jpg", "k0.json"]
+        assert all(m.isfile() and m.mode == 0o444 and m.mtime == 0 and m.uid == 0 for m in members)
+        assert tar.extractfile("k2.jpg").read() == bytes([2]) * 10
+    assert (tmp_path / "a.tar").stat().st_size % 10240 == 0
