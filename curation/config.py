@@ -138,7 +138,11 @@ def _model_of(annotation: Any) -> Any:
 
 def config_hash(payload: Any) -> str:
     """A stable sha256 of a JSON-able value (models are dumped in JSON mode, keys sorted)."""
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump(mode="json")
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_jsonable)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return str(value)

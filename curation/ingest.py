@@ -31,7 +31,7 @@ from curation.decode import CleanImage, DecodeLimits, clean_image
 from curation.errors import CorruptInput
 from curation.rundir import StageWork
 from curation.shards import ShardWriter
-from curation.sources import InputRef, Source, read_refs
+from curation.sources import InputRef, Source, read_refs, source_for_path
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +157,11 @@ MapFn = Callable[[Callable[[ShardTask], tuple[int, int]], Iterable[ShardTask]], 
 """How shards are spread over workers: (fn, tasks) -> results in any order (see pipelines.executors)."""
 
 
-def list_inputs(config: IngestConfig, work_dir: Path) -> list[InputRef]:
+def list_inputs(sources: list[Source], shard_size: int, work_dir: Path) -> list[InputRef]:
     """All inputs of all sources, each source sorted; a key collision between inputs is an error."""
     refs: list[InputRef] = []
-    for source in config.sources:
-        refs.extend(source.refs(work_dir, config.shard_size))
+    for source in sources:
+        refs.extend(source.refs(work_dir, shard_size))
     keys: dict[str, str] = {}
     for ref in refs:
         other = keys.setdefault(key_of(ref.source), ref.source)
@@ -173,22 +173,39 @@ def list_inputs(config: IngestConfig, work_dir: Path) -> list[InputRef]:
 
 
 def run_ingest(
-    config: IngestConfig, work: StageWork, map_fn: MapFn, progress: Callable[[int], None] = lambda n: None
+    config: IngestConfig,
+    work: StageWork,
+    map_fn: MapFn,
+    progress: Callable[[int], None] = lambda n: None,
+    references: dict[str, Path] | None = None,
 ) -> dict[str, int]:
-    """Ingest every input into `work.path`; returns the counts that go to the manifest."""
-    refs = list_inputs(config, work.path)
+    """Ingest the pool into `work.path` and each reference set (seed and evaluation images, which later
+    stages embed beside the pool) into `work.path/<name>`; returns the counts for the manifest."""
+    counts = ingest_collection(config.sources, work.path, config, map_fn, progress)
+    for name, path in (references or {}).items():
+        found = ingest_collection([source_for_path(path)], work.path / name, config, map_fn, progress)
+        counts.update({f"{name}.{k}": found[k] for k in ("inputs", "ingested", "quarantined")})
+    return counts
+
+
+def ingest_collection(
+    sources: list[Source], out_dir: Path, config: IngestConfig, map_fn: MapFn, progress: Callable[[int], None]
+) -> dict[str, int]:
+    """Shards, index and quarantine of one collection of inputs under `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    refs = list_inputs(sources, config.shard_size, out_dir)
     tasks = [
-        ShardTask(i, tuple(refs[start : start + config.shard_size]), work.path, config.limits)
+        ShardTask(i, tuple(refs[start : start + config.shard_size]), out_dir, config.limits)
         for i, start in enumerate(range(0, len(refs), config.shard_size))
     ]
     todo = [t for t in tasks if not t.is_done()]
     progress(len(tasks) - len(todo))
     for _ in map_fn(ingest_shard, todo):
         progress(1)
-    counts = _merge_parts(tasks, work.path)
+    counts = _merge_parts(tasks, out_dir)
     counts["inputs"] = len(refs)
     counts["shards"] = len(tasks)
-    _clean_work_files(work.path)
+    _clean_work_files(out_dir)
     return counts
 
 
@@ -217,7 +234,13 @@ def _clean_work_files(out_dir: Path) -> None:
 def summary_line(counts: dict[str, int]) -> str:
     """One line of counts that add up: inputs = ingested + quarantined (by reason)."""
     reasons = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in counts.items() if k.startswith("quarantined."))
-    return (
+    line = (
         f"ingest: {counts['inputs']} inputs -> {counts['ingested']} ingested + "
         f"{counts['quarantined']} quarantined ({reasons or 'none'}) in {counts['shards']} shards"
     )
+    sets = [k.removesuffix(".inputs") for k in counts if k.endswith(".inputs")]
+    if sets:
+        ingested = sum(counts[f"{s}.ingested"] for s in sets)
+        quarantined = sum(counts[f"{s}.quarantined"] for s in sets)
+        line += f"; reference sets: {ingested} ingested + {quarantined} quarantined in {len(sets)} sets"
+    return line

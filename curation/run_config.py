@@ -28,6 +28,24 @@ class CurationConfig(Section):
     decontam: DecontamConfig = DecontamConfig()
     retrieve: RetrieveConfig = RetrieveConfig()
 
+    def reference_sets(self) -> dict[str, Path]:
+        """Images that enter the run beside the pool: `seeds/<row>` and `eval/<set>` -> path.
+
+        Rows sharing a path (ImageNet-22k as_is and sample) share one set, named after the first.
+        """
+        sets: dict[str, Path] = {}
+        for row in self.retrieve.sources:
+            if row.path is not None and row.path not in sets.values():
+                sets[f"seeds/{row.name}"] = row.path
+        for eval_set in self.decontam.eval_sets:
+            sets[f"eval/{eval_set.name}"] = eval_set.path
+        return sets
+
+    def seed_collection(self, row_name: str) -> str:
+        """The reference set holding a source row's seed images."""
+        row = next(r for r in self.retrieve.sources if r.name == row_name)
+        return next(name for name, path in self.reference_sets().items() if path == row.path)
+
     def run_dir(self, override: str | Path | None = None) -> Path:
         if override is not None:
             return Path(override)

@@ -243,3 +243,10 @@ def http_status_of(detail: str) -> int | None:
 
 
 Source = Annotated[FolderSource | TarSource | UrlSource, Field(discriminator="kind")]
+
+
+def source_for_path(path: Path) -> FolderSource | TarSource:
+    """The source kind for a reference-set path: tar shards (a tar, or a folder holding tars) or a folder tree."""
+    if path.is_file() or (path.is_dir() and any(path.glob("*.tar"))):
+        return TarSource(path=path)
+    return FolderSource(path=path)

@@ -43,7 +43,8 @@ def run_ingest_stage(
     config: CurationConfig, run: RunDir, executor: str = "auto", force: bool = False
 ) -> dict[str, int]:
     """Run (or skip, when done for the same hash) the ingest stage; returns its manifest counts."""
-    hash_ = stage_hash(ingest.STAGE, config.ingest)
+    references = config.reference_sets()
+    hash_ = stage_hash(ingest.STAGE, {"ingest": config.ingest, "references": references})
     if run.is_done(ingest.STAGE, hash_) and not force:
         counts = run.stage_record(ingest.STAGE)["counts"]
         print(ingest.summary_line(counts) + " (already done; skipped)")
@@ -53,7 +54,8 @@ def run_ingest_stage(
         def progress(n: int) -> None:
             bar.update(n)
 
-        work.counts = ingest.run_ingest(config.ingest, work, choose_map(executor, config.ingest.workers), progress)
+        map_fn = choose_map(executor, config.ingest.workers)
+        work.counts = ingest.run_ingest(config.ingest, work, map_fn, progress, references)
     print(ingest.summary_line(work.counts))
     return work.counts
 

@@ -6,11 +6,13 @@ import io
 import tarfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from curation.errors import ConfigError
 from curation.ingest import key_of
 from curation.run_config import load_curation_config
+from curation.rundir import RunDir
 from pipelines.curate import curate
 from tests.ingest_checks import check_accounting, check_shards_readable, read_run
 
@@ -46,8 +48,6 @@ def test_oddities_are_ingested_and_faults_quarantined(folder_run, crawl, pool_tr
 
 
 def test_manifest_counts_add_up(folder_run, pool_truth):
-    from curation.rundir import RunDir
-
     counts = RunDir(folder_run).stage_record("ingest")["counts"]
     assert counts["inputs"] == len(pool_truth) == counts["ingested"] + counts["quarantined"]
     reasons = sum(v for k, v in counts.items() if k.startswith("quarantined."))
@@ -117,3 +117,13 @@ def test_tar_source_accounts_for_every_member_and_refuses_unsafe_ones(crawl, poo
 def test_missing_source_folder_is_a_config_error(crawl, tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         ingest(crawl, tmp_path / "run", f"ingest.sources=[{{kind: folder, path: {tmp_path / 'nope'}}}]")
+
+
+def test_seed_and_eval_sets_are_ingested_beside_the_pool(folder_run, truth):
+    counts = RunDir(folder_run).stage_record("ingest")["counts"]
+    for role, prefix in (("seed", "seeds"), ("eval", "eval")):
+        for name in {r["set"] for r in truth if r["role"] == role}:
+            expected = sum(r["set"] == name for r in truth)
+            assert counts[f"{prefix}/{name}.ingested"] == expected
+            index = pq.read_table(folder_run / "ingest" / prefix / name / "index.parquet")
+            assert index.num_rows == expected

@@ -7,6 +7,7 @@ import ray
 
 from curation.run_config import load_curation_config
 from pipelines.curate import curate
+from tests.stage_output import stage_files
 
 
 @pytest.mark.slow
@@ -17,6 +18,5 @@ def test_ray_executor_matches_local_executor(crawl, tmp_path):
         curate(config, tmp_path / "ray", ("ingest",), executor="ray")
     finally:
         ray.shutdown()
-    local = {p.name: p.read_bytes() for p in sorted((tmp_path / "local" / "ingest").iterdir())}
-    remote = {p.name: p.read_bytes() for p in sorted((tmp_path / "ray" / "ingest").iterdir())}
-    assert local == remote and len(local) == 5 + 2
+    local, remote = stage_files(tmp_path / "local"), stage_files(tmp_path / "ray")
+    assert local == remote and sum(name.endswith(".tar") for name in local) == 5 + 5

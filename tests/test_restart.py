@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from curation.rundir import RunDir
+from tests.stage_output import stage_files
 
 OVERRIDES = ["ingest.shard_size=40", "ingest.workers=1"]
 
@@ -27,10 +28,6 @@ def command(crawl: Path, run_dir: Path, *extra: str) -> list[str]:
         "--executor",
         "local",
     ]
-
-
-def stage_files(run_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((run_dir / "ingest").iterdir())}
 
 
 def test_sigkill_mid_ingest_then_rerun_is_byte_identical(crawl, tmp_path):

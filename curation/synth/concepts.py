@@ -28,9 +28,11 @@ def _grid(size: Size) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _two_colours(rng: np.random.Generator, hue_lo: float, hue_hi: float) -> tuple[np.ndarray, np.ndarray]:
-    hue = rng.uniform(hue_lo, hue_hi)
-    a = np.array(Image.new("HSV", (1, 1), (int(hue * 255), 220, 230)).convert("RGB").getpixel((0, 0)))
-    b = np.array(Image.new("HSV", (1, 1), (int((hue + 0.08) % 1 * 255), 160, 60)).convert("RGB").getpixel((0, 0)))
+    """A bright and a dark colour with hues drawn independently from the concept's hue range."""
+    hue_a, hue_b = rng.uniform(hue_lo, hue_hi, 2)
+    bright, dark = (int(v) for v in rng.integers(170, 256, 1)), (int(v) for v in rng.integers(30, 110, 1))
+    a = np.array(Image.new("HSV", (1, 1), (int(hue_a * 255), 220, *bright)).convert("RGB").getpixel((0, 0)))
+    b = np.array(Image.new("HSV", (1, 1), (int(hue_b * 255), 160, *dark)).convert("RGB").getpixel((0, 0)))
     return a.astype(np.float32), b.astype(np.float32)
 
 
@@ -40,9 +42,9 @@ def _blend(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> Image.Image:
 
 
 def stripes(rng: np.random.Generator, size: Size) -> Image.Image:
-    """Oriented sine gratings in warm colours."""
+    """Oriented sine gratings in warm colours, a few cycles per image (finer ones alias in small models)."""
     x, y = _grid(size)
-    angle, freq = rng.uniform(0, np.pi), rng.uniform(5, 18)
+    angle, freq = rng.uniform(0, np.pi), rng.uniform(1.5, 5)
     phase = rng.uniform(0, 2 * np.pi)
     mask = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (x * np.cos(angle) + y * np.sin(angle)) + phase)
     return _blend(mask, *_two_colours(rng, 0.0, 0.12))
@@ -51,11 +53,11 @@ def stripes(rng: np.random.Generator, size: Size) -> Image.Image:
 def checkerboard(rng: np.random.Generator, size: Size) -> Image.Image:
     """Rotated checkerboards in cool colours."""
     x, y = _grid(size)
-    angle, cells = rng.uniform(0, np.pi / 2), rng.uniform(3, 10)
+    angle, cells = rng.uniform(0, np.pi / 2), rng.uniform(1.5, 5)
     u = (x * np.cos(angle) - y * np.sin(angle)) * cells + rng.uniform(0, 1)
     v = (x * np.sin(angle) + y * np.cos(angle)) * cells + rng.uniform(0, 1)
     mask = ((np.floor(u) + np.floor(v)) % 2).astype(np.float32)
-    return _blend(mask, *_two_colours(rng, 0.5, 0.65))
+    return _blend(mask, *_two_colours(rng, 0.45, 0.75))
 
 
 def bubbles(rng: np.random.Generator, size: Size) -> Image.Image:
@@ -70,16 +72,22 @@ def bubbles(rng: np.random.Generator, size: Size) -> Image.Image:
 
 
 def landscape(rng: np.random.Generator, size: Size) -> Image.Image:
-    """Blue sky gradient, layered mountain ridges, green ground, sometimes a sun."""
+    """Sky gradient (day to dusk), layered mountain ridges, green ground, sometimes a sun."""
     w = size[0]
     x, y = _grid(size)
-    sky = np.stack([120 + 100 * y, 170 + 60 * y, 255 - 10 * y], -1)
-    pixels = sky.copy()
-    for layer, base in enumerate(sorted(rng.uniform(0.35, 0.75, int(rng.integers(2, 4))))):
-        ridge = base + np.cumsum(rng.normal(0, 0.02, w)) - 0.05 * layer
-        tone = np.array([90 - 25 * layer, 110 - 20 * layer, 100 - 25 * layer], np.float32)
-        pixels[y > ridge[None, :]] = tone
-    pixels[y > rng.uniform(0.8, 0.9)] = [60, 140, 50]
+    top, bottom = rng.uniform([60, 100, 200], [140, 190, 255]), rng.uniform([180, 150, 150], [255, 240, 255])
+    pixels = top + (bottom - top) * y[..., None]
+    for layer, base in enumerate(sorted(rng.uniform(0.25, 0.8, int(rng.integers(1, 5))))):
+        ridge = (
+            base
+            - 0.05 * layer
+            + sum(
+                rng.uniform(0.02, 0.1) * np.sin(2 * np.pi * rng.uniform(0.5, 4) * x[0] + rng.uniform(0, 2 * np.pi))
+                for _ in range(3)
+            )
+        )
+        pixels[y > ridge[None, :]] = rng.uniform(40, 150, 3) - 15 * layer
+    pixels[y > rng.uniform(0.55, 0.95)] = rng.uniform([30, 100, 20], [140, 190, 80])
     if rng.random() < 0.6:
         cx, cy, r = rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.3), rng.uniform(0.04, 0.08)
         pixels[((x - cx) ** 2 + (y - cy) ** 2) < r**2] = [255, 230, 120]
@@ -129,14 +137,37 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union
 
 
-PROCEDURAL: dict[str, Callable[[np.random.Generator, Size], Image.Image]] = {
-    "stripes": stripes,
-    "checkerboard": checkerboard,
+Render = Callable[[np.random.Generator, Size], Image.Image]
+
+
+def with_landmarks(render: Render) -> Render:
+    """Add 2-4 random shapes: what makes one picture of a pattern unlike another, as objects do in photos.
+
+    A pattern alone is set by a few parameters, so two random draws can be near copies; a copy
+    detector would rightly pair them while the crawl's truth would call them unique.
+    """
+
+    def render_with_landmarks(rng: np.random.Generator, size: Size) -> Image.Image:
+        image = render(rng, size)
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(2, 5))):
+            w, h = rng.uniform(0.12, 0.25, 2) * np.array(size)
+            x, y = rng.uniform(0, size[0] - w), rng.uniform(0, size[1] - h)
+            shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+            shape((x, y, x + w, y + h), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        return image
+
+    return render_with_landmarks
+
+
+PROCEDURAL: dict[str, Render] = {
+    "stripes": with_landmarks(stripes),
+    "checkerboard": with_landmarks(checkerboard),
     "bubbles": bubbles,
-    "landscape": landscape,
-    "clouds": clouds,
+    "landscape": with_landmarks(landscape),
+    "clouds": with_landmarks(clouds),
 }
-PHOTOS = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "rocket": "rocket"}
+PHOTOS = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "cells": "immunohistochemistry"}
 
 
 def photo_concepts() -> dict[str, PhotoConcept]:

@@ -107,7 +107,7 @@ def near_copy(image: Image.Image, kind: str, rng: np.random.Generator) -> bytes:
         scale = rng.uniform(0.55, 0.8)
         return jpeg(image.resize((int(image.width * scale), int(image.height * scale)), Image.BILINEAR))
     if kind == "crop":
-        dx, dy = (int(rng.uniform(0.03, 0.07) * s) for s in image.size)
+        dx, dy = (int(rng.uniform(0.02, 0.05) * s) for s in image.size)
         return jpeg(image.crop((dx, dy, image.width - dx, image.height - dy)))
     gains = rng.uniform(0.9, 1.1, 3)
     shifted = np.asarray(image, np.float32) * gains + rng.uniform(-10, 10)

@@ -1,0 +1,59 @@
+"""Loading local checkpoints safely (`weights_only=True`) with one-line errors that name the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from curation.errors import LvdError
+
+WRAPPER_KEYS = ("state_dict", "model", "teacher")
+STRIPPED_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+
+
+class CheckpointError(LvdError):
+    """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A flat tensor dict from `path`, unwrapping `{'model': …}`-style wrappers and DDP/backbone prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass the path of a local file (nothing is downloaded)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zip files, non-weights objects
+        raise CheckpointError(f"checkpoint {path} cannot be read with weights_only=True: {exc}") from exc
+    while isinstance(state, dict) and len(state) <= 4 and any(k in state for k in WRAPPER_KEYS):
+        state = next(state[k] for k in WRAPPER_KEYS if k in state)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    for prefix in STRIPPED_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+def load_strict(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load `path` into `model`, every key and shape matching, or raise naming the first mismatch."""
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: missing key {key!r}")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {path} does not fit {type(model).__name__}: key {key!r} has shape "
+                f"{tuple(state[key].shape)}, the model expects {tuple(tensor.shape)}"
+            )
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit {type(model).__name__}: unexpected key {unexpected[0]!r}"
+        )
+    model.load_state_dict(state, strict=True)
+    return model
