@@ -73,7 +73,6 @@ def bubbles(rng: np.random.Generator, size: Size) -> Image.Image:
 
 def landscape(rng: np.random.Generator, size: Size) -> Image.Image:
     """Sky gradient (day to dusk), layered mountain ridges, green ground, sometimes a sun."""
-    w = size[0]
     x, y = _grid(size)
     top, bottom = rng.uniform([60, 100, 200], [140, 190, 255]), rng.uniform([180, 150, 150], [255, 240, 255])
     pixels = top + (bottom - top) * y[..., None]
