@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
@@ -23,9 +23,34 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
-    """Base of every config model: unknown keys are errors, values are validated on assignment."""
+    """Base of every config model: unknown keys are errors, values are validated on assignment.
+
+    `execution_fields` name knobs that change how work is spread (workers, actors, threads) but
+    not what it produces; they are left out of the config hash, so changing them reuses output.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    execution_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that determine this section's output, as JSON-able values (for hashing)."""
+        return {
+            name: _identity_of(getattr(self, name))
+            for name in type(self).model_fields
+            if name not in self.execution_fields
+        }
+
+
+def _identity_of(value: Any) -> Any:
+    if isinstance(value, Section):
+        return value.identity()
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _identity_of(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_identity_of(v) for v in value]
+    return value if isinstance(value, str | int | float | bool | None) else str(value)
 
 
 def _resolve_against_config_dir(value: Path, info: ValidationInfo) -> Path:
@@ -137,12 +162,6 @@ def _model_of(annotation: Any) -> Any:
 
 
 def config_hash(payload: Any) -> str:
-    """A stable sha256 of a JSON-able value (models are dumped in JSON mode, keys sorted)."""
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_jsonable)
+    """A stable sha256 of a value: sections by their `identity()`, paths as strings, keys sorted."""
+    blob = json.dumps(_identity_of(payload), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return str(value)

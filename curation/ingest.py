@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,6 +65,8 @@ QUARANTINE_SCHEMA = pa.schema(
 
 class IngestConfig(Section):
     """Inputs and the rules an acceptable image must meet."""
+
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"workers"})
 
     sources: list[Source] = Field(min_length=1)
     shard_size: int = Field(1000, ge=1, description="inputs per output shard")

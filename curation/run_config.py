@@ -12,6 +12,7 @@ from pydantic import Field
 
 from curation.config import ConfigPath, Section, load_config
 from curation.decontam import DecontamConfig
+from curation.embed import EmbedConfig
 from curation.ingest import IngestConfig
 from curation.retrieve import RetrieveConfig
 
@@ -25,6 +26,7 @@ class RunSection(Section):
 class CurationConfig(Section):
     run: RunSection = RunSection()
     ingest: IngestConfig
+    embed: EmbedConfig = EmbedConfig()
     decontam: DecontamConfig = DecontamConfig()
     retrieve: RetrieveConfig = RetrieveConfig()
 

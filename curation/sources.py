@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -139,6 +139,8 @@ class TarSource(Section):
 
 class DownloadOptions(Section):
     """img2dataset settings for URL sources (its own names where they exist)."""
+
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"processes_count", "thread_count"})
 
     processes_count: int = Field(2, ge=1)
     thread_count: int = Field(32, ge=1)

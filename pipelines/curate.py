@@ -25,16 +25,18 @@ from pipelines.executors import process_map, ray_map
 
 log = logging.getLogger("pipelines.curate")
 
-STAGES = ("ingest",)
+STAGES = ("ingest", "embed")
 """Stages in run order; each later issue's stage is appended here."""
 
 
-def choose_map(executor: str, workers: int) -> Callable:
-    """`ray` when asked or when running under `ray job submit` (RAY_ADDRESS set), else a process pool."""
-    if executor == "ray" or (executor == "auto" and os.environ.get("RAY_ADDRESS")):
-        import ray
+def uses_ray(executor: str) -> bool:
+    """`ray` when asked, or `auto` under `ray job submit` (RAY_ADDRESS set)."""
+    return executor == "ray" or (executor == "auto" and bool(os.environ.get("RAY_ADDRESS")))
 
-        ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=False)
+
+def choose_map(executor: str, workers: int) -> Callable:
+    """Ray tasks when `uses_ray`, else a local pool of `workers` processes."""
+    if uses_ray(executor):
         return ray_map()
     return process_map(workers)
 
@@ -60,7 +62,13 @@ def run_ingest_stage(
     return work.counts
 
 
-STAGE_RUNNERS = {"ingest": run_ingest_stage}
+def run_embed(config: CurationConfig, run: RunDir, executor: str = "auto", force: bool = False) -> dict[str, int]:
+    from pipelines.embed_runner import run_embed_stage  # torch and Ray load only when a run embeds
+
+    return run_embed_stage(config, run, executor, force)
+
+
+STAGE_RUNNERS = {"ingest": run_ingest_stage, "embed": run_embed}
 
 
 def curate(

@@ -43,6 +43,10 @@ def ray_map(num_cpus: float = 1.0) -> Callable[[Callable[[T], R], Iterable[T]], 
     """A map over Ray tasks on whatever cluster `ray.init()` connected to (one task per item)."""
     import ray
 
+    from pipelines.ray_session import connect_ray
+
+    connect_ray()
+
     def run(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         remote = ray.remote(num_cpus=num_cpus)(fn)
         pending = [remote.remote(item) for item in items]

@@ -125,3 +125,15 @@ def test_missing_file_and_non_mapping(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_curation_config(tmp_path / "list.yaml")
+
+
+def test_execution_knobs_do_not_change_the_config_hash(tmp_path):
+    from curation.config import config_hash
+
+    path = write(tmp_path, minimal())
+    base = load_curation_config(path)
+    spread = load_curation_config(path, ["ingest.workers=7", "embed.actors=3", "embed.threads_per_actor=2"])
+    changed = load_curation_config(path, ["ingest.min_side=64"])
+    assert config_hash(base.ingest) == config_hash(spread.ingest)
+    assert config_hash(base.embed) == config_hash(spread.embed)
+    assert config_hash(base.ingest) != config_hash(changed.ingest)

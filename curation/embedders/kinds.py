@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -68,7 +69,9 @@ def build_torchscript(argument: str, weights: str | Path | None) -> Built:
     if not path.is_file():
         raise CheckpointError(f"TorchScript model {path} does not exist; give torchscript:<local path>")
     try:
-        model = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is how SSCD ships
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as exc:
         raise CheckpointError(f"{path} is not a TorchScript model: {str(exc).splitlines()[0]}") from None
     preprocess = Preprocess(288, 288, IMAGENET_MEAN, IMAGENET_STD)

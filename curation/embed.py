@@ -1,0 +1,201 @@
+"""Embed stage: ingested shards -> L2-normalised fp16 embeddings, one parquet file per input shard.
+
+    RUN/embed/<role>/<collection>/{shard:06d}.parquet   key (sorted), embedding fixed_size_list<float16>[D]
+    RUN/embed/<role>/embedder.json                       embedder name, dim, preprocessing
+
+A run may embed with several models, one per *role*, as the paper does: copy-detection features
+for deduplication (`copy`) and a self-supervised backbone for retrieval (`retrieval`). Collections
+are the pool (`pool`) and each seed and evaluation set ingest wrote (`seeds/<row>`, `eval/<set>`).
+
+Work is cut into fixed batches per shard (`ShardJob.batches`), so every image is embedded in
+the same batch whatever the number of workers, and a re-run after a kill gives the same bytes.
+This module holds the pieces (reading, the model worker, the writer); `pipelines/embed_runner.py`
+wires them into a Ray Data actor pool, or runs them in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from pydantic import Field
+
+from curation.config import ConfigPath, Section
+from curation.embedders import Embedder, Preprocess, create_embedder
+from curation.shards import iter_samples
+
+STAGE = "embed"
+POOL = "pool"
+
+
+class EmbedderSpec(Section):
+    """One model: a registry name, its local weights, and how it is batched and run."""
+
+    name: str = "tiny"
+    weights: Literal["random"] | ConfigPath | None = None
+    batch_size: int = Field(64, ge=1)
+    precision: Literal["fp32", "fp16", "bf16"] = Field("fp16", description="autocast dtype on GPU; CPU runs fp32")
+
+    def build(self, device: str = "cpu") -> Embedder:
+        return create_embedder(self.name, self.weights, device=device, precision=self.precision)
+
+
+class EmbedConfig(Section):
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"actors", "gpus_per_actor", "threads_per_actor"})
+
+    models: dict[str, EmbedderSpec] = Field(
+        default_factory=lambda: {"copy": EmbedderSpec(), "retrieval": EmbedderSpec()},
+        description="role -> embedder; dedup reads `copy`, retrieval and decontamination read their configured role",
+    )
+    actors: int = Field(1, ge=1, description="model replicas (one per GPU on GPU nodes)")
+    gpus_per_actor: float = Field(0.0, ge=0, description="1 on GPU nodes; 0 runs the model on CPU")
+    threads_per_actor: int = Field(0, ge=0, description="torch CPU threads per actor; 0 = cores / actors")
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One ingested shard to embed with one role's model, and where its parquet goes."""
+
+    collection: str
+    shard: str
+    out: str
+    batch_size: int
+
+
+def collections(ingest_dir: Path) -> dict[str, Path]:
+    """Collection name -> folder of shards: the pool plus every reference set ingest wrote."""
+    found = {POOL: ingest_dir}
+    for group in ("seeds", "eval"):
+        for folder in sorted((ingest_dir / group).glob("*")) if (ingest_dir / group).is_dir() else []:
+            found[f"{group}/{folder.name}"] = folder
+    return found
+
+
+def pending_jobs(ingest_dir: Path, role_dir: Path, batch_size: int) -> tuple[list[ShardJob], int]:
+    """Jobs for the shards of every collection not yet embedded, and how many are already done."""
+    jobs, done = [], 0
+    for name, folder in collections(ingest_dir).items():
+        for shard in sorted(folder.glob("*.tar")):
+            out = role_dir / name / f"{shard.stem}.parquet"
+            if out.exists():
+                done += 1
+                continue
+            jobs.append(ShardJob(name, str(shard), str(out), batch_size))
+    return jobs, done
+
+
+def read_batches(job: ShardJob, preprocess: Preprocess) -> Iterator[dict[str, object]]:
+    """Decode and preprocess one shard in fixed batches: rows of keys, uint8 pixels and the batch count.
+
+    Pixels travel as raw bytes with their shape (compact, and free of tensor-column conversions).
+    """
+    samples = list(iter_samples(job.shard))
+    starts = range(0, len(samples), job.batch_size)
+    for index, start in enumerate(starts):
+        chunk = samples[start : start + job.batch_size]
+        pixels = np.stack([preprocess.from_jpeg(sample["jpg"]) for _, sample in chunk])
+        yield {
+            "out": job.out,
+            "batch": index,
+            "batches": len(starts),
+            "keys": "\n".join(key for key, _ in chunk),
+            "pixels": pixels.tobytes(),
+            "shape": json.dumps(pixels.shape),
+        }
+    if not samples:
+        yield {"out": job.out, "batch": 0, "batches": 1, "keys": "", "pixels": b"", "shape": "[0]"}
+
+
+class EmbedWorker:
+    """The model side of the stage: one instance per actor, called on one fixed batch at a time."""
+
+    def __init__(self, spec: EmbedderSpec, device: str = "cpu", threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)
+        self.embedder = spec.build(device)
+
+    def __call__(self, row: dict[str, object]) -> dict[str, object]:
+        shape = json.loads(row["shape"])
+        if shape == [0]:
+            vectors = np.zeros((0, self.embedder.dim), np.float16)
+        else:
+            pixels = np.frombuffer(row["pixels"], np.uint8).reshape(shape)
+            vectors = self.embedder(pixels).numpy().astype(np.float16)
+        return {key: row[key] for key in ("out", "batch", "batches", "keys")} | {
+            "embedding": vectors.tobytes(),
+            "dim": self.embedder.dim,
+        }
+
+
+class ShardCollector:
+    """Gathers a shard's embedded batches (in any order) and writes its parquet when the last arrives.
+
+    Only shards with batches in flight are held in memory, so memory does not grow with the
+    number of shards.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, dict[int, dict[str, object]]] = {}
+        self.written = 0
+        self.images = 0
+
+    def add(self, row: dict[str, object]) -> None:
+        batches = self.pending.setdefault(row["out"], {})
+        batches[int(row["batch"])] = row
+        if len(batches) == int(row["batches"]):
+            self._write(row["out"], [batches[i] for i in sorted(batches)])
+            del self.pending[row["out"]]
+
+    def _write(self, out: str, rows: list[dict[str, object]]) -> None:
+        dim = int(rows[0]["dim"])
+        keys = [k for row in rows for k in str(row["keys"]).split("\n") if k]
+        vectors = np.concatenate([np.frombuffer(row["embedding"], np.float16).reshape(-1, dim) for row in rows])
+        order = np.argsort(np.array(keys, dtype=object), kind="stable")
+        write_embeddings(Path(out), [keys[i] for i in order], vectors[order])
+        self.written += 1
+        self.images += len(keys)
+
+
+def embedding_schema(dim: int) -> pa.Schema:
+    return pa.schema([("key", pa.string()), ("embedding", pa.list_(pa.float16(), dim))])
+
+
+def write_embeddings(path: Path, keys: list[str], vectors: np.ndarray) -> None:
+    """Atomically write `key` + `embedding` (fixed_size_list<float16>) to `path`."""
+    dim = vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float16).reshape(-1), type=pa.float16())
+    table = pa.table(
+        {"key": pa.array(keys, pa.string()), "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)},
+        schema=embedding_schema(dim),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def read_embeddings(folder: Path) -> tuple[list[str], np.ndarray]:
+    """All keys and vectors (float32, N×D) of one role and collection, in shard then key order."""
+    tables = [pq.read_table(p) for p in sorted(folder.glob("*.parquet"))]
+    if not tables:
+        return [], np.zeros((0, 0), np.float32)
+    table = pa.concat_tables(tables)
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    vectors = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    return table.column("key").to_pylist(), vectors
+
+
+def write_embedder_card(role_dir: Path, spec: EmbedderSpec, embedder: Embedder) -> None:
+    """What produced this role's vectors, for readers that must preprocess queries the same way."""
+    role_dir.mkdir(parents=True, exist_ok=True)
+    card = {"name": spec.name, "dim": embedder.dim, "preprocess": asdict(embedder.preprocess)}
+    (role_dir / "embedder.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,133 @@
+"""Runs the embed stage: a Ray Data actor pool (or an in-process loop) over every ingested shard.
+
+    read tasks (CPU):  shard tar -> fixed batches of preprocessed uint8 crops     (curation.embed.read_batches)
+    actor pool:        one model replica per actor (per GPU on GPU nodes)          (curation.embed.EmbedWorker)
+    driver:            batches of a shard gathered and written as one parquet file  (curation.embed.ShardCollector)
+
+Each role's model runs as its own pass. Shards whose parquet exists are not re-embedded, so a
+killed stage resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from curation import embed
+from curation.errors import StageError
+from curation.run_config import CurationConfig
+from curation.rundir import RunDir, stage_hash
+
+READ_TASK_CPUS = 0.5
+
+
+class BatchOfOneWorker(embed.EmbedWorker):
+    """`EmbedWorker` behind Ray Data's `map_batches(batch_size=1)` interface."""
+
+    def __call__(self, batch: dict) -> dict:  # type: ignore[override]
+        row = super().__call__({key: values[0] for key, values in batch.items()})
+        return {key: [value] for key, value in row.items()}
+
+
+def read_job(row: dict, preprocess: embed.Preprocess):
+    yield from embed.read_batches(embed.ShardJob(**row), preprocess)
+
+
+def run_role(
+    jobs: list[embed.ShardJob],
+    spec: embed.EmbedderSpec,
+    config: embed.EmbedConfig,
+    use_ray: bool,
+    collector: embed.ShardCollector,
+    preprocess: embed.Preprocess,
+    progress: tqdm,
+) -> None:
+    """Embed every job with `spec`, handing each finished batch to `collector`."""
+    threads = config.threads_per_actor or max(1, (os.cpu_count() or 1) // config.actors)
+    device = "cuda" if config.gpus_per_actor > 0 else "cpu"
+    if not use_ray:
+        worker = embed.EmbedWorker(spec, device, threads)
+        for job in jobs:
+            for row in embed.read_batches(job, preprocess):
+                collector.add(worker(row))
+            progress.update(1)
+        return
+    import ray
+
+    from pipelines.ray_session import connect_ray
+
+    connect_ray()
+    # Actors must leave CPU for the read tasks, or a CPU-only cluster with as many actors as cores
+    # schedules no reader and waits forever.
+    actor_cpus = min(1.0, (ray.cluster_resources().get("CPU", 1.0) - READ_TASK_CPUS) / config.actors)
+    if actor_cpus <= 0:
+        raise StageError(f"embed.actors={config.actors} leaves no CPU for reading shards; use fewer actors")
+    dataset = (
+        ray.data.from_items([asdict(job) for job in jobs], override_num_blocks=max(1, len(jobs)))
+        .flat_map(read_job, fn_kwargs={"preprocess": preprocess}, num_cpus=READ_TASK_CPUS)
+        .map_batches(
+            BatchOfOneWorker,
+            fn_constructor_kwargs={"spec": spec, "device": device, "threads": threads},
+            batch_size=1,
+            concurrency=config.actors,
+            num_gpus=config.gpus_per_actor,
+            num_cpus=actor_cpus,
+            batch_format="numpy",
+        )
+    )
+    for row in dataset.iter_rows():
+        before = collector.written
+        collector.add(row)
+        progress.update(collector.written - before)
+
+
+def run_embed_stage(config: CurationConfig, run: RunDir, executor: str = "auto", force: bool = False) -> dict[str, int]:
+    """Embed the pool and reference sets with every configured role; skipped when done for the same hash."""
+    from pipelines.curate import uses_ray
+
+    ingest_record = run.require_done("ingest")
+    hash_ = stage_hash(embed.STAGE, config.embed, {"ingest": ingest_record["hash"]})
+    if run.is_done(embed.STAGE, hash_) and not force:
+        counts = run.stage_record(embed.STAGE)["counts"]
+        print(summary_line(counts) + " (already done; skipped)")
+        return counts
+    ingest_dir = run.stage_path("ingest")
+    with run.stage(embed.STAGE, hash_) as work:
+        for role, spec in config.embed.models.items():
+            role_dir = work.path / role
+            jobs, done = embed.pending_jobs(ingest_dir, role_dir, spec.batch_size)
+            card_model = spec.build("cpu")
+            embed.write_embedder_card(role_dir, spec, card_model)
+            collector = embed.ShardCollector()
+            with tqdm(total=len(jobs) + done, initial=done, desc=f"embed {role}", unit="shard", file=sys.stderr) as bar:
+                run_role(jobs, spec, config.embed, uses_ray(executor), collector, card_model.preprocess, bar)
+            work.counts.update(check_complete(ingest_dir, role_dir, role))
+    print(summary_line(work.counts))
+    return work.counts
+
+
+def check_complete(ingest_dir: Path, role_dir: Path, role: str) -> dict[str, int]:
+    """Per collection, as many vectors as ingested images, or a StageError: nothing is silently lost."""
+    counts = {}
+    for name, folder in embed.collections(ingest_dir).items():
+        expected = pq.ParquetFile(folder / "index.parquet").metadata.num_rows
+        got = sum(pq.ParquetFile(p).metadata.num_rows for p in (role_dir / name).glob("*.parquet"))
+        if got != expected:
+            raise StageError(f"embed {role}/{name}: {got} vectors for {expected} ingested images; re-run to finish")
+        counts[f"{role}.{name}"] = got
+    return counts
+
+
+def summary_line(counts: dict[str, int]) -> str:
+    roles = sorted({key.split(".", 1)[0] for key in counts})
+    parts = []
+    for role in roles:
+        pool = counts.get(f"{role}.{embed.POOL}", 0)
+        references = sum(v for k, v in counts.items() if k.startswith(f"{role}.") and k != f"{role}.{embed.POOL}")
+        parts.append(f"{role}: {pool} pool + {references} reference images")
+    return "embed: " + "; ".join(parts)

@@ -1,0 +1,138 @@
+"""The embed stage on the synthetic crawl: complete, equal to a direct forward, with 1 or several Ray actors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from curation.embed import read_embeddings
+from curation.embedders import create_embedder
+from curation.run_config import load_curation_config
+from curation.shards import iter_samples
+from pipelines.curate import curate
+from tests.stage_output import stage_files
+
+
+@pytest.fixture(scope="module")
+def embedded_run(crawl, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("embed") / "run"
+    config = load_curation_config(crawl / "curation.yaml")
+    curate(config, run_dir, ("ingest", "embed"), executor="local")
+    return run_dir
+
+
+def direct_vectors(run_dir: Path, collection: str = "pool") -> dict[str, np.ndarray]:
+    """Each ingested image through the tiny embedder one at a time, in this process."""
+    embedder = create_embedder("tiny")
+    folder = run_dir / "ingest" / ("" if collection == "pool" else collection)
+    vectors = {}
+    for shard in sorted(folder.glob("*.tar")):
+        for key, sample in iter_samples(shard):
+            pixels = embedder.preprocess.from_jpeg(sample["jpg"])
+            vectors[key] = embedder(pixels[None]).numpy()[0]
+    return vectors
+
+
+def check_against_direct(run_dir: Path, direct: dict[str, np.ndarray], role: str = "copy") -> None:
+    keys, vectors = read_embeddings(run_dir / "embed" / role / "pool")
+    assert len(keys) == len(set(keys)) == len(direct), "a key is missing or repeated"
+    cosines = np.array([vectors[i] @ direct[k] for i, k in enumerate(keys)])
+    assert cosines.min() >= 0.999
+
+
+def test_every_ingested_image_has_the_vector_of_a_direct_forward(embedded_run):
+    index = pq.read_table(embedded_run / "ingest" / "index.parquet").column("key").to_pylist()
+    direct = direct_vectors(embedded_run)
+    assert set(direct) == set(index)
+    check_against_direct(embedded_run, direct)
+    for shard in (embedded_run / "embed" / "copy" / "pool").glob("*.parquet"):
+        keys = pq.read_table(shard).column("key").to_pylist()
+        assert keys == sorted(keys)
+    table = pq.read_table(next((embedded_run / "embed" / "copy" / "pool").glob("*.parquet")))
+    assert str(table.schema.field("embedding").type) == "fixed_size_list<element: halffloat>[272]"
+
+
+def test_reference_sets_are_embedded_with_every_role(embedded_run, truth):
+    for role in ("copy", "retrieval"):
+        for name in {r["set"] for r in truth if r["role"] == "seed"}:
+            keys, vectors = read_embeddings(embedded_run / "embed" / role / "seeds" / name)
+            assert len(keys) == sum(r["set"] == name for r in truth) and vectors.shape[1] == 272
+
+
+def test_planted_near_duplicates_are_nearest_neighbours(embedded_run, crawl, pool_truth):
+    keys, vectors = read_embeddings(embedded_run / "embed" / "copy" / "pool")
+    key_of_path = {r["source"]: r["key"] for r in pq.read_table(embedded_run / "ingest" / "index.parquet").to_pylist()}
+    group = {
+        key_of_path[str(crawl / r["path"])]: r["dup_group"] for r in pool_truth if str(crawl / r["path"]) in key_of_path
+    }
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -1)
+    nearest = similarity.argmax(1)
+    copies = [i for i, k in enumerate(keys) if group[k]]
+    hits = sum(group[keys[nearest[i]]] == group[keys[i]] for i in copies)
+    assert hits / len(copies) >= 0.99
+
+
+def copy_ingested_run(source: Path, target: Path) -> Path:
+    """A new run directory holding `source`'s finished ingest stage (so only later stages run)."""
+    target.mkdir(parents=True)
+    shutil.copytree(source / "ingest", target / "ingest")
+    shutil.copy(source / "manifest.json", target / "manifest.json")
+    return target
+
+
+def test_ray_data_actor_pool_with_one_and_two_actors(embedded_run, crawl, tmp_path):
+    direct = direct_vectors(embedded_run)
+    try:
+        for actors in (1, 2):
+            run_dir = copy_ingested_run(embedded_run, tmp_path / f"actors{actors}")
+            config = load_curation_config(crawl / "curation.yaml", [f"embed.actors={actors}"])
+            curate(config, run_dir, ("embed",), executor="ray")
+            check_against_direct(run_dir, direct)
+            assert stage_files(run_dir, "embed") == stage_files(embedded_run, "embed")
+    finally:
+        ray.shutdown()
+
+
+def test_sigkill_mid_embed_then_rerun_is_byte_identical(crawl, tmp_path):
+    overrides = ["ingest.shard_size=20", "embed.models={copy: {name: tiny, batch_size: 8}}"]
+    config = load_curation_config(crawl / "curation.yaml", overrides)
+    killed = tmp_path / "killed"
+    curate(config, killed, ("ingest",), executor="local")
+    fresh = copy_ingested_run(killed, tmp_path / "fresh")
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.curate",
+        str(crawl / "curation.yaml"),
+        *overrides,
+        "--run-dir",
+        str(killed),
+        "--executor",
+        "local",
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, written = time.monotonic() + 120, []
+    while time.monotonic() < deadline and len(written) < 10:
+        written = sorted(killed.glob("embed.*.partial/copy/pool/*.parquet"))
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(written) >= 10 and not (killed / "embed").exists(), "the kill did not land mid-stage"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in written}
+
+    subprocess.run(command, check=True, capture_output=True)
+    curate(config, fresh, ("embed",), executor="local")
+    assert stage_files(killed, "embed") == stage_files(fresh, "embed")
+    for name, mtime in mtimes.items():
+        assert (killed / "embed" / "copy" / "pool" / name).stat().st_mtime_ns == mtime, f"{name} was embedded again"
