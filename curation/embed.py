@@ -127,7 +127,7 @@ class EmbedWorker:
         if shape == [0]:
             vectors = np.zeros((0, self.embedder.dim), np.float16)
         else:
-            pixels = np.frombuffer(row["pixels"], np.uint8).reshape(shape)
+            pixels = np.frombuffer(bytearray(row["pixels"]), np.uint8).reshape(shape)  # writable for torch
             vectors = self.embedder(pixels).numpy().astype(np.float16)
         return {key: row[key] for key in ("out", "batch", "batches", "keys")} | {
             "embedding": vectors.tobytes(),

@@ -136,3 +136,33 @@ def test_sigkill_mid_embed_then_rerun_is_byte_identical(crawl, tmp_path):
     assert stage_files(killed, "embed") == stage_files(fresh, "embed")
     for name, mtime in mtimes.items():
         assert (killed / "embed" / "copy" / "pool" / name).stat().st_mtime_ns == mtime, f"{name} was embedded again"
+
+
+def peak_rss_of_embed(crawl: Path, pool: Path, run_dir: Path) -> int:
+    """Peak RSS (KiB) of a process that runs only the embed stage over an already-ingested `pool`."""
+    overrides = [
+        f"ingest.sources=[{{kind: folder, path: {pool}}}]",
+        "ingest.shard_size=10",
+        "retrieve.sources=[]",
+        "decontam.eval_sets=[]",
+        "embed.models={copy: {name: tiny, batch_size: 10}}",
+    ]
+    curate(load_curation_config(crawl / "curation.yaml", overrides), run_dir, ("ingest",), executor="local")
+    script = (
+        "import resource, sys; from pipelines.curate import main; "
+        f"main([{str(crawl / 'curation.yaml')!r}, *{overrides!r}, '--run-dir', {str(run_dir)!r}, '--executor', 'local']); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def test_memory_does_not_grow_with_the_number_of_shards(crawl, tmp_path):
+    files = sorted(p for p in (crawl / "pool").rglob("*") if p.is_file())
+    small = tmp_path / "small_pool"
+    small.mkdir()
+    for path in files[:200]:
+        (small / path.name).symlink_to(path)
+    small_rss = peak_rss_of_embed(crawl, small, tmp_path / "small")
+    large_rss = peak_rss_of_embed(crawl, crawl / "pool", tmp_path / "large")  # 10x the shards and images
+    assert large_rss <= 1.2 * small_rss, (small_rss, large_rss)

@@ -109,7 +109,7 @@ def test_torchscript_model_loads_from_a_local_file(tmp_path):
 def test_registry_lists_kinds_and_refuses_unknown_names():
     names = list_embedders()
     assert {"tiny", "dinov2:vitg14_reg", "timm:<architecture>", "torchscript:<path>"} <= set(names)
-    with pytest.raises(ConfigError, match="unknown embedder 'clip'.*tiny"):
+    with pytest.raises(ConfigError, match=r"unknown embedder 'clip'.*tiny"):
         create_embedder("clip")
 
 

@@ -1,0 +1,102 @@
+"""Embed-stage throughput as a ratio to a bare loop of `model(x)` on the same preprocessed tensors.
+
+    python benchmarks/embed.py [--images 640] [--model dinov2:vits14] [--batch-size 32] [--gpu]
+
+Both sides run the same model (random weights: speed does not depend on them) at the same batch
+size. The bare side times only the forward passes over tensors prepared in advance; the stage
+side is the real embed stage through Ray Data (shard reading, JPEG decoding, preprocessing,
+the actor pool, parquet writing), timed after Ray has started. Target (issue 4): >= 0.90 on CPU
+with a ViT-S-sized model. With --gpu the model runs on one GPU in fp16 (e.g. timm:vit_huge_patch14_224).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from curation.config import validate_tree
+from curation.embedders import create_embedder
+from curation.run_config import CurationConfig
+from curation.shards import iter_samples
+from curation.synth.crawl import make_crawl
+from pipelines.curate import curate
+from pipelines.ray_session import connect_ray
+
+
+def bare_forward(model_name: str, batches: list[np.ndarray], device: str, precision: str) -> float:
+    """Seconds for `model(x)` over already-normalised float tensors (one warm-up batch excluded)."""
+    embedder = create_embedder(model_name, weights="random", device=device, precision=precision)
+    mean, std = embedder._mean, embedder._std
+    tensors = [((torch.as_tensor(b).permute(0, 3, 1, 2).float().to(device) - mean) / std) for b in batches]
+    amp = torch.autocast(device, dtype=torch.float16, enabled=device == "cuda")
+    with torch.inference_mode(), amp:
+        embedder.model(tensors[0])
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for x in tensors:
+            embedder.model(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=640)
+    parser.add_argument("--model", default="dinov2:vits14")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--gpu", action="store_true")
+    args = parser.parse_args()
+    device, precision = ("cuda", "fp16") if args.gpu else ("cpu", "fp32")
+    with tempfile.TemporaryDirectory() as tmp:
+        crawl = make_crawl(Path(tmp) / "crawl", images=args.images + 40, seed=0)
+        tree = {
+            "ingest": {"sources": [{"kind": "folder", "path": str(crawl / "pool")}], "shard_size": 128},
+            "embed": {
+                "models": {
+                    "retrieval": {
+                        "name": args.model,
+                        "weights": "random",
+                        "batch_size": args.batch_size,
+                        "precision": precision,
+                    }
+                },
+                "gpus_per_actor": 1.0 if args.gpu else 0.0,
+            },
+        }
+        config = validate_tree(CurationConfig, tree, source="benchmark")
+        run_dir = Path(tmp) / "run"
+        curate(config, run_dir, ("ingest",), executor="local")
+        preprocess = create_embedder(args.model, weights="random").preprocess
+        pixels = [
+            preprocess.from_jpeg(s["jpg"])
+            for t in sorted((run_dir / "ingest").glob("*.tar"))
+            for _, s in iter_samples(t)
+        ]
+        n = len(pixels)
+        batches = [np.stack(pixels[i : i + args.batch_size]) for i in range(0, n, args.batch_size)]
+        bare = bare_forward(args.model, batches, device, precision)
+
+        connect_ray()
+        started = time.perf_counter()
+        curate(config, run_dir, ("ingest", "embed"), executor="ray")
+        stage = time.perf_counter() - started
+        shutil.rmtree(run_dir)
+    print(
+        f"model {args.model} on {device} ({precision}), batch {args.batch_size}, {n} images, "
+        f"{torch.get_num_threads()} torch threads"
+    )
+    print(f"bare model(x) loop : {n / bare:8.1f} images/s")
+    print(f"embed stage (Ray)  : {n / stage:8.1f} images/s")
+    print(f"ratio stage/bare   : {bare / stage:.2f}  (target >= 0.90 on CPU)")
+
+
+if __name__ == "__main__":
+    main()
