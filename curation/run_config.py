@@ -12,6 +12,7 @@ from pydantic import Field
 
 from curation.config import ConfigPath, Section, load_config
 from curation.decontam import DecontamConfig
+from curation.dedup import DedupConfig
 from curation.embed import EmbedConfig
 from curation.ingest import IngestConfig
 from curation.retrieve import RetrieveConfig
@@ -27,6 +28,7 @@ class CurationConfig(Section):
     run: RunSection = RunSection()
     ingest: IngestConfig
     embed: EmbedConfig = EmbedConfig()
+    dedup: DedupConfig = DedupConfig()
     decontam: DecontamConfig = DecontamConfig()
     retrieve: RetrieveConfig = RetrieveConfig()
 

@@ -13,20 +13,19 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
-from curation import ingest
+from curation import decontam, dedup, ingest
 from curation.errors import LvdError
 from curation.run_config import CurationConfig, load_curation_config
-from curation.rundir import RunDir, require_new_stage_dir, stage_hash
+from curation.rundir import RunDir, StageWork, require_new_stage_dir, stage_hash
 from pipelines.executors import process_map, ray_map
 
 log = logging.getLogger("pipelines.curate")
-
-STAGES = ("ingest", "embed")
-"""Stages in run order; each later issue's stage is appended here."""
 
 
 def uses_ray(executor: str) -> bool:
@@ -41,34 +40,78 @@ def choose_map(executor: str, workers: int) -> Callable:
     return process_map(workers)
 
 
-def run_ingest_stage(
-    config: CurationConfig, run: RunDir, executor: str = "auto", force: bool = False
-) -> dict[str, int]:
-    """Run (or skip, when done for the same hash) the ingest stage; returns its manifest counts."""
-    references = config.reference_sets()
-    hash_ = stage_hash(ingest.STAGE, {"ingest": config.ingest, "references": references})
-    if run.is_done(ingest.STAGE, hash_) and not force:
-        counts = run.stage_record(ingest.STAGE)["counts"]
-        print(ingest.summary_line(counts) + " (already done; skipped)")
-        return counts
-    with run.stage(ingest.STAGE, hash_) as work, tqdm(desc="ingest shards", unit="shard", file=sys.stderr) as bar:
+@dataclass(frozen=True)
+class Stage:
+    """A stage of the run: what its hash covers, which stages it reads, how it runs and reports."""
 
-        def progress(n: int) -> None:
-            bar.update(n)
+    name: str
+    section: Callable[[CurationConfig], Any]
+    upstream: tuple[str, ...]
+    body: Callable[[CurationConfig, RunDir, StageWork, str], dict[str, int]]
+    summary: Callable[[dict[str, int]], str]
 
+
+def ingest_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
+    with tqdm(desc="ingest shards", unit="shard", file=sys.stderr) as bar:
         map_fn = choose_map(executor, config.ingest.workers)
-        work.counts = ingest.run_ingest(config.ingest, work, map_fn, progress, references)
-    print(ingest.summary_line(work.counts))
+        return ingest.run_ingest(config.ingest, work, map_fn, bar.update, config.reference_sets())
+
+
+def embed_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
+    from pipelines.embed_runner import embed_all  # torch and Ray load only when a run embeds
+
+    return embed_all(config.embed, run.stage_path("ingest"), work.path, uses_ray(executor))
+
+
+def embed_summary(counts: dict[str, int]) -> str:
+    from pipelines.embed_runner import summary_line
+
+    return summary_line(counts)
+
+
+def dedup_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
+    tasks = 1 if not uses_ray(executor) else 2
+    return dedup.run_dedup(
+        config.dedup,
+        run.stage_path("ingest"),
+        run.stage_path("embed"),
+        work.path,
+        choose_map(executor, tasks),
+        seed=config.run.seed,
+    )
+
+
+def decontam_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
+    return decontam.run_decontam(
+        config.decontam, run.stage_path("embed"), run.stage_path("dedup"), work.path, seed=config.run.seed
+    )
+
+
+PIPELINE = (
+    Stage(
+        "ingest", lambda c: {"ingest": c.ingest, "references": c.reference_sets()}, (), ingest_body, ingest.summary_line
+    ),
+    Stage("embed", lambda c: c.embed, ("ingest",), embed_body, embed_summary),
+    Stage("dedup", lambda c: c.dedup, ("ingest", "embed"), dedup_body, dedup.summary_line),
+    Stage("decontam", lambda c: c.decontam, ("embed", "dedup"), decontam_body, decontam.summary_line),
+)
+STAGES = tuple(stage.name for stage in PIPELINE)
+
+
+def run_stage(
+    stage: Stage, config: CurationConfig, run: RunDir, executor: str = "auto", force: bool = False
+) -> dict[str, int]:
+    """Run one stage into its folder (or skip it when done for the same hash); returns its counts."""
+    upstream = {name: run.require_done(name)["hash"] for name in stage.upstream}
+    hash_ = stage_hash(stage.name, stage.section(config), upstream)
+    if run.is_done(stage.name, hash_) and not force:
+        counts = run.stage_record(stage.name)["counts"]
+        print(stage.summary(counts) + " (already done; skipped)")
+        return counts
+    with run.stage(stage.name, hash_) as work:
+        work.counts = stage.body(config, run, work, executor)
+    print(stage.summary(work.counts))
     return work.counts
-
-
-def run_embed(config: CurationConfig, run: RunDir, executor: str = "auto", force: bool = False) -> dict[str, int]:
-    from pipelines.embed_runner import run_embed_stage  # torch and Ray load only when a run embeds
-
-    return run_embed_stage(config, run, executor, force)
-
-
-STAGE_RUNNERS = {"ingest": run_ingest_stage, "embed": run_embed}
 
 
 def curate(
@@ -83,9 +126,10 @@ def curate(
     run = RunDir(run_dir)
     run.record_config(config)
     forcing = False
-    for stage in stages:
-        forcing = forcing or stage == start_from
-        STAGE_RUNNERS[stage](config, run, executor=executor, force=forcing)
+    for stage in PIPELINE:
+        forcing = forcing or stage.name == start_from
+        if stage.name in stages:
+            run_stage(stage, config, run, executor=executor, force=forcing)
     return run
 
 

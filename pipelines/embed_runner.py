@@ -20,8 +20,6 @@ from tqdm import tqdm
 
 from curation import embed
 from curation.errors import StageError
-from curation.run_config import CurationConfig
-from curation.rundir import RunDir, stage_hash
 
 READ_TASK_CPUS = 0.5
 
@@ -86,29 +84,19 @@ def run_role(
         progress.update(collector.written - before)
 
 
-def run_embed_stage(config: CurationConfig, run: RunDir, executor: str = "auto", force: bool = False) -> dict[str, int]:
-    """Embed the pool and reference sets with every configured role; skipped when done for the same hash."""
-    from pipelines.curate import uses_ray
-
-    ingest_record = run.require_done("ingest")
-    hash_ = stage_hash(embed.STAGE, config.embed, {"ingest": ingest_record["hash"]})
-    if run.is_done(embed.STAGE, hash_) and not force:
-        counts = run.stage_record(embed.STAGE)["counts"]
-        print(summary_line(counts) + " (already done; skipped)")
-        return counts
-    ingest_dir = run.stage_path("ingest")
-    with run.stage(embed.STAGE, hash_) as work:
-        for role, spec in config.embed.models.items():
-            role_dir = work.path / role
-            jobs, done = embed.pending_jobs(ingest_dir, role_dir, spec.batch_size)
-            card_model = spec.build("cpu")
-            embed.write_embedder_card(role_dir, spec, card_model)
-            collector = embed.ShardCollector()
-            with tqdm(total=len(jobs) + done, initial=done, desc=f"embed {role}", unit="shard", file=sys.stderr) as bar:
-                run_role(jobs, spec, config.embed, uses_ray(executor), collector, card_model.preprocess, bar)
-            work.counts.update(check_complete(ingest_dir, role_dir, role))
-    print(summary_line(work.counts))
-    return work.counts
+def embed_all(config: embed.EmbedConfig, ingest_dir: Path, out_dir: Path, use_ray: bool) -> dict[str, int]:
+    """Embed the pool and every reference set with each role's model into `out_dir/<role>/`."""
+    counts: dict[str, int] = {}
+    for role, spec in config.models.items():
+        role_dir = out_dir / role
+        jobs, done = embed.pending_jobs(ingest_dir, role_dir, spec.batch_size)
+        card_model = spec.build("cpu")
+        embed.write_embedder_card(role_dir, spec, card_model)
+        collector = embed.ShardCollector()
+        with tqdm(total=len(jobs) + done, initial=done, desc=f"embed {role}", unit="shard", file=sys.stderr) as bar:
+            run_role(jobs, spec, config, use_ray, collector, card_model.preprocess, bar)
+        counts.update(check_complete(ingest_dir, role_dir, role))
+    return counts
 
 
 def check_complete(ingest_dir: Path, role_dir: Path, role: str) -> dict[str, int]:

@@ -1,0 +1,240 @@
+"""Dedup stage: a kNN graph over copy-detection embeddings, connected components, one image kept per component.
+
+The paper's recipe (DINOv2 App. A.3): k = 64 nearest neighbours per image, an edge where cosine
+> 0.6 (for SSCD embeddings), connected components, one image kept per component. `mode: semdedup`
+is the alternative of Abbas et al. 2023: k-means the embeddings, link pairs inside a cluster at
+cosine >= 1 - eps, and keep per component the image farthest from (or nearest to) its centroid.
+
+    RUN/dedup/keep.parquet      key, component, component_size           (sorted by key)
+    RUN/dedup/removed.parquet   key, component, kept_key, similarity     (similarity to kept_key)
+    RUN/dedup/edges/*.parquet   src_key, dst_key, similarity             (every edge of the graph)
+
+Keep rule (`mode: knn`): the image with the most pixels, then the smallest key — deterministic,
+and the best copy of a picture is usually the largest.
+
+The graph is searched in query chunks (`chunk_size` rows) that run as independent tasks against
+one index saved in the stage folder (memory-mapped by each worker), so chunks spread over a local
+process pool or Ray tasks and each writes its own edge file; a killed stage keeps finished chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from curation.config import Section
+from curation.embed import POOL, read_embeddings
+from curation.knn import IndexSpec, build_index, neighbours_above, on_device
+
+STAGE = "dedup"
+ROW_EDGES = "edge_rows"  # work files: edges as row numbers, renamed to keys in edges/ at the end
+EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("similarity", pa.float32())])
+
+
+class DedupConfig(Section):
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"chunk_size", "threads"})
+
+    role: str = Field("copy", description="which embed role to read (copy-detection features)")
+    mode: Literal["knn", "semdedup"] = "knn"
+    k: int = Field(64, ge=1, description="neighbours searched per image (paper: 64)")
+    threshold: float = Field(0.6, gt=-1, le=1, description="edge when cosine >= threshold (paper: 0.6 with SSCD)")
+    index: IndexSpec = IndexSpec()
+    semdedup_clusters: int = Field(100, ge=1)
+    semdedup_eps: float = Field(0.05, gt=0, lt=1, description="pairs at cosine >= 1 - eps are duplicates")
+    semdedup_keep: Literal["farthest", "nearest"] = Field("farthest", description="from the cluster centroid")
+    chunk_size: int = Field(50_000, ge=1, description="query rows per search task")
+    threads: int = Field(0, ge=0, description="Faiss threads per task; 0 = all cores / tasks")
+
+
+@dataclass(frozen=True)
+class EdgeTask:
+    """Search rows [start, stop) of the pool against the saved index; write their edges to `out`."""
+
+    start: int
+    stop: int
+    index_path: str
+    vectors_path: str
+    out: str
+    k: int
+    threshold: float
+    spec: IndexSpec
+    threads: int
+
+
+def search_chunk(task: EdgeTask) -> int:
+    """Edges (src < dst) of one query chunk, written atomically; returns how many."""
+    if task.threads:
+        faiss.omp_set_num_threads(task.threads)
+    vectors = np.load(task.vectors_path, mmap_mode="r")
+    index = on_device(faiss.read_index(task.index_path, faiss.IO_FLAG_MMAP), task.spec)
+    queries = np.ascontiguousarray(vectors[task.start : task.stop])
+    rows, ids, sims = neighbours_above(index, task.spec, vectors, queries, task.k + 1, task.threshold)
+    src = rows + task.start
+    forward = src < ids  # each undirected edge once (and never a self-loop)
+    table = pa.table({"src": src[forward], "dst": ids[forward], "similarity": sims[forward]}, schema=EDGE_SCHEMA)
+    tmp = Path(task.out + ".tmp")
+    pq.write_table(table.sort_by([("src", "ascending"), ("dst", "ascending")]), tmp)
+    os.replace(tmp, task.out)
+    return table.num_rows
+
+
+MapFn = Callable[[Callable[[EdgeTask], int], Iterable[EdgeTask]], Iterator[int]]
+
+
+def knn_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, map_fn: MapFn, seed: int) -> Path:
+    """Build the index once, search every chunk as a task, return the folder of edge files."""
+    edges_dir = work_dir / ROW_EDGES
+    edges_dir.mkdir(parents=True, exist_ok=True)
+    vectors_path, index_path = work_dir / "vectors.npy", work_dir / "index.faiss"
+    if not index_path.exists():
+        np.save(vectors_path, vectors)
+        index = build_index(vectors, config.index, seed)
+        faiss.write_index(index, str(index_path) + ".tmp")
+        os.replace(str(index_path) + ".tmp", index_path)
+    tasks = [
+        EdgeTask(
+            start,
+            min(start + config.chunk_size, len(vectors)),
+            str(index_path),
+            str(vectors_path),
+            str(edges_dir / f"{start:012d}.parquet"),
+            config.k,
+            config.threshold,
+            config.index,
+            config.threads,
+        )
+        for start in range(0, len(vectors), config.chunk_size)
+    ]
+    for _ in map_fn(search_chunk, [t for t in tasks if not Path(t.out).exists()]):
+        pass
+    return edges_dir
+
+
+def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, seed: int) -> tuple[Path, np.ndarray]:
+    """Within-cluster pairs at cosine >= 1 - eps; returns the edge folder and each vector's centroid similarity."""
+    clusters = min(config.semdedup_clusters, len(vectors))
+    kmeans = faiss.Kmeans(vectors.shape[1], clusters, niter=20, seed=seed, spherical=True)
+    kmeans.train(vectors)
+    _, assignment = kmeans.index.search(vectors, 1)
+    assignment = assignment[:, 0]
+    centroid_similarity = np.einsum("nd,nd->n", vectors, kmeans.centroids[assignment])
+    parts = []
+    for cluster in range(clusters):
+        members = np.flatnonzero(assignment == cluster)
+        sims = vectors[members] @ vectors[members].T
+        rows, cols = np.nonzero(np.triu(sims >= 1 - config.semdedup_eps, k=1))
+        parts.append((members[rows], members[cols], sims[rows, cols]))
+    src, dst, sim = (np.concatenate(p) for p in zip(*parts, strict=True))
+    edges_dir = work_dir / ROW_EDGES
+    edges_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"src": src, "dst": dst, "similarity": sim.astype(np.float32)}, schema=EDGE_SCHEMA)
+    pq.write_table(table.sort_by([("src", "ascending"), ("dst", "ascending")]), edges_dir / "000000000000.parquet")
+    return edges_dir, centroid_similarity
+
+
+def components_of(n: int, edges_dir: Path) -> np.ndarray:
+    """Connected-component label of each of `n` rows, streaming the edge files into one sparse graph."""
+    src, dst = [], []
+    for part in sorted(edges_dir.glob("*.parquet")):
+        table = pq.read_table(part, columns=["src", "dst"])
+        src.append(table.column("src").to_numpy())
+        dst.append(table.column("dst").to_numpy())
+    rows = np.concatenate(src) if src else np.zeros(0, np.int64)
+    cols = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n)).tocsr()
+    return connected_components(graph, directed=False)[1]
+
+
+def choose_kept(labels: np.ndarray, keys: list[str], preference: np.ndarray) -> np.ndarray:
+    """Row kept per component: highest `preference`, then smallest key. Returns kept row per row."""
+    order = sorted(range(len(keys)), key=lambda i: (labels[i], -preference[i], keys[i]))
+    kept_of_label: dict[int, int] = {}
+    for i in order:
+        kept_of_label.setdefault(int(labels[i]), i)
+    return np.array([kept_of_label[int(label)] for label in labels])
+
+
+def run_dedup(
+    config: DedupConfig, ingest_dir: Path, embed_dir: Path, work_dir: Path, map_fn: MapFn, seed: int = 0
+) -> dict[str, int]:
+    """Deduplicate the pool's `config.role` embeddings into `work_dir`; returns manifest counts."""
+    keys, vectors = read_embeddings(embed_dir / config.role / POOL)
+    pixels = _pixels_by_key(ingest_dir, keys)
+    if config.mode == "knn":
+        edges_dir = knn_edges(vectors, config, work_dir, map_fn, seed)
+        preference = pixels
+    else:
+        edges_dir, centroid_similarity = semdedup_edges(vectors, config, work_dir, seed)
+        preference = -centroid_similarity if config.semdedup_keep == "farthest" else centroid_similarity
+    labels = components_of(len(keys), edges_dir)
+    kept = choose_kept(labels, keys, preference)
+    _write_outputs(keys, vectors, labels, kept, edges_dir, work_dir)
+    for scratch in ("vectors.npy", "index.faiss"):
+        (work_dir / scratch).unlink(missing_ok=True)
+    removed = int(np.sum(kept != np.arange(len(keys))))
+    return {
+        "images": len(keys),
+        "kept": len(keys) - removed,
+        "removed": removed,
+        "components_with_duplicates": len({int(labels[i]) for i in np.flatnonzero(kept != np.arange(len(keys)))}),
+    }
+
+
+def _pixels_by_key(ingest_dir: Path, keys: list[str]) -> np.ndarray:
+    index = pq.read_table(ingest_dir / "index.parquet", columns=["key", "width", "height"]).to_pydict()
+    pixels = {k: w * h for k, w, h in zip(index["key"], index["width"], index["height"], strict=True)}
+    return np.array([pixels[k] for k in keys], dtype=np.int64)
+
+
+def _write_outputs(
+    keys: list[str], vectors: np.ndarray, labels: np.ndarray, kept: np.ndarray, edges_dir: Path, work_dir: Path
+) -> None:
+    """keep/removed tables sorted by key; edge files rewritten with keys instead of row numbers."""
+    sizes = np.bincount(labels)
+    rows = np.arange(len(keys))
+    is_kept = kept == rows
+    similarity = np.einsum("nd,nd->n", vectors, vectors[kept]).astype(np.float32)
+    key_array = np.array(keys, dtype=object)
+    keep = pa.table({"key": key_array[is_kept], "component": labels[is_kept], "component_size": sizes[labels[is_kept]]})
+    removed = pa.table(
+        {
+            "key": key_array[~is_kept],
+            "component": labels[~is_kept],
+            "kept_key": key_array[kept[~is_kept]],
+            "similarity": similarity[~is_kept],
+        }
+    )
+    pq.write_table(keep.sort_by("key"), work_dir / "keep.parquet")
+    pq.write_table(removed.sort_by("key"), work_dir / "removed.parquet")
+    named_dir = work_dir / "edges"
+    named_dir.mkdir(exist_ok=True)
+    for part in sorted(edges_dir.glob("*.parquet")):
+        table = pq.read_table(part)
+        named = pa.table(
+            {
+                "src_key": key_array[table.column("src").to_numpy()],
+                "dst_key": key_array[table.column("dst").to_numpy()],
+                "similarity": table.column("similarity"),
+            }
+        )
+        pq.write_table(named, named_dir / part.name)
+    shutil.rmtree(edges_dir)
+
+
+def summary_line(counts: dict[str, int]) -> str:
+    return (
+        f"dedup: {counts['images']} images -> {counts['kept']} kept + {counts['removed']} duplicates "
+        f"in {counts['components_with_duplicates']} groups"
+    )

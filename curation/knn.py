@@ -1,0 +1,109 @@
+"""Faiss nearest-neighbour search on L2-normalised vectors (inner product = cosine), CPU or GPU.
+
+Index kinds: `exact` (IndexFlatIP), `ivf_flat` and `ivf_pq` (trained on a sample). Approximate
+indexes only *propose* candidates: every returned similarity is recomputed exactly from the
+vectors, so thresholds mean the same thing whatever the index, and an exact and an IVF-PQ run
+keep the same images when the candidates cover the true neighbours.
+
+The device is chosen at run time: a GPU index when faiss-gpu is importable and a GPU is present
+(and `device` allows it), else CPU. The same code path serves both.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Literal
+
+import faiss
+import numpy as np
+from pydantic import Field
+
+from curation.config import Section
+
+log = logging.getLogger(__name__)
+
+
+class IndexSpec(Section):
+    """Which Faiss index proposes neighbours, and how hard it looks."""
+
+    kind: Literal["exact", "ivf_flat", "ivf_pq"] = "exact"
+    nlist: int = Field(0, ge=0, description="IVF cells; 0 = 4*sqrt(N), at least 1")
+    nprobe: int = Field(32, ge=1, description="IVF cells visited per query")
+    pq_m: int = Field(0, ge=0, description="PQ sub-quantizers; 0 = D/4")
+    train_size: int = Field(100_000, ge=1, description="vectors sampled to train IVF/PQ")
+    candidates: int = Field(2, ge=1, description="approximate indexes propose k*candidates, re-ranked exactly")
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+
+
+def gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def build_index(vectors: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:
+    """A CPU index over `vectors` (N×D float32, unit norm), trained on a seeded sample when it needs
+    training; `on_device` moves it to a GPU for searching (CPU indexes are what serialise)."""
+    n, dim = vectors.shape
+    if spec.kind == "exact":
+        index: faiss.Index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = spec.nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(dim)
+        if spec.kind == "ivf_flat":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            m = spec.pq_m or _largest_divisor_at_most(dim, max(1, dim // 4))
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        sample = np.random.default_rng(seed).choice(n, min(n, spec.train_size), replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.nprobe = min(spec.nprobe, nlist)
+    index.add(vectors)
+    return index
+
+
+def _largest_divisor_at_most(dim: int, limit: int) -> int:
+    return max(d for d in range(1, limit + 1) if dim % d == 0)
+
+
+def on_device(index: faiss.Index, spec: IndexSpec) -> faiss.Index:
+    """The index on a GPU when faiss-gpu and a GPU are present and `spec.device` allows, else as is."""
+    if spec.device == "gpu" and not gpu_available():
+        raise RuntimeError("index device 'gpu' requested but faiss-gpu or a GPU is missing; install the gpu extra")
+    if spec.device != "cpu" and gpu_available():
+        log.info("faiss: moving the %s index to GPU", spec.kind)
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index
+
+
+def is_approximate(spec: IndexSpec) -> bool:
+    return spec.kind != "exact"
+
+
+def search(
+    index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`k` neighbours of each query: (similarities Q×k, ids Q×k, -1 where fewer exist), exact scores.
+
+    `vectors` are the indexed vectors, used to re-score candidates from approximate indexes.
+    """
+    k = min(k, index.ntotal)
+    if not is_approximate(spec):
+        return index.search(queries, k)
+    _, candidates = index.search(queries, min(index.ntotal, k * spec.candidates))
+    valid = candidates >= 0
+    safe = np.where(valid, candidates, 0)
+    scores = np.einsum("qd,qkd->qk", queries, vectors[safe])
+    scores[~valid] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    ids = np.take_along_axis(np.where(valid, candidates, -1), order, 1)
+    return np.take_along_axis(scores, order, 1).astype(np.float32), ids
+
+
+def neighbours_above(
+    index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, queries: np.ndarray, k: int, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query row, neighbour id, similarity) for every top-`k` neighbour with similarity >= threshold."""
+    sims, ids = search(index, spec, vectors, queries, k)
+    rows, cols = np.nonzero((sims >= threshold) & (ids >= 0))
+    return rows, ids[rows, cols], sims[rows, cols]

@@ -1,0 +1,137 @@
+"""Dedup and decontamination on the synthetic crawl, compared with its planted truth."""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from curation.run_config import load_curation_config
+from pipelines.curate import curate
+from tests.stage_output import stage_files
+
+
+@pytest.fixture(scope="module")
+def deduped_run(crawl, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("dedup") / "run"
+    curate(
+        load_curation_config(crawl / "curation.yaml"),
+        run_dir,
+        ("ingest", "embed", "dedup", "decontam"),
+        executor="local",
+    )
+    return run_dir
+
+
+def truth_by_key(run_dir: Path, crawl: Path, pool_truth: list[dict]) -> dict[str, dict]:
+    """Truth rows of the ingested pool images, by ingest key."""
+    by_path = {str(crawl / r["path"]): r for r in pool_truth}
+    index = pq.read_table(run_dir / "ingest" / "index.parquet", columns=["key", "source"]).to_pylist()
+    return {row["key"]: by_path[row["source"]] for row in index}
+
+
+def read(run_dir: Path, stage: str, table: str) -> list[dict]:
+    return pq.read_table(run_dir / stage / f"{table}.parquet").to_pylist()
+
+
+def test_planted_duplicates_share_a_component_and_uniques_survive(deduped_run, crawl, pool_truth):
+    truth = truth_by_key(deduped_run, crawl, pool_truth)
+    keep, removed = read(deduped_run, "dedup", "keep"), read(deduped_run, "dedup", "removed")
+    component = {r["key"]: r["component"] for r in keep + removed}
+    assert set(component) == set(truth) and len(keep) + len(removed) == len(truth)
+
+    groups: dict[str, list[str]] = {}
+    for key, row in truth.items():
+        if row["dup_group"]:
+            groups.setdefault(row["dup_group"], []).append(key)
+    pairs = [pair for members in groups.values() for pair in combinations(members, 2)]
+    together = sum(component[a] == component[b] for a, b in pairs)
+    assert together / len(pairs) >= 0.99, f"{together}/{len(pairs)} planted pairs joined"
+
+    uniques = {k for k, r in truth.items() if not r["dup_group"] and not r["leak_of"]}
+    wrongly_removed = uniques & {r["key"] for r in removed}
+    assert len(wrongly_removed) <= 0.002 * len(uniques), wrongly_removed
+    assert len({component[k] for members in groups.values() for k in members if k in {r["key"] for r in keep}}) == len(
+        groups
+    )
+
+
+def test_every_removal_names_its_kept_partner_and_the_rule_holds(deduped_run):
+    keep = {r["key"]: r for r in read(deduped_run, "dedup", "keep")}
+    index = {r["key"]: r["width"] * r["height"] for r in read(deduped_run, "ingest", "index")}
+    for row in read(deduped_run, "dedup", "removed"):
+        kept = row["kept_key"]
+        assert kept in keep and keep[kept]["component"] == row["component"]
+        assert index[kept] > index[row["key"]] or (index[kept] == index[row["key"]] and kept < row["key"])
+        assert row["similarity"] > 0.5
+
+
+def test_planted_eval_leaks_are_removed_with_their_cause(deduped_run, crawl, truth, pool_truth):
+    eval_truth_key = {
+        row["key"]: by_path[row["source"]]
+        for by_path in [{str(crawl / r["path"]): r["key"] for r in truth if r["role"] == "eval"}]
+        for part in (deduped_run / "ingest" / "eval").glob("*/index.parquet")
+        for row in pq.read_table(part, columns=["key", "source"]).to_pylist()
+    }
+    truth = truth_by_key(deduped_run, crawl, pool_truth)
+    dedup_component = {
+        r["key"]: r["component"] for r in read(deduped_run, "dedup", "keep") + read(deduped_run, "dedup", "removed")
+    }
+    removed = read(deduped_run, "decontam", "removed")
+    contaminated_components = {r["component"]: r for r in removed}
+    leaks = {k: r for k, r in truth.items() if r["leak_of"]}
+    caught = [k for k in leaks if dedup_component[k] in contaminated_components]
+    assert len(caught) / len(leaks) >= 0.99
+    for key in caught:
+        hit = contaminated_components[dedup_component[key]]
+        assert eval_truth_key[hit["eval_key"]] == leaks[key]["leak_of"] and hit["similarity"] >= 0.92
+    leaky_components = {dedup_component[k] for k in leaks}
+    assert all(r["component"] in leaky_components for r in removed), "a component without a leak was dropped"
+    keep = {r["key"] for r in read(deduped_run, "decontam", "keep")}
+    assert len(keep) + len(removed) == len(read(deduped_run, "dedup", "keep"))
+
+
+def test_exact_and_ivf_pq_keep_the_same_images(deduped_run, crawl, tmp_path):
+    run_dir = tmp_path / "ivfpq"
+    run_dir.mkdir()
+    for stage in ("ingest", "embed"):
+        (run_dir / stage).symlink_to(deduped_run / stage)
+    (run_dir / "manifest.json").write_bytes((deduped_run / "manifest.json").read_bytes())
+    config = load_curation_config(crawl / "curation.yaml", ["dedup.index={kind: ivf_pq, nlist: 16, nprobe: 8}"])
+    curate(config, run_dir, ("dedup",), executor="local")
+    exact = [r["key"] for r in read(deduped_run, "dedup", "keep")]
+    approximate = [r["key"] for r in read(run_dir, "dedup", "keep")]
+    assert exact == approximate
+
+
+def test_byte_identical_with_other_chunking_and_workers(deduped_run, crawl, tmp_path):
+    run_dir = tmp_path / "chunked"
+    run_dir.mkdir()
+    for stage in ("ingest", "embed"):
+        (run_dir / stage).symlink_to(deduped_run / stage)
+    (run_dir / "manifest.json").write_bytes((deduped_run / "manifest.json").read_bytes())
+    config = load_curation_config(crawl / "curation.yaml", ["dedup.chunk_size=300", "dedup.threads=1"])
+    curate(config, run_dir, ("dedup", "decontam"), executor="local")
+    for stage in ("dedup", "decontam"):
+        ours, reference = stage_files(run_dir, stage), stage_files(deduped_run, stage)
+        assert {k: v for k, v in ours.items() if "edges" not in k} == {
+            k: v for k, v in reference.items() if "edges" not in k
+        }
+
+
+def test_semdedup_mode_removes_exact_copies(deduped_run, crawl, pool_truth, tmp_path):
+    from curation.dedup import DedupConfig, run_dedup
+    from pipelines.executors import serial_map
+
+    config = DedupConfig(mode="semdedup", semdedup_clusters=10, semdedup_eps=0.02)
+    counts = run_dedup(config, deduped_run / "ingest", deduped_run / "embed", tmp_path, serial_map)
+    truth = truth_by_key(deduped_run, crawl, pool_truth)
+    removed = {r["key"] for r in pq.read_table(tmp_path / "removed.parquet").to_pylist()}
+    exact_copies = {k for k, r in truth.items() if r["dup_kind"] == "exact"}
+    assert exact_copies <= removed | {r["key"] for r in pq.read_table(tmp_path / "keep.parquet").to_pylist()}
+    groups_with_exact = {truth[k]["dup_group"] for k in exact_copies}
+    assert counts["removed"] >= len(exact_copies) and len(groups_with_exact) > 0
+    uniques = {k for k, r in truth.items() if not r["dup_group"] and not r["leak_of"]}
+    assert len(uniques & removed) <= 0.002 * len(uniques)
