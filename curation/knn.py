@@ -90,6 +90,19 @@ def search(
     k = min(k, index.ntotal)
     if not is_approximate(spec):
         return index.search(queries, k)
+    parts = [
+        _search_rescored(index, spec, vectors, queries[i : i + RESCORE_BATCH], k)
+        for i in range(0, len(queries), RESCORE_BATCH)
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+RESCORE_BATCH = 1024  # queries re-scored at once: bounds the Q×k×D gather to ~70 MB at k=64, D=256
+
+
+def _search_rescored(
+    index: faiss.Index, spec: IndexSpec, vectors: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     _, candidates = index.search(queries, min(index.ntotal, k * spec.candidates))
     valid = candidates >= 0
     safe = np.where(valid, candidates, 0)

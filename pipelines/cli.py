@@ -74,11 +74,21 @@ def _curate(
         raise  # unreachable: _fail exits
 
 
-@app.command()
-def ingest(config: Path, overrides: Overrides = None, run_dir: RunDirOption = None) -> None:
-    """Ingest the config's sources into WebDataset shards under RUN/ingest/."""
-    run = _curate(config, overrides, run_dir, ("ingest",))
-    console.print(f"run directory: {run.root}")
+def _single_stage(name: str, help_text: str) -> None:
+    """Register `lvd <name> CONFIG [overrides] [--run-dir RUN]`: that stage alone (upstream must be done)."""
+
+    def command(config: Path, overrides: Overrides = None, run_dir: RunDirOption = None) -> None:
+        run = _curate(config, overrides, run_dir, (name,))
+        console.print(f"run directory: {run.root}")
+
+    command.__doc__ = help_text
+    app.command(name=name)(command)
+
+
+_single_stage("ingest", "Ingest the config's sources (and seed/eval sets) into WebDataset shards under RUN/ingest/.")
+_single_stage("embed", "Embed ingested images with each configured role's model into RUN/embed/<role>/.")
+_single_stage("dedup", "Faiss kNN graph over copy embeddings, one image kept per component, into RUN/dedup/.")
+_single_stage("decontam", "Drop dedup components close to evaluation images, into RUN/decontam/.")
 
 
 @app.command()
@@ -123,7 +133,10 @@ def demo(
         make_crawl(crawl, images=images)
     run = _curate(crawl / "curation.yaml", [], workdir / "run", None)
     status(run.root)
-    console.print(f"demo: shards in {run.root / 'ingest'}, manifest {run.root / 'manifest.json'}")
+    console.print(
+        f"demo: ingested shards in {run.root / 'ingest'}, kept images in {run.root / 'decontam'}, "
+        f"manifest {run.root / 'manifest.json'}"
+    )
 
 
 def main() -> None:
