@@ -72,7 +72,7 @@ def main() -> None:
         recall = len(truth & found) / max(1, len(truth))
         vector_kib = n * args.dim * 4 / 1024
         print(
-            f"N={n:,} D={args.dim}: exact {exact_total:8.1f}s{' (scaled from %d queries)' % queries if scale > 1 else ''}, "
+            f"N={n:,} D={args.dim}: exact {exact_total:8.1f}s{f' (scaled from {queries} queries)' if scale > 1 else ''}, "
             f"ivf_pq {approx_total:7.1f}s -> time ratio {approx_total / exact_total:.3f} (target <= 0.05 at 1M)"
         )
         print(
