@@ -1,23 +1,35 @@
-"""Retrieval from the curated pool: the per-seed-set source rows of the paper's Table 15.
-
-At this stage of the project this module holds the configuration contract that
-`configs/curation/lvd142m.yaml` and the synthetic crawl's config are written in; the retrieval
-itself (Faiss search and k-means over the pool) builds on the embed and dedup stages.
+"""Retrieve stage: per source row of the paper's Table 15, images of the deduplicated, decontaminated pool.
 
 Strategies (DINOv2 paper, Sec. 3 and App. A.2):
 - `as_is`: the seed set itself enters the curated set;
 - `sample`: the `n` nearest pool images of every query image;
 - `cluster`: the pool is k-means clustered; every cluster holding at least `min_queries` query
   images (paper: "more than 3") contributes `images_per_cluster` images, at most `max_images` per set.
+
+Searches run on the `retrieval` role's embeddings. Within a cluster the images nearest its
+centroid are taken first; eligible clusters are taken in decreasing order of query count (ties:
+cluster id), so a cap keeps the clusters the seed set is densest in.
+
+    RUN/retrieve/<row>/selected.parquet   key, collection, query_key, similarity   (sorted by key)
+    RUN/retrieve/rows.json                per row: strategy, target, retrieved, shortfall and cause
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from curation.config import ConfigPath, Section
+from curation.embed import POOL, read_embeddings
+from curation.knn import IndexSpec, build_index, on_device, search
 
 
 class AsIs(Section):
@@ -57,6 +69,9 @@ class RetrieveConfig(Section):
 
     sources: list[SeedSet] = Field(default_factory=list)
     clusters: int = Field(100_000, ge=1, description="k-means clusters of the pool (paper: 100,000)")
+    role: str = Field("retrieval", description="which embed role to search in")
+    index: IndexSpec = IndexSpec()
+    kmeans_iterations: int = Field(20, ge=1)
 
     @model_validator(mode="after")
     def _unique_names(self) -> RetrieveConfig:
@@ -68,3 +83,185 @@ class RetrieveConfig(Section):
 
     def expected_total(self) -> int:
         return sum(s.expected or 0 for s in self.sources)
+
+
+STAGE = "retrieve"
+SELECTION_SCHEMA = pa.schema(
+    [("key", pa.string()), ("collection", pa.string()), ("query_key", pa.string()), ("similarity", pa.float32())]
+)
+
+
+@dataclass
+class Pool:
+    """The images retrieval draws from: decontaminated pool keys and their retrieval vectors."""
+
+    keys: np.ndarray
+    vectors: np.ndarray
+
+    @classmethod
+    def load(cls, embed_dir: Path, role: str, decontam_dir: Path) -> Pool:
+        keys, vectors = read_embeddings(embed_dir / role / POOL)
+        keep = set(pq.read_table(decontam_dir / "keep.parquet").column("key").to_pylist())
+        rows = np.array([i for i, k in enumerate(keys) if k in keep], dtype=np.int64)
+        return cls(np.array(keys, dtype=object)[rows], vectors[rows] if len(rows) else vectors[:0])
+
+
+@dataclass
+class Selection:
+    """What one row retrieved, and why it may fall short of its target."""
+
+    keys: list[str]
+    collection: str
+    query_keys: list[str]
+    similarities: list[float]
+    target: int
+    cause: str = ""
+
+    def table(self) -> pa.Table:
+        table = pa.table(
+            {
+                "key": self.keys,
+                "collection": [self.collection] * len(self.keys),
+                "query_key": self.query_keys,
+                "similarity": self.similarities,
+            },
+            schema=SELECTION_SCHEMA,
+        )
+        return table.sort_by("key")
+
+
+def as_is(query_keys: list[str], collection: str) -> Selection:
+    return Selection(list(query_keys), collection, list(query_keys), [1.0] * len(query_keys), len(query_keys))
+
+
+def sample(
+    pool: Pool, index: faiss.Index, spec: IndexSpec, queries: np.ndarray, query_keys: list[str], n: int
+) -> Selection:
+    """The `n` nearest pool images of every query; an image near several queries is taken once (best query)."""
+    target = n * len(query_keys)
+    if not len(pool.keys) or not len(query_keys):
+        return Selection([], POOL, [], [], target, "empty pool or seed set")
+    sims, ids = search(index, spec, pool.vectors, queries, n)
+    best: dict[int, tuple[float, str]] = {}
+    for q, (row_sims, row_ids) in enumerate(zip(sims, ids, strict=True)):
+        for sim, i in zip(row_sims, row_ids, strict=True):
+            if i >= 0 and (i not in best or sim > best[i][0]):
+                best[int(i)] = (float(sim), query_keys[q])
+    rows = sorted(best)
+    cause = (
+        ""
+        if len(rows) == target
+        else (
+            f"{target - len(rows)} fewer: some pool images are among the {n} nearest of several queries"
+            if len(pool.keys) >= n
+            else f"the pool holds only {len(pool.keys)} images"
+        )
+    )
+    return Selection(
+        [pool.keys[i] for i in rows], POOL, [best[i][1] for i in rows], [best[i][0] for i in rows], target, cause
+    )
+
+
+@dataclass
+class PoolClusters:
+    """k-means of the pool (spherical, seeded): each image's cluster and its similarity to the centroid."""
+
+    centroids: np.ndarray
+    assignment: np.ndarray
+    centroid_similarity: np.ndarray
+
+    @classmethod
+    def fit(cls, pool: Pool, clusters: int, iterations: int, seed: int) -> PoolClusters:
+        k = max(1, min(clusters, len(pool.keys)))
+        kmeans = faiss.Kmeans(pool.vectors.shape[1], k, niter=iterations, seed=seed, spherical=True)
+        kmeans.train(pool.vectors)
+        sims, assignment = kmeans.index.search(pool.vectors, 1)
+        return cls(kmeans.centroids, assignment[:, 0], sims[:, 0])
+
+    def nearest(self, queries: np.ndarray) -> np.ndarray:
+        return np.argmax(queries @ self.centroids.T, axis=1)
+
+
+def cluster(
+    pool: Pool, clusters: PoolClusters, queries: np.ndarray, query_keys: list[str], strategy: Cluster
+) -> Selection:
+    """From each cluster holding >= min_queries queries, the images nearest its centroid, up to the caps."""
+    counts = (
+        np.bincount(clusters.nearest(queries), minlength=len(clusters.centroids))
+        if len(query_keys)
+        else np.zeros(len(clusters.centroids), np.int64)
+    )
+    eligible = sorted(
+        (c for c in range(len(counts)) if counts[c] >= strategy.min_queries), key=lambda c: (-counts[c], c)
+    )
+    target = len(eligible) * strategy.images_per_cluster
+    if strategy.max_images is not None:
+        target = min(target, strategy.max_images)
+    keys, sims, query_of = [], [], []
+    short_clusters = 0
+    for c in eligible:
+        members = np.flatnonzero(clusters.assignment == c)
+        members = members[np.argsort(-clusters.centroid_similarity[members], kind="stable")]
+        room = target - len(keys)
+        taken = members[: min(strategy.images_per_cluster, room)]
+        short_clusters += len(taken) < min(strategy.images_per_cluster, room)
+        keys += [pool.keys[i] for i in taken]
+        sims += [float(clusters.centroid_similarity[i]) for i in taken]
+        query_of += [f"cluster:{c}"] * len(taken)
+        if len(keys) >= target:
+            break
+    cause = ""
+    if not eligible:
+        cause = f"no cluster holds {strategy.min_queries} or more query images"
+    elif len(keys) < target:
+        cause = f"{short_clusters} eligible clusters hold fewer than {strategy.images_per_cluster} pool images"
+    return Selection(keys, POOL, query_of, sims, target, cause)
+
+
+def run_retrieve(
+    config: RetrieveConfig,
+    embed_dir: Path,
+    decontam_dir: Path,
+    collections: dict[str, str],
+    work_dir: Path,
+    seed: int = 0,
+) -> dict[str, int]:
+    """Retrieve for every source row into `work_dir/<row>/`; `collections` maps a row to its seed set."""
+    pool = Pool.load(embed_dir, config.role, decontam_dir)
+    index = on_device(build_index(pool.vectors, config.index, seed), config.index) if len(pool.keys) else None
+    pool_clusters = None
+    report, counts = {}, {}
+    for row in config.sources:
+        query_keys, queries = read_embeddings(embed_dir / config.role / collections[row.name])
+        if row.strategy.kind == "as_is":
+            selection = as_is(query_keys, collections[row.name])
+        elif row.strategy.kind == "sample":
+            selection = sample(pool, index, config.index, queries, query_keys, row.strategy.n)
+        else:
+            if pool_clusters is None:
+                pool_clusters = PoolClusters.fit(pool, config.clusters, config.kmeans_iterations, seed)
+            selection = cluster(pool, pool_clusters, queries, query_keys, row.strategy)
+        (work_dir / row.name).mkdir(parents=True, exist_ok=True)
+        pq.write_table(selection.table(), work_dir / row.name / "selected.parquet")
+        report[row.name] = {
+            "strategy": row.strategy.kind,
+            "queries": len(query_keys),
+            "target": selection.target,
+            "retrieved": len(selection.keys),
+            "shortfall": selection.target - len(selection.keys),
+            "cause": selection.cause,
+            "paper": row.expected,
+        }
+        counts[f"{row.name}.retrieved"] = len(selection.keys)
+    (work_dir / "rows.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    counts["pool"] = len(pool.keys)
+    return counts
+
+
+def summary_line(counts: dict[str, int]) -> str:
+    rows = {k.removesuffix(".retrieved"): v for k, v in counts.items() if k.endswith(".retrieved")}
+    return (
+        f"retrieve: {sum(rows.values())} images for {len(rows)} rows from a pool of {counts['pool']} ("
+        + ", ".join(f"{name} {n}" for name, n in rows.items())
+        + ")"
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from curation.assemble import AssembleConfig
 from curation.config import ConfigPath, Section, load_config
 from curation.decontam import DecontamConfig
 from curation.dedup import DedupConfig
@@ -31,6 +32,7 @@ class CurationConfig(Section):
     dedup: DedupConfig = DedupConfig()
     decontam: DecontamConfig = DecontamConfig()
     retrieve: RetrieveConfig = RetrieveConfig()
+    assemble: AssembleConfig = AssembleConfig()
 
     def reference_sets(self) -> dict[str, Path]:
         """Images that enter the run beside the pool: `seeds/<row>` and `eval/<set>` -> path.

@@ -19,8 +19,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from curation import decontam, dedup, ingest
-from curation.errors import LvdError
+from curation import assemble, decontam, dedup, ingest, retrieve
+from curation.errors import LvdError, StageError
 from curation.run_config import CurationConfig, load_curation_config
 from curation.rundir import RunDir, StageWork, require_new_stage_dir, stage_hash
 from pipelines.executors import process_map, ray_map
@@ -87,6 +87,31 @@ def decontam_body(config: CurationConfig, run: RunDir, work: StageWork, executor
     )
 
 
+def retrieve_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
+    missing = [row.name for row in config.retrieve.sources if row.path is None]
+    if missing:
+        raise StageError(f"source rows {missing} have no path to their seed images; set retrieve.sources.N.path")
+    collections = {row.name: config.seed_collection(row.name) for row in config.retrieve.sources}
+    return retrieve.run_retrieve(
+        config.retrieve,
+        run.stage_path("embed"),
+        run.stage_path("decontam"),
+        collections,
+        work.path,
+        seed=config.run.seed,
+    )
+
+
+def assemble_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
+    rows = {row.name: row.strategy.kind for row in config.retrieve.sources}
+    counts = assemble.run_assemble(
+        config.assemble, run.stage_path("ingest"), run.stage_path("retrieve"), rows, work.path, seed=config.run.seed
+    )
+    upstream = {name: run.stage_record(name)["counts"] for name in ("ingest", "dedup", "decontam")}
+    counts.update(assemble.account(upstream["ingest"], upstream["dedup"], upstream["decontam"], counts["curated.pool"]))
+    return counts
+
+
 PIPELINE = (
     Stage(
         "ingest", lambda c: {"ingest": c.ingest, "references": c.reference_sets()}, (), ingest_body, ingest.summary_line
@@ -94,6 +119,20 @@ PIPELINE = (
     Stage("embed", lambda c: c.embed, ("ingest",), embed_body, embed_summary),
     Stage("dedup", lambda c: c.dedup, ("ingest", "embed"), dedup_body, dedup.summary_line),
     Stage("decontam", lambda c: c.decontam, ("embed", "dedup"), decontam_body, decontam.summary_line),
+    Stage(
+        "retrieve",
+        lambda c: {"retrieve": c.retrieve, "seed": c.run.seed},
+        ("embed", "decontam"),
+        retrieve_body,
+        retrieve.summary_line,
+    ),
+    Stage(
+        "curated",
+        lambda c: {"assemble": c.assemble, "seed": c.run.seed},
+        ("ingest", "dedup", "decontam", "retrieve"),
+        assemble_body,
+        assemble.summary_line,
+    ),
 )
 STAGES = tuple(stage.name for stage in PIPELINE)
 

@@ -26,12 +26,12 @@ def _load_weights(model: nn.Module, name: str, weights: str | Path | None) -> nn
     return load_strict(model, weights)
 
 
-@register_embedder("tiny", ["tiny"])
+@register_embedder("tiny", ["tiny", "tiny:semantic"])
 def build_tiny(argument: str, weights: str | Path | None) -> Built:
     """Weight-free and deterministic; for tests and the demo (see curation.embedders.tiny)."""
-    if argument or weights not in (None, RANDOM_WEIGHTS):
-        raise ConfigError("embedder 'tiny' takes no argument and no weights")
-    return TinyEmbedder(), TinyEmbedder.dim, TINY_PREPROCESS
+    if argument not in ("", "semantic") or weights not in (None, RANDOM_WEIGHTS):
+        raise ConfigError("embedder 'tiny' takes no weights and only the argument 'semantic'")
+    return TinyEmbedder(semantic=argument == "semantic"), TinyEmbedder.dim, TINY_PREPROCESS
 
 
 @register_embedder("timm", ["timm:<architecture>"])

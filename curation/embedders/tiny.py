@@ -30,12 +30,17 @@ PREPROCESS = Preprocess(resize=64, crop=64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0,
 
 
 class TinyEmbedder(nn.Module):
-    """Input B×3×64×64 in [0, 1]; output B×(192 + 64 + 16) features."""
+    """Input B×3×64×64 in [0, 1]; output B×(192 + 64 + 16) features.
+
+    `semantic=True` drops the layout part (weight 0): what is left describes the concept, not the
+    picture, like the retrieval backbone of the paper next to its copy detector.
+    """
 
     dim = 3 * 64 + 64 + 16
 
-    def __init__(self) -> None:
+    def __init__(self, semantic: bool = False) -> None:
         super().__init__()
+        self.layout_weight = 0.0 if semantic else LAYOUT_WEIGHT
         opponent = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.5, -0.5, 0.0], [0.25, 0.25, -0.5]])
         self.register_buffer("opponent", opponent, persistent=False)
         angles = torch.arange(8) * math.pi / 8
@@ -45,7 +50,11 @@ class TinyEmbedder(nn.Module):
         self.register_buffer("blur_taps", taps / taps.sum(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [(self.layout(x), LAYOUT_WEIGHT), (self.colour(x), COLOUR_WEIGHT), (self.texture(x), TEXTURE_WEIGHT)]
+        parts = [
+            (self.layout(x), self.layout_weight),
+            (self.colour(x), COLOUR_WEIGHT),
+            (self.texture(x), TEXTURE_WEIGHT),
+        ]
         return torch.cat([F.normalize(p, dim=-1) * w for p, w in parts], dim=-1)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:

@@ -316,7 +316,7 @@ def _curation_config(seed: int) -> dict[str, object]:
         "ingest": {"sources": [{"kind": "folder", "path": "pool"}], "shard_size": 250},
         # The tiny embedder scores every planted copy >= 0.92 and no two distinct images that high
         # (the paper's 0.6 / 0.45 are for SSCD features).
-        "embed": {"models": {"copy": {"name": "tiny"}, "retrieval": {"name": "tiny"}}},
+        "embed": {"models": {"copy": {"name": "tiny"}, "retrieval": {"name": "tiny:semantic"}}},
         "dedup": {"role": "copy", "k": 16, "threshold": 0.92},
         "decontam": {"eval_sets": [{"name": n, "path": f"eval/{n}"} for n in EVAL_SETS], "threshold": 0.92},
         "retrieve": {

@@ -1,0 +1,179 @@
+"""The whole curation run on the synthetic crawl: curated shards checked against the planted truth."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from curation.run_config import load_curation_config
+from curation.rundir import RunDir
+from pipelines.curate import STAGES, curate
+from tests.stage_output import stage_files
+
+
+@pytest.fixture(scope="module")
+def curated_run(crawl, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("curate") / "run"
+    curate(load_curation_config(crawl / "curation.yaml"), run_dir, executor="local")
+    return run_dir
+
+
+def pool_truth_of_keys(run_dir: Path, crawl: Path, truth: list[dict]) -> dict[str, dict]:
+    by_path = {str(crawl / r["path"]): r for r in truth}
+    keys = {}
+    for index in [run_dir / "ingest" / "index.parquet", *(run_dir / "ingest").glob("*/*/index.parquet")]:
+        for row in pq.read_table(index, columns=["key", "source"]).to_pylist():
+            keys[row["key"]] = by_path[row["source"]]
+    return keys
+
+
+def curated_samples(run_dir: Path) -> list[dict]:
+    shards = sorted(str(p) for p in (run_dir / "curated").glob("*.tar"))
+    return list(wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode())
+
+
+def check_curated_against_truth(run_dir: Path, crawl: Path, truth: list[dict]) -> None:
+    """Retrieved images are of the seed's concept; no duplicate pair and no eval leak made it in."""
+    by_key = pool_truth_of_keys(run_dir, crawl, truth)
+    samples = curated_samples(run_dir)
+    assert len(samples) == len({s["__key__"] for s in samples}) > 0
+    seed_concept = {r["set"]: r["concept"] for r in truth if r["role"] == "seed"}
+    for row in load_curation_config(crawl / "curation.yaml").retrieve.sources:
+        members = [s for s in samples if any(e["seed_set"] == row.name for e in s["json"]["lineage"])]
+        concepts = [by_key[s["__key__"]]["concept"] for s in members]
+        precision = sum(c == seed_concept[row.name] for c in concepts) / len(concepts)
+        assert precision >= 0.95, (row.name, Counter(concepts))
+    pool_members = [by_key[s["__key__"]] for s in samples if s["json"]["collection"] == "pool"]
+    groups = Counter(r["dup_group"] for r in pool_members if r["dup_group"])
+    assert not [g for g, n in groups.items() if n > 1], "two copies of one picture were curated"
+    assert not [r for r in pool_members if r["leak_of"] or r["broken_reason"]]
+
+
+def test_curated_shards_hold_the_seed_concepts_without_duplicates_or_leaks(curated_run, crawl, truth):
+    check_curated_against_truth(curated_run, crawl, truth)
+
+
+def test_lineage_and_index_describe_every_sample(curated_run):
+    samples = curated_samples(curated_run)
+    index = {r["key"]: r for r in pq.read_table(curated_run / "curated" / "index.parquet").to_pylist()}
+    assert set(index) == {s["__key__"] for s in samples}
+    for sample in samples:
+        meta = sample["json"]
+        assert meta["source"] and meta["lineage"]
+        for entry in meta["lineage"]:
+            assert {"seed_set", "strategy", "query_key", "similarity"} <= set(entry)
+        assert index[sample["__key__"]]["seed_sets"] == sorted({e["seed_set"] for e in meta["lineage"]})
+
+
+def test_rows_meet_their_targets_or_say_why_not(curated_run):
+    rows = json.loads((curated_run / "retrieve" / "rows.json").read_text())
+    assert set(rows) == {"seed_cat", "seed_stripes", "seed_landscape"}
+    assert rows["seed_cat"]["retrieved"] == rows["seed_cat"]["queries"] == 8
+    for row in rows.values():
+        assert row["retrieved"] + row["shortfall"] == row["target"]
+        assert (row["shortfall"] == 0) == (row["cause"] == "")
+
+
+def test_every_input_image_is_accounted_for_once(curated_run, pool_truth):
+    counts = RunDir(curated_run).stage_record("curated")["counts"]
+    fates = {k: v for k, v in counts.items() if k.startswith("pool.")}
+    assert set(fates) == {
+        "pool.quarantined",
+        "pool.duplicate",
+        "pool.contaminated",
+        "pool.curated",
+        "pool.not_retrieved",
+    }
+    assert sum(fates.values()) == len(pool_truth)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_on_a_loopback_cluster(crawl, truth, tmp_path):
+    """`ray start --head` on 127.0.0.1, `ray job submit -- python -m pipelines.curate`, then check the shards."""
+    repo = Path(__file__).resolve().parents[1]
+    dashboard = free_port()
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    subprocess.run(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={free_port()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    try:
+        run_dir = tmp_path / "run"
+        job = subprocess.run(
+            [
+                "ray",
+                "job",
+                "submit",
+                f"--address=http://127.0.0.1:{dashboard}",
+                f"--working-dir={repo}",
+                "--",
+                "python",
+                "-m",
+                "pipelines.curate",
+                str(crawl / "curation.yaml"),
+                "--run-dir",
+                str(run_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
+        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
+        check_curated_against_truth(run_dir, crawl, truth)
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+def test_sigkill_during_each_stage_then_rerun_gives_identical_shards(crawl, curated_run, tmp_path, stage):
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.curate",
+        str(crawl / "curation.yaml"),
+        "--run-dir",
+        str(tmp_path),
+        "--executor",
+        "local",
+    ]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(tmp_path.glob(f"{stage}.*.partial")) and proc.poll() is None:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert RunDir(tmp_path).stage_record(stage)["status"] == "running", f"the kill missed stage {stage}"
+    subprocess.run(command, check=True, capture_output=True)
+    assert stage_files(tmp_path, "curated") == stage_files(curated_run, "curated")
