@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -9,3 +10,27 @@ def stage_files(run_dir: Path, stage: str = "ingest") -> dict[str, bytes]:
     """Every file of a finished stage (relative path -> bytes)."""
     root = run_dir / stage
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_dir_with(source: Path, target: Path, stages: tuple[str, ...]) -> Path:
+    """A new run directory whose finished `stages` are links to `source`'s (so later stages run alone)."""
+    target.mkdir(parents=True)
+    for stage in stages:
+        (target / stage).symlink_to(source / stage)
+    (target / "manifest.json").write_bytes((source / "manifest.json").read_bytes())
+    return target
+
+
+def curate_command(config: Path, run_dir: Path, *overrides: str) -> list[str]:
+    """The `python -m pipelines.curate` command line a user would type, run in-process-free for kill tests."""
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.curate",
+        str(config),
+        *overrides,
+        "--run-dir",
+        str(run_dir),
+        "--executor",
+        "local",
+    ]

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,7 +18,7 @@ import webdataset as wds
 from curation.run_config import load_curation_config
 from curation.rundir import RunDir
 from pipelines.curate import STAGES, curate
-from tests.stage_output import stage_files
+from tests.stage_output import curate_command, stage_files
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +157,7 @@ def test_ray_job_submit_on_a_loopback_cluster(crawl, truth, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
 def test_sigkill_during_each_stage_then_rerun_gives_identical_shards(crawl, curated_run, tmp_path, stage):
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.curate",
-        str(crawl / "curation.yaml"),
-        "--run-dir",
-        str(tmp_path),
-        "--executor",
-        "local",
-    ]
+    command = curate_command(crawl / "curation.yaml", tmp_path)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list(tmp_path.glob(f"{stage}.*.partial")) and proc.poll() is None:

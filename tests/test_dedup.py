@@ -10,7 +10,7 @@ import pytest
 
 from curation.run_config import load_curation_config
 from pipelines.curate import curate
-from tests.stage_output import stage_files
+from tests.stage_output import run_dir_with, stage_files
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +94,7 @@ def test_planted_eval_leaks_are_removed_with_their_cause(deduped_run, crawl, tru
 
 
 def test_exact_and_ivf_pq_keep_the_same_images(deduped_run, crawl, tmp_path):
-    run_dir = tmp_path / "ivfpq"
-    run_dir.mkdir()
-    for stage in ("ingest", "embed"):
-        (run_dir / stage).symlink_to(deduped_run / stage)
-    (run_dir / "manifest.json").write_bytes((deduped_run / "manifest.json").read_bytes())
+    run_dir = run_dir_with(deduped_run, tmp_path / "ivfpq", ("ingest", "embed"))
     config = load_curation_config(crawl / "curation.yaml", ["dedup.index={kind: ivf_pq, nlist: 16, nprobe: 8}"])
     curate(config, run_dir, ("dedup",), executor="local")
     exact = [r["key"] for r in read(deduped_run, "dedup", "keep")]
@@ -107,11 +103,7 @@ def test_exact_and_ivf_pq_keep_the_same_images(deduped_run, crawl, tmp_path):
 
 
 def test_byte_identical_with_other_chunking_and_workers(deduped_run, crawl, tmp_path):
-    run_dir = tmp_path / "chunked"
-    run_dir.mkdir()
-    for stage in ("ingest", "embed"):
-        (run_dir / stage).symlink_to(deduped_run / stage)
-    (run_dir / "manifest.json").write_bytes((deduped_run / "manifest.json").read_bytes())
+    run_dir = run_dir_with(deduped_run, tmp_path / "chunked", ("ingest", "embed"))
     config = load_curation_config(crawl / "curation.yaml", ["dedup.chunk_size=300", "dedup.threads=1"])
     curate(config, run_dir, ("dedup", "decontam"), executor="local")
     for stage in ("dedup", "decontam"):

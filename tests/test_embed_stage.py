@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from curation.embedders import create_embedder
 from curation.run_config import load_curation_config
 from curation.shards import iter_samples
 from pipelines.curate import curate
-from tests.stage_output import stage_files
+from tests.stage_output import curate_command, run_dir_with, stage_files
 
 
 @pytest.fixture(scope="module")
@@ -83,19 +82,11 @@ def test_planted_near_duplicates_are_nearest_neighbours(embedded_run, crawl, poo
     assert hits / len(copies) >= 0.99
 
 
-def copy_ingested_run(source: Path, target: Path) -> Path:
-    """A new run directory holding `source`'s finished ingest stage (so only later stages run)."""
-    target.mkdir(parents=True)
-    shutil.copytree(source / "ingest", target / "ingest")
-    shutil.copy(source / "manifest.json", target / "manifest.json")
-    return target
-
-
 def test_ray_data_actor_pool_with_one_and_two_actors(embedded_run, crawl, tmp_path):
     direct = direct_vectors(embedded_run)
     try:
         for actors in (1, 2):
-            run_dir = copy_ingested_run(embedded_run, tmp_path / f"actors{actors}")
+            run_dir = run_dir_with(embedded_run, tmp_path / f"actors{actors}", ("ingest",))
             config = load_curation_config(crawl / "curation.yaml", [f"embed.actors={actors}"])
             curate(config, run_dir, ("embed",), executor="ray")
             check_against_direct(run_dir, direct)
@@ -109,18 +100,8 @@ def test_sigkill_mid_embed_then_rerun_is_byte_identical(crawl, tmp_path):
     config = load_curation_config(crawl / "curation.yaml", overrides)
     killed = tmp_path / "killed"
     curate(config, killed, ("ingest",), executor="local")
-    fresh = copy_ingested_run(killed, tmp_path / "fresh")
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.curate",
-        str(crawl / "curation.yaml"),
-        *overrides,
-        "--run-dir",
-        str(killed),
-        "--executor",
-        "local",
-    ]
+    fresh = run_dir_with(killed, tmp_path / "fresh", ("ingest",))
+    command = curate_command(crawl / "curation.yaml", killed, *overrides)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, written = time.monotonic() + 120, []
     while time.monotonic() < deadline and len(written) < 10:

@@ -5,29 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from curation.rundir import RunDir
-from tests.stage_output import stage_files
+from tests.stage_output import curate_command, stage_files
 
 OVERRIDES = ["ingest.shard_size=40", "ingest.workers=1"]
 
 
 def command(crawl: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pipelines.curate",
-        str(crawl / "curation.yaml"),
-        *OVERRIDES,
-        *extra,
-        "--run-dir",
-        str(run_dir),
-        "--executor",
-        "local",
-    ]
+    return curate_command(crawl / "curation.yaml", run_dir, *OVERRIDES, *extra)
 
 
 def test_sigkill_mid_ingest_then_rerun_is_byte_identical(crawl, tmp_path):

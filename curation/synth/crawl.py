@@ -73,6 +73,10 @@ class Crawl:
             row["url"] = f"{self.base_url}/{rel}"
         self.rows.append(row)
 
+    def add_image(self, rel: str, image: Image.Image, **truth: object) -> None:
+        """Write `image` as a JPEG at `rel`, recording its size with the truth."""
+        self.add(rel, jpeg(image), width=image.width, height=image.height, **truth)
+
 
 class Renderer:
     """Renders concept images; a photo concept that runs out of distinct crops falls back to procedural."""
@@ -190,16 +194,8 @@ def _write_eval_sets(crawl: Crawl, renderer: Renderer) -> list[tuple[str, str, I
                 actual, image = renderer.render(concept)
                 key = f"{name}_{concept}_{i:03d}"
                 split = "train" if i < EVAL_IMAGES_PER_CONCEPT // 2 else "test"
-                crawl.add(
-                    f"eval/{name}/{key}.jpg",
-                    jpeg(image),
-                    key=key,
-                    role="eval",
-                    set=name,
-                    split=split,
-                    concept=actual,
-                    width=image.width,
-                    height=image.height,
+                crawl.add_image(
+                    f"eval/{name}/{key}.jpg", image, key=key, role="eval", set=name, split=split, concept=actual
                 )
                 written.append((key, actual, image))
     return written
@@ -210,16 +206,7 @@ def _write_seed_sets(crawl: Crawl, renderer: Renderer) -> None:
         for i in range(count):
             actual, image = renderer.render(concept)
             key = f"{name}_{i:03d}"
-            crawl.add(
-                f"seeds/{name}/{key}.jpg",
-                jpeg(image),
-                key=key,
-                role="seed",
-                set=name,
-                concept=actual,
-                width=image.width,
-                height=image.height,
-            )
+            crawl.add_image(f"seeds/{name}/{key}.jpg", image, key=key, role="seed", set=name, concept=actual)
 
 
 def _write_pool(crawl: Crawl, renderer: Renderer, images: int, eval_images: list) -> None:
