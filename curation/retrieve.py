@@ -237,6 +237,8 @@ def run_retrieve(
             selection = as_is(query_keys, collections[row.name])
         elif row.strategy.kind == "sample":
             selection = sample(pool, index, config.index, queries, query_keys, row.strategy.n)
+        elif not len(pool.keys):
+            selection = Selection([], POOL, [], [], 0, "empty pool")
         else:
             if pool_clusters is None:
                 pool_clusters = PoolClusters.fit(pool, config.clusters, config.kmeans_iterations, seed)

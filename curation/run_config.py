@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from curation.assemble import AssembleConfig
 from curation.config import ConfigPath, Section, load_config
@@ -33,6 +33,15 @@ class CurationConfig(Section):
     decontam: DecontamConfig = DecontamConfig()
     retrieve: RetrieveConfig = RetrieveConfig()
     assemble: AssembleConfig = AssembleConfig()
+
+    @model_validator(mode="after")
+    def _roles_exist(self) -> CurationConfig:
+        roles = set(self.embed.models)
+        for section in ("dedup", "decontam", "retrieve"):
+            role = getattr(self, section).role
+            if role not in roles:
+                raise ValueError(f"{section}.role {role!r} is not one of the embed.models roles {sorted(roles)}")
+        return self
 
     def reference_sets(self) -> dict[str, Path]:
         """Images that enter the run beside the pool: `seeds/<row>` and `eval/<set>` -> path.

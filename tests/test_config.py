@@ -137,3 +137,9 @@ def test_execution_knobs_do_not_change_the_config_hash(tmp_path):
     assert config_hash(base.ingest) == config_hash(spread.ingest)
     assert config_hash(base.embed) == config_hash(spread.embed)
     assert config_hash(base.ingest) != config_hash(changed.ingest)
+
+
+def test_a_stage_reading_a_missing_embed_role_is_refused(tmp_path):
+    path = write(tmp_path, minimal())
+    with pytest.raises(ConfigError, match=r"retrieve\.role 'retrieval' is not one of the embed\.models roles"):
+        load_curation_config(path, ["embed.models={copy: {name: tiny}}"])

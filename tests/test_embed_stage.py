@@ -96,7 +96,7 @@ def test_ray_data_actor_pool_with_one_and_two_actors(embedded_run, crawl, tmp_pa
 
 
 def test_sigkill_mid_embed_then_rerun_is_byte_identical(crawl, tmp_path):
-    overrides = ["ingest.shard_size=20", "embed.models={copy: {name: tiny, batch_size: 8}}"]
+    overrides = ["ingest.shard_size=20", "embed.models.copy.batch_size=8", "embed.models.retrieval.batch_size=8"]
     config = load_curation_config(crawl / "curation.yaml", overrides)
     killed = tmp_path / "killed"
     curate(config, killed, ("ingest",), executor="local")
@@ -126,12 +126,13 @@ def peak_rss_of_embed(crawl: Path, pool: Path, run_dir: Path) -> int:
         "ingest.shard_size=10",
         "retrieve.sources=[]",
         "decontam.eval_sets=[]",
-        "embed.models={copy: {name: tiny, batch_size: 10}}",
+        "embed.models.copy.batch_size=10",
     ]
     curate(load_curation_config(crawl / "curation.yaml", overrides), run_dir, ("ingest",), executor="local")
     script = (
-        "import resource, sys; from pipelines.curate import main; "
-        f"main([{str(crawl / 'curation.yaml')!r}, *{overrides!r}, '--run-dir', {str(run_dir)!r}, '--executor', 'local']); "
+        "import resource; from pipelines.cli import app; "
+        f"app(['embed', {str(crawl / 'curation.yaml')!r}, *{overrides!r}, '--run-dir', {str(run_dir)!r}], "
+        "standalone_mode=False); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
