@@ -35,5 +35,5 @@ def test_ivf_flat_and_pq_find_the_planted_edges_on_a_small_set():
 def test_ivf_pq_edge_recall_on_200k_vectors():
     vectors = planted_vectors(200_000, 256, seed=0)
     exact = edges(IndexSpec(kind="exact"), vectors, 20_000)
-    found = edges(IndexSpec(kind="ivf_pq", nprobe=64), vectors, 20_000)
+    found = edges(IndexSpec(kind="ivf_pq", nprobe=128), vectors, 20_000)
     assert len(exact) > 1000 and len(exact & found) / len(exact) >= 0.98
