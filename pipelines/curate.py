@@ -70,13 +70,13 @@ def embed_summary(counts: dict[str, int]) -> str:
 
 
 def dedup_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
-    tasks = 1 if not uses_ray(executor) else 2
+    # Locally one process searches the chunks (Faiss already uses every core); on Ray, chunks spread.
     return dedup.run_dedup(
         config.dedup,
         run.stage_path("ingest"),
         run.stage_path("embed"),
         work.path,
-        choose_map(executor, tasks),
+        choose_map(executor, workers=1),
         seed=config.run.seed,
     )
 
