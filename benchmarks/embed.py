@@ -59,9 +59,10 @@ def main() -> None:
         crawl = make_crawl(Path(tmp) / "crawl", images=args.images + 40, seed=0)
         tree = {
             "ingest": {"sources": [{"kind": "folder", "path": str(crawl / "pool")}], "shard_size": 128},
+            "retrieve": {"role": "copy"},
             "embed": {
                 "models": {
-                    "retrieval": {
+                    "copy": {
                         "name": args.model,
                         "weights": "random",
                         "batch_size": args.batch_size,

@@ -133,6 +133,8 @@ def _describe(model: type[BaseModel], err: Any) -> str:
     if err["type"] == "extra_forbidden":
         hint = _suggest(model, [str(p) for p in err["loc"]])
         return f"unknown key {loc!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+    if not loc:  # a check across keys (a model validator): its message names the keys itself
+        return err["msg"].removeprefix("Value error, ")
     return f"key {loc!r}: {err['msg']} (got {err.get('input')!r})"
 
 
