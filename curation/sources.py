@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -220,9 +219,6 @@ def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: Down
     )
 
 
-_HTTP_STATUS = re.compile(r"HTTP Error (\d{3})")
-
-
 def downloaded_refs(download_dir: Path, kind: str) -> list[InputRef]:
     """One ref per URL from img2dataset's per-shard parquet: the tar member, or the error."""
     refs = []
@@ -236,12 +232,6 @@ def downloaded_refs(download_dir: Path, kind: str) -> list[InputRef]:
                     InputRef(row["url"], kind, failure=(DOWNLOAD_FAILED, row["error_message"] or row["status"]))
                 )
     return refs
-
-
-def http_status_of(detail: str) -> int | None:
-    """The HTTP status code in an img2dataset error message, if it names one."""
-    match = _HTTP_STATUS.search(detail or "")
-    return int(match.group(1)) if match else None
 
 
 Source = Annotated[FolderSource | TarSource | UrlSource, Field(discriminator="kind")]
