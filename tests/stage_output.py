@@ -22,7 +22,7 @@ def run_dir_with(source: Path, target: Path, stages: tuple[str, ...]) -> Path:
 
 
 def curate_command(config: Path, run_dir: Path, *overrides: str) -> list[str]:
-    """The `python -m pipelines.curate` command line a user would type, run in-process-free for kill tests."""
+    """The `python -m pipelines.curate` command line a user would type, for tests that run (or kill) it."""
     return [
         sys.executable,
         "-m",
