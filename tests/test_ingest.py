@@ -61,7 +61,7 @@ def test_keys_are_stable_hashes_of_the_source(folder_run):
 
 def test_url_source_through_img2dataset_over_loopback(served_crawl, pool_truth, tmp_path):
     run_dir = tmp_path / "urls"
-    url_source = "[{kind: urls, path: urls.parquet, download: {timeout: 1.5, processes_count: 2, thread_count: 16}}]"
+    url_source = "[{kind: urls, path: urls.parquet, download: {timeout: 4, processes_count: 2, thread_count: 16}}]"
     ingest(served_crawl, run_dir, f"ingest.sources={url_source}")
     check_accounting(run_dir, pool_truth, lambda row: row["url"], over_http=True)
     check_shards_readable(run_dir)
