@@ -183,12 +183,12 @@ def run_dedup(
     _write_outputs(keys, vectors, labels, kept, edges_dir, work_dir)
     for scratch in ("vectors.npy", "index.faiss"):
         (work_dir / scratch).unlink(missing_ok=True)
-    removed = int(np.sum(kept != np.arange(len(keys))))
+    is_removed = kept != np.arange(len(keys))
     return {
         "images": len(keys),
-        "kept": len(keys) - removed,
-        "removed": removed,
-        "components_with_duplicates": len({int(labels[i]) for i in np.flatnonzero(kept != np.arange(len(keys)))}),
+        "kept": len(keys) - int(is_removed.sum()),
+        "removed": int(is_removed.sum()),
+        "components_with_duplicates": len(np.unique(labels[is_removed])),
     }
 
 

@@ -228,7 +228,7 @@ def run_retrieve(
 ) -> dict[str, int]:
     """Retrieve for every source row into `work_dir/<row>/`; `collections` maps a row to its seed set."""
     pool = Pool.load(embed_dir, config.role, decontam_dir)
-    index = on_device(build_index(pool.vectors, config.index, seed), config.index) if len(pool.keys) else None
+    index = None  # built on the first `sample` row, like the clustering on the first `cluster` row
     pool_clusters = None
     report, counts = {}, {}
     for row in config.sources:
@@ -236,6 +236,8 @@ def run_retrieve(
         if row.strategy.kind == "as_is":
             selection = as_is(query_keys, collections[row.name])
         elif row.strategy.kind == "sample":
+            if index is None and len(pool.keys):
+                index = on_device(build_index(pool.vectors, config.index, seed), config.index)
             selection = sample(pool, index, config.index, queries, query_keys, row.strategy.n)
         elif not len(pool.keys):
             selection = Selection([], POOL, [], [], 0, "empty pool")
