@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -137,6 +138,60 @@ def demo(
         f"demo: ingested shards in {run.root / 'ingest'}, kept images in {run.root / 'decontam'}, "
         f"manifest {run.root / 'manifest.json'}"
     )
+
+
+@app.command()
+def train(
+    config: Path,
+    overrides: Overrides = None,
+    ray_workers: Annotated[int, typer.Option(help="run on N Ray Train workers instead of in this process")] = 0,
+    gpu: Annotated[bool, typer.Option(help="with --ray-workers: one GPU per worker")] = False,
+) -> None:
+    """DINOv2 pretraining on curated shards (for several GPUs on one node, use torchrun -m pipelines.pretrain)."""
+    from curation.config import load_config
+    from training.config import TrainConfig
+    from training.ray_launch import train_on_ray
+    from training.train_loop import train as run_training
+
+    try:
+        if ray_workers:
+            train_on_ray(config, overrides or [], ray_workers, gpu)
+            return
+        result = run_training(load_config(TrainConfig, config, overrides or []))
+    except LvdError as exc:
+        _fail(exc)
+        return
+    console.print(
+        f"train: {result.steps} steps, {result.images_seen} images, final loss {result.final_loss:.4f}; "
+        f"backbone exported to {result.export.parent}"
+    )
+
+
+@app.command(name="eval")
+def evaluate(
+    protocol: Annotated[str, typer.Argument(help="knn or linear")],
+    model: Annotated[str, typer.Argument(help="an embedder: lvd:<export dir>, dinov2:vitl14, timm:<arch>")],
+    train_dir: Annotated[Path, typer.Option("--train", help="labelled image folder: ROOT/<class>/*.jpg")],
+    val_dir: Annotated[Path, typer.Option("--val", help="labelled image folder with the same classes")],
+    weights: Annotated[str | None, typer.Option(help="checkpoint path ('random' for the random-init baseline)")] = None,
+    k: Annotated[int, typer.Option(help="kNN neighbours")] = 20,
+    temperature: Annotated[float, typer.Option(help="kNN vote temperature")] = 0.07,
+    out: Annotated[Path | None, typer.Option(help="write the result as JSON here")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Top-1 accuracy of frozen features with weighted kNN (k=20, T=0.07) or a linear probe."""
+    from training.eval import evaluate_folders
+
+    try:
+        result = evaluate_folders(protocol, model, train_dir, val_dir, weights, k, temperature, seed)
+    except LvdError as exc:
+        _fail(exc)
+        return
+    text = json.dumps(result, indent=2)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    console.print(text, highlight=False)
 
 
 def main() -> None:

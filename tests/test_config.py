@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from curation.config import load_config
 from curation.errors import ConfigError
 from curation.run_config import load_curation_config
 from curation.synth.crawl import _curation_config
@@ -143,3 +144,13 @@ def test_a_stage_reading_a_missing_embed_role_is_refused(tmp_path):
     path = write(tmp_path, minimal())
     with pytest.raises(ConfigError, match=r"retrieve\.role 'retrieval' is not one of the embed\.models roles"):
         load_curation_config(path, ["embed.models={copy: {name: tiny}}"])
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs/training").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_training_config_validates(path):
+    from training.config import TrainConfig
+
+    config = load_config(TrainConfig, path)
+    assert config.optim.total_steps > 0

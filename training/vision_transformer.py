@@ -12,7 +12,7 @@ the 518-pixel pretraining resolution (37×37 patches) and interpolated to the in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,14 @@ class DinoVisionTransformer(nn.Module):
         interpolate_offset: float = 0.1,
     ):
         super().__init__()
+        self.spec = {
+            "arch": asdict(arch),
+            "patch_size": patch_size,
+            "img_size": img_size,
+            "num_register_tokens": num_register_tokens,
+            "interpolate_antialias": interpolate_antialias,
+            "interpolate_offset": interpolate_offset,
+        }
         dim = arch.embed_dim
         self.embed_dim, self.patch_size = dim, patch_size
         self.num_register_tokens = num_register_tokens
@@ -124,6 +132,12 @@ class DinoVisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x)["x_norm_clstoken"])
+
+
+def vit_from_spec(spec: dict) -> DinoVisionTransformer:
+    """Rebuild a backbone from its `spec` (as saved beside an export), for inference."""
+    options = {k: v for k, v in spec.items() if k != "arch"}
+    return DinoVisionTransformer(ViTArch(**spec["arch"]), **options)
 
 
 def create_vit(name: str, **kwargs: object) -> DinoVisionTransformer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -78,3 +79,23 @@ def build_torchscript(argument: str, weights: str | Path | None) -> Built:
     with torch.inference_mode():
         dim = model.eval()(torch.zeros(1, 3, preprocess.crop, preprocess.crop)).shape[-1]
     return model, int(dim), preprocess
+
+
+@register_embedder("lvd", ["lvd:<export dir>"])
+def build_lvd(argument: str, weights: str | Path | None) -> Built:
+    """A backbone exported by `lvd train`/`lvd distill` (`<dir>/backbone.json` + `<dir>/teacher_backbone.pth`).
+
+    `weights` overrides the .pth; `weights='random'` gives the same architecture at random init,
+    the baseline a trained model is compared with.
+    """
+    from training.checkpoint import EXPORT_SPEC, EXPORT_WEIGHTS
+    from training.vision_transformer import vit_from_spec
+
+    directory = Path(argument)
+    spec_path = directory / EXPORT_SPEC
+    if not spec_path.is_file():
+        raise CheckpointError(f"{directory} is not a backbone export: {spec_path} is missing")
+    model = vit_from_spec(json.loads(spec_path.read_text()))
+    model = _load_weights(model, f"lvd:{argument}", weights or directory / EXPORT_WEIGHTS)
+    crop = model.spec["img_size"]
+    return model, model.embed_dim, Preprocess(round(crop * 256 / 224), crop, IMAGENET_MEAN, IMAGENET_STD)

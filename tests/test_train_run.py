@@ -1,0 +1,108 @@
+"""The training loop end to end on tiny shards: metrics, checkpoints, resume, export, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from curation.config import validate_tree
+from curation.embedders import create_embedder
+from curation.errors import ConfigError
+from tests.train_fixtures import tiny_train_tree, write_concept_shards
+from training.config import TrainConfig
+from training.data import shard_urls
+from training.student_teacher import DinoV2
+from training.train_loop import TrainingDiverged, check_finite, train
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_concept_shards(tmp_path_factory.mktemp("curated"))
+
+
+def _config(shards, out, **sections) -> TrainConfig:
+    return validate_tree(TrainConfig, tiny_train_tree(shards, out, **sections), "test")
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_metrics_checkpoints_and_a_loadable_export(shards, tmp_path):
+    result = train(_config(shards, tmp_path, run={"max_steps": 4}))
+    assert (result.steps, result.images_seen) == (4, 16)
+    rows = _metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert {"loss/dino_global", "loss/dino_local", "loss/ibot", "loss/koleo", "lr", "momentum", "images_per_s"} <= set(
+        rows[0]
+    )
+    assert rows[0]["last_layer_lr"] == 0.0  # prototypes frozen in the first epoch
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+    embedder = create_embedder(f"lvd:{tmp_path / 'export'}")
+    assert embedder.dim == 32 and embedder.preprocess.crop == 32
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(shards, tmp_path):
+    train(_config(shards, tmp_path, run={"max_steps": 4, "keep_checkpoints": 5}))
+    resumed = train(_config(shards, tmp_path, run={"max_steps": 6, "keep_checkpoints": 5}))
+    assert (resumed.steps, resumed.images_seen) == (6, 24)
+    assert [r["step"] for r in _metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    # A checkpoint being written when the run died is ignored, not loaded.
+    (tmp_path / "checkpoints" / "step_00000008.partial").mkdir()
+    again = train(_config(shards, tmp_path, run={"max_steps": 8, "keep_checkpoints": 5}))
+    assert again.steps == 8
+    assert [r["step"] for r in _metrics(tmp_path)][-2:] == [7, 8]
+
+
+def test_resume_restores_teacher_student_and_optimiser_exactly(shards, tmp_path):
+    config = _config(shards, tmp_path, run={"max_steps": 2})
+    train(config)
+    saved = torch.load(tmp_path / "export" / "teacher_backbone.pth", weights_only=True)
+    model = DinoV2(config)
+    from training.checkpoint import load_latest
+    from training.optim import build_optimizer
+
+    optimizer = build_optimizer(model.student, config)
+    assert load_latest(tmp_path / "checkpoints", model, optimizer) == (2, 8)
+    for name, value in model.teacher.backbone.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    assert optimizer.state  # AdamW moments came back too
+
+
+def test_sinkhorn_and_separate_ibot_head_train(shards, tmp_path):
+    result = train(
+        _config(
+            shards, tmp_path, run={"max_steps": 2}, loss={"centering": "sinkhorn_knopp", "separate_ibot_head": True}
+        )
+    )
+    assert result.steps == 2 and result.final_loss == result.final_loss  # not NaN
+
+
+def test_a_diverged_loss_names_its_part():
+    parts = {"dino_global": torch.tensor(1.0), "ibot": torch.tensor(float("nan")), "total": torch.tensor(1.0)}
+    with pytest.raises(TrainingDiverged, match="'ibot' is nan at step 7"):
+        check_finite(parts, 7)
+
+
+def test_missing_shards_and_bad_crop_sizes_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"no \.tar shards"):
+        shard_urls(tmp_path)
+    with pytest.raises(ConfigError, match=r"not a multiple of model\.patch_size"):
+        validate_tree(TrainConfig, tiny_train_tree(tmp_path, tmp_path, crops={"global_size": 30}), "test")
+    with pytest.raises(ConfigError, match="did you mean"):
+        validate_tree(TrainConfig, tiny_train_tree(tmp_path, tmp_path, optim={"base_lrr": 1.0}), "test")
+
+
+def test_teacher_update_is_an_exponential_moving_average(shards, tmp_path):
+    model = DinoV2(_config(shards, tmp_path))
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(1.0)
+    before = model.teacher.backbone.cls_token.clone()
+    model.teacher.update(model.student, momentum=0.75)
+    expected = 0.75 * before + 0.25 * model.student.backbone.cls_token
+    assert torch.allclose(model.teacher.backbone.cls_token, expected)
+    model.teacher.update(model.student, momentum=0.0)
+    assert torch.equal(model.teacher.dino_head.mlp[0].weight, model.student.dino_head.mlp[0].weight)

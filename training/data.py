@@ -1,0 +1,129 @@
+"""The training input: curated WebDataset shards → multi-crop batches with iBOT masks.
+
+Shards are resampled (drawn with replacement, as DINOv2's infinite sampler does), so every rank
+and every loader worker reads an endless, independent stream; the shard order is seeded by
+(run seed, rank, worker, start step), so a resumed run continues with a fresh but reproducible
+stream instead of replaying the images it has already seen. Decoding and cropping happen in the
+loader's worker processes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, get_worker_info
+
+from curation.errors import ConfigError
+from training.augment import MultiCrop, MultiCropViews
+from training.masking import BlockMaskGenerator, batch_masks
+
+IMAGE_EXTENSIONS = "jpg;jpeg;png;webp"
+
+
+def shard_urls(source: str | Path) -> list[str]:
+    """Shards from a directory (its `*.tar`, sorted) or a brace pattern such as `data/{000000..000099}.tar`."""
+    path = Path(source)
+    if path.is_dir():
+        urls = [str(p) for p in sorted(path.glob("*.tar"))]
+    else:
+        urls = wds.shardlists.expand_urls(str(source))
+        if "://" not in str(source):
+            urls = [url for url in urls if Path(url).is_file()]
+    if not urls:
+        raise ConfigError(f"data.shards: no .tar shards found at {source}")
+    return urls
+
+
+def _stream_seed(seed: int, rank: int, start_step: int) -> int:
+    worker = get_worker_info()
+    return hash((seed, rank, worker.id if worker else 0, start_step)) & 0x7FFFFFFF
+
+
+def _crop_first(transform: MultiCrop, sample: tuple) -> MultiCropViews:
+    return transform(sample[0])
+
+
+def image_stream(
+    urls: list[str], transform: MultiCrop, seed: int, rank: int, start_step: int, shuffle_buffer: int
+) -> wds.DataPipeline:
+    """Endless stream of `MultiCropViews`; an undecodable sample is logged and skipped."""
+    worker_seed = partial(_stream_seed, seed, rank, start_step)
+    return wds.DataPipeline(
+        wds.ResampledShards(urls, seed=seed, worker_seed=worker_seed, deterministic=True),
+        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed + rank + start_step),
+        wds.decode("pil", handler=wds.warn_and_continue),
+        wds.to_tuple(IMAGE_EXTENSIONS, handler=wds.warn_and_continue),
+        wds.map(partial(_crop_first, transform)),
+    )
+
+
+@dataclass
+class CropBatch:
+    """Global crops are crop-major (all images' first crop, then all images' second crop); likewise local."""
+
+    global_crops: torch.Tensor  # (2·B)×3×G×G
+    local_crops: torch.Tensor  # (L·B)×3×l×l, L may be 0
+    masks: torch.Tensor  # (2·B)×N boolean, N = (G / patch)²
+    batch_size: int
+
+    def pin_memory(self) -> CropBatch:
+        return CropBatch(
+            self.global_crops.pin_memory(), self.local_crops.pin_memory(), self.masks.pin_memory(), self.batch_size
+        )
+
+    def to(self, device: torch.device) -> CropBatch:
+        move = partial(torch.Tensor.to, device=device, non_blocking=True)
+        return CropBatch(move(self.global_crops), move(self.local_crops), move(self.masks), self.batch_size)
+
+
+class CollateCrops:
+    """Stacks multi-crop views and draws the iBOT masks for the global crops."""
+
+    def __init__(self, grid: tuple[int, int], probability: float, ratio: tuple[float, float]):
+        self.generator = BlockMaskGenerator(grid)
+        self.probability, self.ratio = probability, ratio
+
+    def __call__(self, samples: list[MultiCropViews]) -> CropBatch:
+        rng = random.Random(int(torch.randint(2**62, ())))  # torch's RNG is seeded per loader worker
+        n_global, n_local = len(samples[0].global_crops), len(samples[0].local_crops)
+        global_crops = torch.stack([s.global_crops[i] for i in range(n_global) for s in samples])
+        if n_local:
+            local_crops = torch.stack([s.local_crops[i] for i in range(n_local) for s in samples])
+        else:
+            local_crops = torch.empty(0)
+        masks = batch_masks(self.generator, len(global_crops), self.probability, self.ratio, rng)
+        return CropBatch(global_crops, local_crops, masks, len(samples))
+
+
+def make_loader(
+    source: str | Path,
+    transform: MultiCrop,
+    collate: CollateCrops,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    rank: int,
+    start_step: int,
+    shuffle_buffer: int = 1000,
+    pin_memory: bool = False,
+) -> Iterator[CropBatch]:
+    stream = image_stream(shard_urls(source), transform, seed, rank, start_step, shuffle_buffer)
+    generator = torch.Generator().manual_seed(hash((seed, rank, start_step)) & 0x7FFFFFFF)
+    loader = DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=generator,
+    )
+    return iter(loader)

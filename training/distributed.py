@@ -1,0 +1,72 @@
+"""Process-group setup shared by every launcher, and the DDP / FSDP2 wrapping of the student.
+
+torchrun exports RANK/WORLD_SIZE/LOCAL_RANK and a rendezvous address; Ray Train's TorchTrainer
+creates the process group itself before calling the loop. Either way the loop asks `init()` and
+gets the same answer, and a plain `python` process runs as world size 1 with no group at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from curation.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init() -> DistEnv:
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    launched = "MASTER_ADDR" in os.environ and "RANK" in os.environ  # torchrun, even with one process
+    if not dist.is_initialized() and launched:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
+    return DistEnv(0, 1, 0, device)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_student(student: nn.Module, teacher: nn.Module, parallel: str, env: DistEnv, dtype: torch.dtype) -> nn.Module:
+    """The module the loop calls for the student's forward: itself, DDP, or FSDP2-sharded per block.
+
+    With FSDP2 the teacher is sharded the same way, so its EMA update is elementwise on local shards.
+    """
+    if parallel == "fsdp":
+        if not dist.is_initialized():
+            raise ConfigError("run.parallel=fsdp needs a process group: launch with torchrun or Ray Train")
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        for module in (student, teacher):
+            for block in module.backbone.blocks:
+                fully_shard(block, mp_policy=policy)
+            fully_shard(module, mp_policy=policy)
+        return student
+    if env.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(student, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
+    return student

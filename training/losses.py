@@ -1,0 +1,112 @@
+"""DINOv2's three losses: DINO (CLS prototypes), iBOT (masked patch prototypes) and KoLeo.
+
+Teacher targets come either from softmax with a running centre (DINO) or from Sinkhorn-Knopp
+(DINOv2's choice for large models), which balances prototype usage across the global batch. Both
+reduce across ranks when a process group is up, so targets are the same under any world size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _global_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Rows of `tensor` summed over ranks (ranks may hold different numbers, e.g. of masked patches)."""
+    return _all_reduce(torch.tensor(float(tensor.shape[0]), device=tensor.device))
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """Soft assignments (B×K) whose rows each sum to 1 and whose prototype marginals are uniform.
+
+    `logits` is this rank's share of the rows; the marginals hold over all ranks together.
+    """
+    peak = logits.float().max()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    q = torch.exp((logits.float() - peak) / temperature).t()  # K × B; the shift cancels, avoids overflow
+    num_prototypes = q.shape[0]
+    num_rows = _global_rows(logits)
+    q /= _all_reduce(q.sum())
+    for _ in range(iterations):
+        q /= _all_reduce(q.sum(dim=1, keepdim=True))
+        q /= num_prototypes
+        q /= q.sum(dim=0, keepdim=True)
+        q /= num_rows
+    return (q * num_rows).t()
+
+
+class CenteredTargets(nn.Module):
+    """Teacher targets from prototype logits: centred softmax (with an EMA centre) or Sinkhorn-Knopp."""
+
+    def __init__(self, out_dim: int, centering: str = "centering", center_momentum: float = 0.9):
+        super().__init__()
+        if centering not in ("centering", "sinkhorn_knopp"):
+            raise ValueError(f"centering must be 'centering' or 'sinkhorn_knopp', not {centering!r}")
+        self.centering, self.center_momentum = centering, center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    @torch.no_grad()
+    def forward(self, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_logits, temperature)
+        targets = F.softmax((teacher_logits.float() - self.center) / temperature, dim=-1)
+        self._update_center(teacher_logits)
+        return targets
+
+    @torch.no_grad()
+    def _update_center(self, teacher_logits: torch.Tensor) -> None:
+        total = _all_reduce(teacher_logits.float().sum(dim=0, keepdim=True))
+        batch_center = total / _global_rows(teacher_logits).clamp(min=1)
+        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+
+
+def cross_entropy(targets: torch.Tensor, student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
+    """Per-row −Σ p_teacher · log softmax(student / τ_s)."""
+    return -(targets * F.log_softmax(student_logits.float() / student_temp, dim=-1)).sum(dim=-1)
+
+
+def dino_loss(
+    student_logits: list[torch.Tensor], teacher_targets: list[torch.Tensor], student_temp: float = 0.1
+) -> torch.Tensor:
+    """Sum over every (student view, teacher view) pair of the batch-mean cross-entropy."""
+    return sum(cross_entropy(t, s, student_temp).mean() for s in student_logits for t in teacher_targets)
+
+
+def ibot_loss(
+    student_logits: torch.Tensor, teacher_targets: torch.Tensor, masks: torch.Tensor, student_temp: float = 0.1
+) -> torch.Tensor:
+    """Masked-patch cross-entropy, each image weighted equally whatever its number of masked patches.
+
+    `student_logits` and `teacher_targets` hold the masked patches only (M×K, in `masks[masks]`
+    order); `masks` is the B×N boolean mask. The sum is divided by B, as DINOv2 does, so images
+    without masks dilute the loss.
+    """
+    per_patch = cross_entropy(teacher_targets, student_logits, student_temp)
+    weights = (1.0 / masks.sum(dim=-1).clamp(min=1)).unsqueeze(-1).expand_as(masks)[masks]
+    return (per_patch * weights).sum() / masks.shape[0]
+
+
+def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Kozachenko-Leonenko entropy estimate: −mean log distance to each feature's nearest neighbour.
+
+    Spreads features over the sphere. A batch of one has no neighbour, so its loss is 0.
+    """
+    if features.shape[0] < 2:
+        return features.sum() * 0.0
+    x = F.normalize(features.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        dots = x @ x.t()
+        dots.fill_diagonal_(-2.0)
+        nearest = dots.argmax(dim=1)
+    distances = F.pairwise_distance(x, x[nearest], eps=eps)
+    return -torch.log(distances + eps).mean()

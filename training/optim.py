@@ -1,0 +1,102 @@
+"""AdamW with DINOv2's parameter groups, and the schedules that drive it step by step.
+
+Each parameter gets an lr multiplier (layer-wise decay from the last block down to the patch
+embedding, ×`patch_embed_lr_mult` on the patch embedding), a weight-decay multiplier (0 for
+biases, norms and LayerScale gammas) and a last-layer flag (the prototypes stay frozen for the
+first `freeze_last_layer_epochs`, which keeps early training from collapsing). Parameters with
+equal settings share a group.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+from training.schedules import CosineSchedule
+
+EMBEDDING_PARAMS = ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """0 for embeddings, i+1 for `blocks.i`, num_layers+1 for everything after the blocks (norm, heads)."""
+    if name.startswith("backbone."):
+        rest = name.removeprefix("backbone.")
+        if rest.startswith(EMBEDDING_PARAMS):
+            return 0
+        if rest.startswith("blocks."):
+            return int(rest.split(".")[1]) + 1
+    return num_layers + 1
+
+
+@dataclass(frozen=True, order=True)
+class GroupKey:
+    lr_multiplier: float
+    wd_multiplier: float
+    is_last_layer: bool
+
+
+def param_groups(student: nn.Module, num_layers: int, layerwise_decay: float, patch_embed_lr_mult: float) -> list[dict]:
+    groups: dict[GroupKey, list[nn.Parameter]] = defaultdict(list)
+    for name, param in student.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr_mult = layerwise_decay ** (num_layers + 1 - layer_id(name, num_layers))
+        if "patch_embed" in name:
+            lr_mult *= patch_embed_lr_mult
+        no_decay = name.endswith(".bias") or "norm" in name or "gamma" in name
+        key = GroupKey(lr_mult, 0.0 if no_decay else 1.0, "last_layer" in name)
+        groups[key].append(param)
+    return [{"params": groups[key], **vars(key)} for key in sorted(groups)]
+
+
+def build_optimizer(student: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    o = config.optim
+    num_layers = len(student.backbone.blocks)
+    groups = param_groups(student, num_layers, o.layerwise_decay, o.patch_embed_lr_mult)
+    return torch.optim.AdamW(groups, betas=o.betas, lr=0.0, weight_decay=0.0, foreach=True)
+
+
+@dataclass(frozen=True)
+class Schedules:
+    lr: CosineSchedule
+    last_layer_lr: CosineSchedule
+    weight_decay: CosineSchedule
+    momentum: CosineSchedule
+    teacher_temp: CosineSchedule
+
+    @classmethod
+    def from_config(cls, config: TrainConfig, world_size: int) -> Schedules:
+        o, t = config.optim, config.teacher
+        steps = o.epoch_length
+        total = o.total_steps
+        lr = o.base_lr * math.sqrt(config.data.batch_size_per_gpu * world_size / 1024)
+        warmup = int(o.warmup_epochs * steps)
+        return cls(
+            lr=CosineSchedule(lr, o.min_lr, total, warmup),
+            last_layer_lr=CosineSchedule(lr, o.min_lr, total, warmup, freeze=int(o.freeze_last_layer_epochs * steps)),
+            weight_decay=CosineSchedule(o.weight_decay, o.weight_decay_end, total),
+            momentum=CosineSchedule(t.momentum, t.final_momentum, total),
+            teacher_temp=CosineSchedule(
+                t.temp, t.temp, total, int(t.warmup_temp_epochs * steps), start_warmup=t.warmup_temp
+            ),
+        )
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
+        """Set every group's lr and weight decay for `step`; return the step's schedule values."""
+        values = {
+            "lr": self.lr(step),
+            "last_layer_lr": self.last_layer_lr(step),
+            "wd": self.weight_decay(step),
+            "momentum": self.momentum(step),
+            "teacher_temp": self.teacher_temp(step),
+        }
+        for group in optimizer.param_groups:
+            base = values["last_layer_lr"] if group["is_last_layer"] else values["lr"]
+            group["lr"] = base * group["lr_multiplier"]
+            group["weight_decay"] = values["wd"] * group["wd_multiplier"]
+        return values

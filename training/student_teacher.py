@@ -1,0 +1,163 @@
+"""Student and EMA teacher, and the DINOv2 loss that ties them (DINO + iBOT + KoLeo).
+
+The student sees both global crops (some patches masked) and the local crops; the teacher sees
+the unmasked global crops. DINO matches every student crop's CLS prototypes to the teacher's on
+the *other* global crop; iBOT matches the student's masked patches to the teacher's patches at the
+same positions; KoLeo spreads the student's global CLS tokens. Loss normalisation follows DINOv2's
+`SSLMetaArch`, so loss values are comparable with its logs.
+
+`Student.forward` is the whole student computation, so DDP or FSDP can wrap the student alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from training.config import TrainConfig
+from training.data import CropBatch
+from training.heads import DINOHead
+from training.losses import CenteredTargets, dino_loss, ibot_loss, koleo_loss
+from training.vision_transformer import VIT_ARCHS, DinoVisionTransformer, ViTArch
+
+NUM_GLOBAL_CROPS = 2
+
+
+def build_backbone(config: TrainConfig, drop_path_rate: float | None = None) -> DinoVisionTransformer:
+    """The configured ViT, with position embeddings stored for the global crop size (as DINOv2 trains)."""
+    m = config.model
+    base, _, suffix = m.arch.partition("_")
+    if base not in VIT_ARCHS or suffix not in ("", "reg"):
+        raise ValueError(f"model.arch {m.arch!r}: choose from {sorted(VIT_ARCHS)} with an optional '_reg'")
+    arch = VIT_ARCHS[base]
+    arch = ViTArch(m.embed_dim or arch.embed_dim, m.depth or arch.depth, m.num_heads or arch.num_heads, arch.ffn_layer)
+    return DinoVisionTransformer(
+        arch,
+        patch_size=m.patch_size,
+        img_size=config.crops.global_size,
+        num_register_tokens=4 if suffix == "reg" else 0,
+        init_values=m.layerscale,
+        drop_path_rate=m.drop_path_rate if drop_path_rate is None else drop_path_rate,
+    )
+
+
+@dataclass
+class StudentOutput:
+    global_cls: torch.Tensor  # (2B)×D backbone CLS tokens, for KoLeo
+    global_logits: torch.Tensor  # (2B)×K
+    local_logits: torch.Tensor  # (L·B)×K
+    masked_logits: torch.Tensor  # M×K', the masked global patches in masks[masks] order
+
+
+class Student(nn.Module):
+    def __init__(self, config: TrainConfig, backbone: DinoVisionTransformer | None = None):
+        super().__init__()
+        self.backbone = backbone or build_backbone(config)
+        dim = self.backbone.embed_dim
+        h = config.dino_head
+        self.dino_head = DINOHead(dim, h.prototypes, h.hidden_dim, h.bottleneck_dim, h.nlayers)
+        if config.loss.separate_ibot_head:
+            h = config.ibot_head
+            self.ibot_head = DINOHead(dim, h.prototypes, h.hidden_dim, h.bottleneck_dim, h.nlayers)
+        else:
+            self.ibot_head = None
+
+    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor, masks: torch.Tensor) -> StudentOutput:
+        features = self.backbone.forward_features(global_crops, masks)
+        global_cls = features["x_norm_clstoken"]
+        masked = features["x_norm_patchtokens"][masks]
+        parts = [global_cls]
+        if local_crops.numel():
+            parts.append(self.backbone.forward_features(local_crops)["x_norm_clstoken"])
+        if self.ibot_head is None:
+            parts.append(masked)
+        logits = self.dino_head(torch.cat(parts))
+        n_global = global_cls.shape[0]
+        n_local = logits.shape[0] - n_global - (masked.shape[0] if self.ibot_head is None else 0)
+        global_logits, local_logits = logits[:n_global], logits[n_global : n_global + n_local]
+        if self.ibot_head is None:
+            masked_logits = logits[n_global + n_local :]
+        else:
+            masked_logits = self.ibot_head(masked)
+        return StudentOutput(global_cls, global_logits, local_logits, masked_logits)
+
+
+class Teacher(nn.Module):
+    """An EMA copy of the student (no drop path), never trained by gradients."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.backbone = copy.deepcopy(student.backbone)
+        for block in self.backbone.blocks:
+            block.drop_path1.drop_prob = block.drop_path2.drop_prob = 0.0
+        self.dino_head = copy.deepcopy(student.dino_head)
+        self.ibot_head = copy.deepcopy(student.ibot_head)
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, global_crops: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLS logits with the two crops' halves swapped, and patch logits at the student's masked positions."""
+        features = self.backbone.forward_features(global_crops)
+        cls = features["x_norm_clstoken"]
+        cls = torch.cat(cls.chunk(NUM_GLOBAL_CROPS)[::-1])
+        masked = features["x_norm_patchtokens"][masks]
+        if self.ibot_head is None:
+            logits = self.dino_head(torch.cat([cls, masked]))
+            return logits[: cls.shape[0]], logits[cls.shape[0] :]
+        return self.dino_head(cls), self.ibot_head(masked)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, momentum: float) -> None:
+        """teacher ← m·teacher + (1−m)·student, over all parameters at once."""
+        mine = [p for _, p in sorted(self.named_parameters())]
+        theirs = [p.detach() for _, p in sorted(student.named_parameters())]
+        torch._foreach_mul_(mine, momentum)
+        torch._foreach_add_(mine, theirs, alpha=1 - momentum)
+
+
+class DinoV2(nn.Module):
+    """Everything a checkpoint holds besides the optimiser: student, teacher, and the target centres."""
+
+    def __init__(self, config: TrainConfig, backbone: DinoVisionTransformer | None = None):
+        super().__init__()
+        self.config = config
+        self.student = Student(config, backbone)
+        self.teacher = Teacher(self.student)
+        self.dino_targets = CenteredTargets(config.dino_head.prototypes, config.loss.centering)
+        ibot_prototypes = config.ibot_head.prototypes if config.loss.separate_ibot_head else config.dino_head.prototypes
+        self.ibot_targets = CenteredTargets(ibot_prototypes, config.loss.centering)
+
+
+def compute_losses(model: DinoV2, student: nn.Module, batch: CropBatch, teacher_temp: float) -> dict[str, torch.Tensor]:
+    """Loss parts and their weighted `total`; `student` is `model.student` or its DDP/FSDP wrapper."""
+    loss = model.config.loss
+    teacher_cls, teacher_masked = model.teacher(batch.global_crops, batch.masks)
+    cls_targets = model.dino_targets(teacher_cls, teacher_temp)
+    masked_targets = model.ibot_targets(teacher_masked, teacher_temp)
+    out: StudentOutput = student(batch.global_crops, batch.local_crops, batch.masks)
+
+    n_local = out.local_logits.shape[0] // batch.batch_size
+    global_pairs, local_pairs = NUM_GLOBAL_CROPS, max(n_local * NUM_GLOBAL_CROPS, 1)
+    # The swapped teacher halves pair each student global crop with the other view: one batched mean
+    # over 2B rows, times 2, is the sum over the two pairs.
+    dino_global = dino_loss([out.global_logits], [cls_targets], loss.student_temp) * NUM_GLOBAL_CROPS
+    dino_local = (
+        dino_loss(list(out.local_logits.chunk(n_local)), list(cls_targets.chunk(NUM_GLOBAL_CROPS)), loss.student_temp)
+        if n_local
+        else out.local_logits.sum() * 0.0
+    )
+    parts = {
+        "dino_global": dino_global / (global_pairs + local_pairs),
+        "dino_local": dino_local / (global_pairs + local_pairs),
+        "ibot": ibot_loss(out.masked_logits, masked_targets, batch.masks, loss.student_temp),
+        "koleo": sum(koleo_loss(chunk) for chunk in out.global_cls.chunk(NUM_GLOBAL_CROPS)),
+    }
+    parts["total"] = (
+        loss.dino_weight * (parts["dino_global"] + parts["dino_local"])
+        + loss.ibot_weight * parts["ibot"]
+        + loss.koleo_weight * parts["koleo"]
+    )
+    return parts

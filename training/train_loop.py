@@ -1,0 +1,156 @@
+"""The one DINOv2 training loop, used by `lvd train`, torchrun and Ray Train alike.
+
+Per step: schedules → forward under autocast → loss parts checked for NaN/inf → backward → grad
+clip → AdamW step → teacher EMA. Every `log_every` steps rank 0 appends a line to
+`metrics.jsonl` (loss parts, lr, wd, momentum, teacher temperature, images/s); every
+`checkpoint_every` steps and at the end a DCP checkpoint is written, and at the end the teacher
+backbone is exported for evaluation and for the embed stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from curation.errors import LvdError
+from training import checkpoint
+from training.augment import MultiCrop
+from training.config import TrainConfig
+from training.data import CollateCrops, make_loader
+from training.distributed import DistEnv, init, wrap_student
+from training.optim import Schedules, build_optimizer
+from training.student_teacher import DinoV2, compute_losses
+
+
+class TrainingDiverged(LvdError):
+    """A loss part became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    images_seen: int
+    final_loss: float
+    export: Path
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def check_finite(parts: dict[str, torch.Tensor], step: int) -> None:
+    for name, value in parts.items():
+        if name != "total" and not math.isfinite(value.item()):
+            raise TrainingDiverged(
+                f"loss part '{name}' is {value.item()} at step {step}; "
+                "lower optim.base_lr, raise teacher.warmup_temp_epochs or use precision=fp32"
+            )
+
+
+class MetricsLog:
+    """metrics.jsonl on rank 0 (and TensorBoard when it is installed)."""
+
+    def __init__(self, output_dir: Path, env: DistEnv):
+        self.active = env.is_main
+        self.path = output_dir / "metrics.jsonl"
+        self.tensorboard = None
+        if self.active:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(output_dir / "tensorboard")
+            except ImportError:
+                pass
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.active:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                self.tensorboard.add_scalar(name, value, step)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    env = init()
+    run = config.run
+    out = Path(run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if env.is_main:
+        (out / "config.json").write_text(config.model_dump_json(indent=2))
+    torch.manual_seed(run.seed)
+    random.seed(run.seed)
+
+    model = DinoV2(config).to(env.device)
+    optimizer = build_optimizer(model.student, config)
+    dtype = autocast_dtype(run.precision, env.device)
+    student = wrap_student(model.student, model.teacher, run.parallel, env, dtype)
+    schedules = Schedules.from_config(config, env.world_size)
+    step, images_seen = checkpoint.load_latest(out / "checkpoints", model, optimizer)
+    torch.manual_seed(run.seed + 1000 * env.rank + step)
+
+    c = config.crops
+    grid = (c.global_size // config.model.patch_size,) * 2
+    loader = make_loader(
+        config.data.shards,
+        MultiCrop(c.global_size, c.local_size, c.local_number, c.global_scale, c.local_scale),
+        CollateCrops(grid, config.loss.mask_probability, config.loss.mask_ratio),
+        config.data.batch_size_per_gpu,
+        config.data.workers,
+        run.seed,
+        env.rank,
+        step,
+        config.data.shuffle_buffer,
+        pin_memory=env.device.type == "cuda",
+    )
+    last_step = min(config.optim.total_steps, run.max_steps or config.optim.total_steps)
+    metrics = MetricsLog(out, env)
+    autocast = torch.autocast(env.device.type, dtype) if dtype != torch.float32 else nullcontext()
+    progress = tqdm(total=last_step, initial=step, desc="train", disable=not env.is_main, unit="step")
+    window_start, window_images = time.perf_counter(), 0
+    parts: dict[str, torch.Tensor] = {}
+    model.train()
+    while step < last_step:
+        batch = next(loader).to(env.device)
+        values = schedules.apply(optimizer, step)
+        with autocast:
+            parts = compute_losses(model, student, batch, values["teacher_temp"])
+        check_finite(parts, step)
+        optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(model.student.parameters(), config.optim.clip_grad)
+            if config.optim.clip_grad
+            else torch.tensor(0.0)
+        )
+        optimizer.step()
+        model.teacher.update(model.student, values["momentum"])
+        step += 1
+        images = batch.batch_size * env.world_size
+        images_seen += images
+        window_images += images
+        progress.update(1)
+        if step % run.log_every == 0 or step == last_step:
+            elapsed = time.perf_counter() - window_start
+            logged = {f"loss/{k}": v.item() for k, v in parts.items()}
+            logged.update(values, grad_norm=float(grad_norm), images_per_s=window_images / elapsed)
+            metrics.write(step, logged)
+            progress.set_postfix(loss=f"{logged['loss/total']:.3f}")
+            window_start, window_images = time.perf_counter(), 0
+        if step % run.checkpoint_every == 0 or step == last_step:
+            checkpoint.save(out / "checkpoints", step, images_seen, model, optimizer, env, run.keep_checkpoints)
+    progress.close()
+    export = checkpoint.export_backbone(model.teacher.backbone, out / "export", env)
+    final_loss = parts["total"].item() if parts else float("nan")
+    return TrainResult(step, images_seen, final_loss, export)
