@@ -123,10 +123,11 @@ def status(run_dir: Path) -> None:
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="where the crawl and the run go")] = Path("lvd-demo"),
+    workdir: Annotated[Path, typer.Option(help="where the crawl, the runs and the models go")] = Path("lvd-demo"),
     images: Annotated[int, typer.Option()] = 2000,
+    training: Annotated[bool, typer.Option("--train/--no-train", help="also pretrain, distil and evaluate")] = True,
 ) -> None:
-    """End to end on a synthetic crawl: synth, then every curation stage; prints where the output is."""
+    """End to end on a synthetic crawl: synth, every curation stage, then pretraining, distillation and kNN eval."""
     from curation.synth.crawl import make_crawl
 
     crawl = workdir / "crawl"
@@ -134,9 +135,25 @@ def demo(
         make_crawl(crawl, images=images)
     run = _curate(crawl / "curation.yaml", [], workdir / "run", None)
     status(run.root)
+    console.print(f"demo: curated shards in {run.root / 'curated'}, manifest {run.root / 'manifest.json'}")
+    if not training:
+        return
+    from pipelines.demo_training import train_distill_evaluate
+
+    try:
+        rows = train_distill_evaluate(workdir)
+    except LvdError as exc:
+        _fail(exc)
+        return
+    table = Table(title="kNN top-1 on the synthetic concepts (k=20, T=0.07)")
+    for column in ("model", "params", "steps", "kNN top-1", "seed"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row.model, f"{row.params / 1e6:.2f}M", str(row.steps), f"{row.knn_top1:.3f}", str(row.seed))
+    console.print(table)
     console.print(
-        f"demo: ingested shards in {run.root / 'ingest'}, kept images in {run.root / 'decontam'}, "
-        f"manifest {run.root / 'manifest.json'}"
+        f"demo: models in {workdir / 'train'}, {workdir / 'distill'}, {workdir / 'scratch'}; "
+        f"table in {workdir / 'eval.json'}"
     )
 
 
@@ -148,23 +165,36 @@ def train(
     gpu: Annotated[bool, typer.Option(help="with --ray-workers: one GPU per worker")] = False,
 ) -> None:
     """DINOv2 pretraining on curated shards (for several GPUs on one node, use torchrun -m pipelines.pretrain)."""
-    from curation.config import load_config
-    from training.config import TrainConfig
+    from pipelines.pretrain import main as pretrain_main
+
+    if not ray_workers:
+        raise typer.Exit(pretrain_main([str(config), *(overrides or [])]))
     from training.ray_launch import train_on_ray
-    from training.train_loop import train as run_training
 
     try:
-        if ray_workers:
-            train_on_ray(config, overrides or [], ray_workers, gpu)
-            return
-        result = run_training(load_config(TrainConfig, config, overrides or []))
+        train_on_ray(config, overrides or [], ray_workers, gpu)
+    except LvdError as exc:
+        _fail(exc)
+
+
+@app.command()
+def distill(
+    config: Path,
+    overrides: Overrides = None,
+    teacher: Annotated[
+        Path | None, typer.Option(help="a training run directory or a backbone export (default: from the config)")
+    ] = None,
+) -> None:
+    """Distil a frozen teacher into a smaller student on curated shards; exports the student's EMA."""
+    from pipelines.distill import main as distill_main
+    from training.distill import teacher_overrides
+
+    try:
+        extra = teacher_overrides(teacher) if teacher else []
     except LvdError as exc:
         _fail(exc)
         return
-    console.print(
-        f"train: {result.steps} steps, {result.images_seen} images, final loss {result.final_loss:.4f}; "
-        f"backbone exported to {result.export.parent}"
-    )
+    raise typer.Exit(distill_main([str(config), *(overrides or []), *extra]))
 
 
 @app.command(name="eval")

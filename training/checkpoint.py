@@ -39,7 +39,7 @@ EXPORT_SPEC = "backbone.json"
 
 
 @contextmanager
-def _single_process_quietly() -> Iterator[None]:
+def single_process_quietly() -> Iterator[None]:
     """DCP warns on every single-process save/load that it 'assumes' one process; here that is the plan."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -64,7 +64,7 @@ def save(
     barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state, "trainer": {"step": step, "images_seen": images_seen}}
-    with _single_process_quietly():
+    with single_process_quietly():
         dcp.save(state, checkpoint_id=partial, no_dist=not dist.is_initialized())
     barrier()
     if env.is_main:
@@ -83,7 +83,7 @@ def load_latest(directory: Path, model: torch.nn.Module, optimizer) -> tuple[int
         return 0, 0
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state, "trainer": {"step": 0, "images_seen": 0}}
-    with _single_process_quietly():
+    with single_process_quietly():
         dcp.load(state, checkpoint_id=found[-1], no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return int(state["trainer"]["step"]), int(state["trainer"]["images_seen"])

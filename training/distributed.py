@@ -49,10 +49,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def wrap_student(student: nn.Module, teacher: nn.Module, parallel: str, env: DistEnv, dtype: torch.dtype) -> nn.Module:
+def wrap_student(
+    student: nn.Module, followers: list[nn.Module], parallel: str, env: DistEnv, dtype: torch.dtype
+) -> nn.Module:
     """The module the loop calls for the student's forward: itself, DDP, or FSDP2-sharded per block.
 
-    With FSDP2 the teacher is sharded the same way, so its EMA update is elementwise on local shards.
+    With FSDP2 the `followers` (EMA copies) are sharded the same way, so their EMA update is
+    elementwise on local shards.
     """
     if parallel == "fsdp":
         if not dist.is_initialized():
@@ -60,10 +63,12 @@ def wrap_student(student: nn.Module, teacher: nn.Module, parallel: str, env: Dis
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-        for module in (student, teacher):
+        for module in (student, *followers):
             for block in module.backbone.blocks:
                 fully_shard(block, mp_policy=policy)
-            fully_shard(module, mp_policy=policy)
+            # A follower has no backward to reshard its root after forward; without this its root
+            # parameters would stay gathered and the EMA update would mix DTensors with tensors.
+            fully_shard(module, mp_policy=policy, reshard_after_forward=True)
         return student
     if env.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel

@@ -53,9 +53,9 @@ class StudentOutput:
 
 
 class Student(nn.Module):
-    def __init__(self, config: TrainConfig, backbone: DinoVisionTransformer | None = None):
+    def __init__(self, config: TrainConfig):
         super().__init__()
-        self.backbone = backbone or build_backbone(config)
+        self.backbone = build_backbone(config)
         dim = self.backbone.embed_dim
         h = config.dino_head
         self.dino_head = DINOHead(dim, h.prototypes, h.hidden_dim, h.bottleneck_dim, h.nlayers)
@@ -86,20 +86,39 @@ class Student(nn.Module):
 
 
 class Teacher(nn.Module):
-    """An EMA copy of the student (no drop path), never trained by gradients."""
+    """Backbone and heads that produce targets and are never trained by gradients.
 
-    def __init__(self, student: Student):
+    In pretraining it is the student's EMA (`ema_of`); in distillation a frozen pretrained model,
+    which may run in its own `autocast_dtype` (e.g. a bf16 ViT-g teacher for an fp32 student).
+    """
+
+    def __init__(
+        self,
+        backbone: DinoVisionTransformer,
+        dino_head: DINOHead,
+        ibot_head: DINOHead | None,
+        autocast_dtype: torch.dtype | None = None,
+    ):
         super().__init__()
-        self.backbone = copy.deepcopy(student.backbone)
+        self.backbone, self.dino_head, self.ibot_head = backbone, dino_head, ibot_head
+        self.autocast_dtype = autocast_dtype
         for block in self.backbone.blocks:
             block.drop_path1.drop_prob = block.drop_path2.drop_prob = 0.0
-        self.dino_head = copy.deepcopy(student.dino_head)
-        self.ibot_head = copy.deepcopy(student.ibot_head)
         self.requires_grad_(False)
+
+    @classmethod
+    def ema_of(cls, student: Student) -> Teacher:
+        return cls(copy.deepcopy(student.backbone), copy.deepcopy(student.dino_head), copy.deepcopy(student.ibot_head))
 
     @torch.no_grad()
     def forward(self, global_crops: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """CLS logits with the two crops' halves swapped, and patch logits at the student's masked positions."""
+        if self.autocast_dtype is None:
+            return self._logits(global_crops, masks)
+        with torch.autocast(global_crops.device.type, self.autocast_dtype):
+            return self._logits(global_crops, masks)
+
+    def _logits(self, global_crops: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone.forward_features(global_crops)
         cls = features["x_norm_clstoken"]
         cls = torch.cat(cls.chunk(NUM_GLOBAL_CROPS)[::-1])
@@ -121,14 +140,28 @@ class Teacher(nn.Module):
 class DinoV2(nn.Module):
     """Everything a checkpoint holds besides the optimiser: student, teacher, and the target centres."""
 
-    def __init__(self, config: TrainConfig, backbone: DinoVisionTransformer | None = None):
+    def __init__(self, config: TrainConfig):
         super().__init__()
         self.config = config
-        self.student = Student(config, backbone)
-        self.teacher = Teacher(self.student)
+        self.student = Student(config)
+        self.teacher = Teacher.ema_of(self.student)
         self.dino_targets = CenteredTargets(config.dino_head.prototypes, config.loss.centering)
-        ibot_prototypes = config.ibot_head.prototypes if config.loss.separate_ibot_head else config.dino_head.prototypes
-        self.ibot_targets = CenteredTargets(ibot_prototypes, config.loss.centering)
+        self.ibot_targets = CenteredTargets(ibot_prototypes(config), config.loss.centering)
+
+    def ema_modules(self) -> list[nn.Module]:
+        """Modules that follow the student and so are sharded like it (FSDP2)."""
+        return [self.teacher]
+
+    def after_step(self, momentum: float) -> None:
+        self.teacher.update(self.student, momentum)
+
+    def exported_backbone(self) -> DinoVisionTransformer:
+        """The model a run delivers: the EMA teacher's backbone, as DINOv2 reports."""
+        return self.teacher.backbone
+
+
+def ibot_prototypes(config: TrainConfig) -> int:
+    return config.ibot_head.prototypes if config.loss.separate_ibot_head else config.dino_head.prototypes
 
 
 def compute_losses(model: DinoV2, student: nn.Module, batch: CropBatch, teacher_temp: float) -> dict[str, torch.Tensor]:

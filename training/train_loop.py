@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,8 @@ class MetricsLog:
                 self.tensorboard.add_scalar(name, value, step)
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = DinoV2) -> TrainResult:
+    """Train `build_model(config)` (DINOv2 pretraining; distillation passes its own model) to the end."""
     env = init()
     run = config.run
     out = Path(run.output_dir)
@@ -92,10 +94,10 @@ def train(config: TrainConfig) -> TrainResult:
     torch.manual_seed(run.seed)
     random.seed(run.seed)
 
-    model = DinoV2(config).to(env.device)
-    optimizer = build_optimizer(model.student, config)
+    model = build_model(config).to(env.device)
     dtype = autocast_dtype(run.precision, env.device)
-    student = wrap_student(model.student, model.teacher, run.parallel, env, dtype)
+    student = wrap_student(model.student, model.ema_modules(), run.parallel, env, dtype)
+    optimizer = build_optimizer(model.student, config)  # after sharding: FSDP2 replaces the parameters
     schedules = Schedules.from_config(config, env.world_size)
     step, images_seen = checkpoint.load_latest(out / "checkpoints", model, optimizer)
     torch.manual_seed(run.seed + 1000 * env.rank + step)
@@ -135,7 +137,7 @@ def train(config: TrainConfig) -> TrainResult:
             else torch.tensor(0.0)
         )
         optimizer.step()
-        model.teacher.update(model.student, values["momentum"])
+        model.after_step(values["momentum"])
         step += 1
         images = batch.batch_size * env.world_size
         images_seen += images
@@ -151,6 +153,6 @@ def train(config: TrainConfig) -> TrainResult:
         if step % run.checkpoint_every == 0 or step == last_step:
             checkpoint.save(out / "checkpoints", step, images_seen, model, optimizer, env, run.keep_checkpoints)
     progress.close()
-    export = checkpoint.export_backbone(model.teacher.backbone, out / "export", env)
+    export = checkpoint.export_backbone(model.exported_backbone(), out / "export", env)
     final_loss = parts["total"].item() if parts else float("nan")
     return TrainResult(step, images_seen, final_loss, export)

@@ -1,0 +1,30 @@
+"""The shared body of the torchrun entry points: parse CONFIG and overrides, run, print one summary line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from curation.config import load_config
+from curation.errors import LvdError
+from training.config import TrainConfig
+from training.train_loop import TrainResult
+
+
+def run_entry_point(
+    usage: str, model: type[TrainConfig], run: Callable[[TrainConfig], TrainResult], verb: str, argv: list[str] | None
+) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if args else 2
+    try:
+        result = run(load_config(model, args[0], args[1:]))
+    except LvdError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{verb}: {result.steps} steps, {result.images_seen} images, final loss {result.final_loss:.4f}, "
+        f"model exported to {result.export.parent}"
+    )
+    return 0
