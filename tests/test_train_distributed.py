@@ -59,3 +59,37 @@ def test_ray_train_runs_the_same_loop_on_two_workers(shards, tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert _steps(tmp_path / "out") == [1, 2]
     assert (tmp_path / "out" / "export" / "teacher_backbone.pth").is_file()
+
+
+def test_two_nodes_rendezvous_on_loopback(shards, tmp_path):
+    """`torchrun --nnodes 2`, one process per 'node', as a multi-node launch does across machines."""
+    from tests.conftest import free_port
+
+    config = _write_config(tmp_path / "train.yaml", shards, tmp_path / "out", run={"max_steps": 2})
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={rank}",
+                "--nproc-per-node=1",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                "-m",
+                "pipelines.pretrain",
+                str(config),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert "train: 2 steps, 16 images" in outputs[0][0]  # 2 nodes × batch 4 × 2 steps
