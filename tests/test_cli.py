@@ -13,7 +13,8 @@ def lvd(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_demo_runs_end_to_end_and_status_shows_the_counts(tmp_path):
-    result = lvd("demo", "--workdir", str(tmp_path / "demo"), "--images", "150")
+    # The training half (minutes on CPU) is checked by the slow tests/test_train_learns.py.
+    result = lvd("demo", "--workdir", str(tmp_path / "demo"), "--images", "150", "--no-train")
     assert result.returncode == 0, result.stderr
     assert "ingest: 150 inputs ->" in result.stdout
     status = lvd("status", str(tmp_path / "demo" / "run"))
