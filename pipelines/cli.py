@@ -122,6 +122,57 @@ def status(run_dir: Path) -> None:
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a curation run directory or a training output_dir")],
+    out: Annotated[Path | None, typer.Option(help="default: RUN/report")] = None,
+) -> None:
+    """Write stats.json and a self-contained index.html for a curation run (or a training run's curves)."""
+    from curation.report.render import write_report
+    from curation.report.training import write_training_report
+
+    try:
+        if (run_dir / "metrics.jsonl").is_file():
+            write_training_report(run_dir, out)
+        else:
+            write_report(run_dir, out)
+    except LvdError as exc:
+        _fail(exc)
+    console.print(f"report: {(out or run_dir / 'report') / 'index.html'}")
+
+
+@app.command()
+def stats(run_dir: Path) -> None:
+    """Print a curation run's funnel, final buckets and source rows (the numbers of its report)."""
+    from curation.report.stats import collect_stats
+
+    try:
+        numbers = collect_stats(run_dir)
+    except LvdError as exc:
+        _fail(exc)
+        return
+    funnel = Table(title=f"{run_dir}: funnel")
+    funnel.add_column("step")
+    funnel.add_column("images", justify="right")
+    for row in numbers["funnel"]:
+        funnel.add_row(row["step"], str(row["images"]))
+    fates = Table(title="every crawled image, once")
+    fates.add_column("bucket")
+    fates.add_column("images", justify="right")
+    for fate, n in numbers["fates"].items():
+        fates.add_row(fate, str(n))
+    fates.add_row("[bold]crawled[/bold]", f"[bold]{numbers['inputs']}[/bold]")
+    rows = Table(title="source rows")
+    for column in ("row", "strategy", "target", "retrieved", "shortfall", "cause"):
+        rows.add_column(column)
+    for row in numbers["sources"]:
+        rows.add_row(*(str(row[c]) for c in ("name", "strategy", "target", "retrieved", "shortfall", "cause")))
+    for table in (funnel, fates, rows):
+        console.print(table)
+    quarantine = ", ".join(f"{k} {v}" for k, v in numbers["quarantine"].items())
+    console.print(f"quarantined: {quarantine or 'none'}", highlight=False)
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="where the crawl, the runs and the models go")] = Path("lvd-demo"),
     images: Annotated[int, typer.Option()] = 2000,
@@ -135,7 +186,10 @@ def demo(
         make_crawl(crawl, images=images)
     run = _curate(crawl / "curation.yaml", [], workdir / "run", None)
     status(run.root)
-    console.print(f"demo: curated shards in {run.root / 'curated'}, manifest {run.root / 'manifest.json'}")
+    console.print(
+        f"demo: curated shards in {run.root / 'curated'}, report {run.root / 'report' / 'index.html'}, "
+        f"manifest {run.root / 'manifest.json'}"
+    )
     if not training:
         return
     from pipelines.demo_training import train_distill_evaluate

@@ -112,6 +112,24 @@ def assemble_body(config: CurationConfig, run: RunDir, work: StageWork, executor
     return counts
 
 
+def report_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
+    from curation.report.render import write_report  # matplotlib and jinja2 load only here
+
+    stats = write_report(run.root, work.path)
+    return {
+        "inputs": stats["inputs"],
+        "curated": stats["curated"]["images"],
+        "html_bytes": (work.path / "index.html").stat().st_size,
+    }
+
+
+def report_summary(counts: dict[str, int]) -> str:
+    return (
+        f"report: {counts['inputs']} crawled -> {counts['curated']} curated; "
+        f"index.html ({counts['html_bytes'] / 1e6:.1f} MB) and stats.json in the run's report/"
+    )
+
+
 PIPELINE = (
     Stage(
         "ingest", lambda c: {"ingest": c.ingest, "references": c.reference_sets()}, (), ingest_body, ingest.summary_line
@@ -133,6 +151,7 @@ PIPELINE = (
         assemble_body,
         assemble.summary_line,
     ),
+    Stage("report", lambda c: {}, ("ingest", "dedup", "decontam", "retrieve", "curated"), report_body, report_summary),
 )
 STAGES = tuple(stage.name for stage in PIPELINE)
 

@@ -1,0 +1,1 @@
+"""`lvd report`: what a curation run did, as numbers (stats.json) and as one offline HTML page."""
