@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 
 from curation.config import load_config
-from training.augment import MultiCrop
 from training.config import TrainConfig
-from training.data import CollateCrops, make_loader
+from training.data import loader_for
 from training.optim import Schedules, build_optimizer
 from training.student_teacher import DinoV2, compute_losses
 from training.train_loop import train
@@ -31,19 +30,7 @@ from training.train_loop import train
 
 def bare_steps(config: TrainConfig, steps: int, device: torch.device) -> float:
     """Seconds per step of the model alone, batches prepared before the clock starts."""
-    c = config.crops
-    loader = make_loader(
-        config.data.shards,
-        MultiCrop(c.global_size, c.local_size, c.local_number, c.global_scale, c.local_scale),
-        CollateCrops(
-            (c.global_size // config.model.patch_size,) * 2, config.loss.mask_probability, config.loss.mask_ratio
-        ),
-        config.data.batch_size_per_gpu,
-        0,
-        seed=0,
-        rank=0,
-        start_step=0,
-    )
+    loader = loader_for(config, rank=0, start_step=0, workers=0)
     batches = [next(loader).to(device) for _ in range(min(steps, 8))]
     model = DinoV2(config).to(device)
     optimizer = build_optimizer(model.student, config)

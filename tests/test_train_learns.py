@@ -43,27 +43,15 @@ def test_pretraining_lowers_the_loss_on_fixed_batches(demo_rows):
     initial and the trained model on the same batches at one fixed teacher temperature instead."""
     import torch
 
-    from training.augment import MultiCrop
     from training.checkpoint import load_latest
     from training.config import TrainConfig
-    from training.data import CollateCrops, make_loader
+    from training.data import loader_for
     from training.optim import build_optimizer
     from training.student_teacher import DinoV2
 
     workdir, _ = demo_rows
     config = TrainConfig.model_validate_json((workdir / "train" / "config.json").read_text())
-    c = config.crops
-    grid = (c.global_size // config.model.patch_size,) * 2
-    loader = make_loader(
-        config.data.shards,
-        MultiCrop(c.global_size, c.local_size, c.local_number, c.global_scale, c.local_scale),
-        CollateCrops(grid, config.loss.mask_probability, config.loss.mask_ratio),
-        batch_size=32,
-        workers=0,
-        seed=123,
-        rank=0,
-        start_step=0,
-    )
+    loader = loader_for(config, rank=0, start_step=0, seed=123, workers=0)
     batches = [next(loader) for _ in range(4)]
     torch.manual_seed(config.run.seed)
     initial = _mean_losses(DinoV2(config), batches)

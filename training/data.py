@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from curation.errors import ConfigError
 from training.augment import MultiCrop, MultiCropViews
+from training.config import TrainConfig
 from training.masking import BlockMaskGenerator, batch_masks
 
 IMAGE_EXTENSIONS = "jpg;jpeg;png;webp"
@@ -127,3 +128,28 @@ def make_loader(
         generator=generator,
     )
     return iter(loader)
+
+
+def loader_for(
+    config: TrainConfig,
+    rank: int,
+    start_step: int,
+    seed: int | None = None,
+    workers: int | None = None,
+    pin_memory: bool = False,
+) -> Iterator[CropBatch]:
+    """The loader a training config describes (crops, masks, batch size, workers, seed)."""
+    c = config.crops
+    grid = (c.global_size // config.model.patch_size,) * 2
+    return make_loader(
+        config.data.shards,
+        MultiCrop(c.global_size, c.local_size, c.local_number, c.global_scale, c.local_scale),
+        CollateCrops(grid, config.loss.mask_probability, config.loss.mask_ratio),
+        config.data.batch_size_per_gpu,
+        config.data.workers if workers is None else workers,
+        config.run.seed if seed is None else seed,
+        rank,
+        start_step,
+        config.data.shuffle_buffer,
+        pin_memory=pin_memory,
+    )

@@ -23,9 +23,8 @@ from tqdm import tqdm
 
 from curation.errors import LvdError
 from training import checkpoint
-from training.augment import MultiCrop
 from training.config import TrainConfig
-from training.data import CollateCrops, make_loader
+from training.data import loader_for
 from training.distributed import DistEnv, init, wrap_student
 from training.optim import Schedules, build_optimizer
 from training.student_teacher import DinoV2, compute_losses
@@ -102,20 +101,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
     step, images_seen = checkpoint.load_latest(out / "checkpoints", model, optimizer)
     torch.manual_seed(run.seed + 1000 * env.rank + step)
 
-    c = config.crops
-    grid = (c.global_size // config.model.patch_size,) * 2
-    loader = make_loader(
-        config.data.shards,
-        MultiCrop(c.global_size, c.local_size, c.local_number, c.global_scale, c.local_scale),
-        CollateCrops(grid, config.loss.mask_probability, config.loss.mask_ratio),
-        config.data.batch_size_per_gpu,
-        config.data.workers,
-        run.seed,
-        env.rank,
-        step,
-        config.data.shuffle_buffer,
-        pin_memory=env.device.type == "cuda",
-    )
+    loader = loader_for(config, env.rank, step, pin_memory=env.device.type == "cuda")
     last_step = min(config.optim.total_steps, run.max_steps or config.optim.total_steps)
     metrics = MetricsLog(out, env)
     autocast = torch.autocast(env.device.type, dtype) if dtype != torch.float32 else nullcontext()

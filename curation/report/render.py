@@ -145,23 +145,26 @@ def environment() -> jinja2.Environment:
     )
 
 
+def write_page(out: Path, template: str, stats: dict[str, Any], **context: Any) -> None:
+    """stats.json and index.html (the template rendered with the stats and `context`) into `out`."""
+    html = environment().get_template(template).render(stats=stats, **context)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    (out / "index.html").write_text(html)
+
+
 def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
     """Write stats.json and index.html into `out_dir` (default RUN/report); return the stats."""
     root = Path(run_dir)
     out = out_dir or root / "report"
     out.mkdir(parents=True, exist_ok=True)
     stats = collect_stats(root)
-    html = (
-        environment()
-        .get_template("curation.html.j2")
-        .render(
-            title=f"Curation report: {stats['run']['name']}",
-            subtitle=f"config {stats['run']['config_hash'][:12]}",
-            stats=stats,
-            plots=make_plots(root, stats),
-            grids=make_grids(root, stats),
-        )
+    write_page(
+        out,
+        "curation.html.j2",
+        stats,
+        title=f"Curation report: {stats['run']['name']}",
+        subtitle=f"config {stats['run']['config_hash'][:12]}",
+        plots=make_plots(root, stats),
+        grids=make_grids(root, stats),
     )
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    (out / "index.html").write_text(html)
     return stats

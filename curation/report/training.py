@@ -8,7 +8,7 @@ from typing import Any
 
 from curation.errors import LvdError
 from curation.report import figures
-from curation.report.render import environment
+from curation.report.render import write_page
 
 
 def write_training_report(train_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
@@ -34,16 +34,12 @@ def write_training_report(train_dir: Path, out_dir: Path | None = None) -> dict[
     stats = {"steps": steps[-1], "logged": len(rows), "last": {k: round(v, 6) for k, v in rows[-1].items()}}
     out = out_dir or Path(train_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    html = (
-        environment()
-        .get_template("training.html.j2")
-        .render(
-            title=f"Training report: {Path(train_dir).resolve().name}",
-            subtitle=f"{steps[-1]} steps",
-            stats=stats,
-            plots=plots,
-        )
+    write_page(
+        out,
+        "training.html.j2",
+        stats,
+        title=f"Training report: {Path(train_dir).resolve().name}",
+        subtitle=f"{steps[-1]} steps",
+        plots=plots,
     )
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    (out / "index.html").write_text(html)
     return stats
