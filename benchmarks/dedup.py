@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--exact-queries", type=int, default=20_000)
+    parser.add_argument("--record", action="store_true", help="append the measured rate to benchmarks/results.jsonl")
     args = parser.parse_args()
     for n in args.sizes:
         queries = min(n, args.exact_queries)
@@ -82,6 +83,16 @@ def main() -> None:
             f"peak RSS / vector bytes: exact {exact['rss_kib'] / vector_kib:.2f}, ivf_pq {approx['rss_kib'] / vector_kib:.2f} "
             f"(target <= 2)"
         )
+        if args.record:
+            import faiss
+
+            from curation.measurements import record
+
+            gpu = faiss.get_num_gpus() > 0
+            for kind, seconds in (("exact", exact_total), ("ivf_pq", approx_total)):
+                record(
+                    "benchmarks/dedup.py", "dedup.knn_vectors_per_s", n / seconds, "vectors/s", f"{kind}@{n}", gpu=gpu
+                )
 
 
 if __name__ == "__main__":

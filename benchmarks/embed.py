@@ -22,6 +22,7 @@ import torch
 
 from curation.config import validate_tree
 from curation.embedders import create_embedder
+from curation.measurements import record
 from curation.run_config import CurationConfig
 from curation.shards import iter_samples
 from curation.synth.crawl import make_crawl
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--model", default="dinov2:vits14")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--record", action="store_true", help="append the measured rate to benchmarks/results.jsonl")
     args = parser.parse_args()
     device, precision = ("cuda", "fp16") if args.gpu else ("cpu", "fp32")
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,6 +99,8 @@ def main() -> None:
     print(f"bare model(x) loop : {n / bare:8.1f} images/s")
     print(f"embed stage (Ray)  : {n / stage:8.1f} images/s")
     print(f"ratio stage/bare   : {bare / stage:.2f}  (target >= 0.90 on CPU)")
+    if args.record:
+        record("benchmarks/embed.py", "embed.images_per_s", n / stage, "images/s", args.model, gpu=args.gpu)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from curation.config import validate_tree
+from curation.measurements import record
 from curation.run_config import CurationConfig
 from curation.rundir import RunDir
 from curation.synth.crawl import make_crawl
@@ -58,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--record", action="store_true", help="append the measured rate to benchmarks/results.jsonl")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         crawl = make_crawl(Path(tmp) / "crawl", images=args.images, seed=0)
@@ -75,6 +77,8 @@ def main() -> None:
     print(f"ingest stage, 1 worker      : {n / one:8.0f} images/s")
     print(f"ingest stage, 2 workers     : {n / two:8.0f} images/s")
     print(f"ratio ingest/bare (1 worker): {bare / one:.2f}  (target >= 0.80)")
+    if args.record:
+        record("benchmarks/ingest.py", "ingest.images_per_s_per_worker", n / one, "images/s", "ingest")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from curation.config import load_config
+from curation.measurements import record
 from training.config import TrainConfig
 from training.data import loader_for
 from training.optim import Schedules, build_optimizer
@@ -65,6 +66,7 @@ def loop_steps(config: TrainConfig, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--record", action="store_true", help="append the measured rate to benchmarks/results.jsonl")
     parser.add_argument("--config", default=str(Path(__file__).parents[1] / "configs/training/demo.yaml"))
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -77,6 +79,12 @@ def main() -> None:
     print(f"bare step  {bare * 1000:8.1f} ms   ({config.data.batch_size_per_gpu / bare:7.1f} img/s)")
     print(f"train loop {loop * 1000:8.1f} ms   ({config.data.batch_size_per_gpu / loop:7.1f} img/s)")
     print(f"ratio {bare / loop:.2f}  (target >= 0.9)")
+    if args.record:
+        subject = f"{config.model.arch}/{config.model.embed_dim or 'default'}x{config.model.depth or 'default'}"
+        gpu = device.type == "cuda"
+        record(
+            "benchmarks/train.py", "train.images_per_s", config.data.batch_size_per_gpu / loop, "images/s", subject, gpu
+        )
 
 
 if __name__ == "__main__":

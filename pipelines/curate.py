@@ -200,10 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--from", dest="start_from", choices=STAGES, default=None, help="re-run from this stage on")
     parser.add_argument("--executor", choices=("auto", "local", "ray"), default="auto")
+    parser.add_argument("--plan", action="store_true", help="print each stage's work and cost; run nothing")
+    parser.add_argument("--pool-size", type=float, default=1.2e9, help="with --plan: crawled images")
+    parser.add_argument("--gpus", default=None, help="with --plan: e.g. 8xH100 or 20x8xV100 (default: CPU only)")
+    parser.add_argument("--cpus", type=int, default=None, help="with --plan: CPU cores (default 12 per GPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_curation_config(args.config, args.overrides)
+        if args.plan:
+            from curation import cost_model, measurements
+
+            fleet = cost_model.Fleet.parse(args.gpus, args.cpus)
+            rows = cost_model.plan(config, args.pool_size, fleet, measurements.load())
+            print(cost_model.render(rows, args.pool_size, fleet))
+            return 0
         run = curate(config, config.run_dir(args.run_dir), start_from=args.start_from, executor=args.executor)
     except LvdError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,76 @@
+"""Measured throughputs (benchmarks/results.jsonl): benchmarks append them, the cost model reads them.
+
+One JSON object per line: which benchmark, which metric, its value and unit, the model or index
+it was measured with, the device (a GPU's name, or "cpu" with its core count), the date, the git
+commit and the exact command. A plan figure always names the line it came from.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    benchmark: str
+    metric: str
+    value: float
+    unit: str
+    subject: str  # the model, index kind or stage measured
+    device: str  # "cpu" or the GPU's name, e.g. "NVIDIA H100 80GB HBM3"
+    cores: int
+    date: str
+    commit: str
+    command: str
+
+    def cite(self) -> str:
+        return f"{self.benchmark} {self.date} @{self.commit[:8]} on {self.device} ({self.cores} cores)"
+
+
+def current_device(gpu: bool) -> str:
+    if gpu:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    return "cpu"
+
+
+def record(benchmark: str, metric: str, value: float, unit: str, subject: str, gpu: bool = False) -> Measurement:
+    """Append one measurement made now, on this machine, to benchmarks/results.jsonl."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent).stdout
+    measurement = Measurement(
+        benchmark=benchmark,
+        metric=metric,
+        value=round(float(value), 3),
+        unit=unit,
+        subject=subject,
+        device=current_device(gpu),
+        cores=os.cpu_count() or 1,
+        date=datetime.date.today().isoformat(),
+        commit=commit.strip() or "unknown",
+        command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) + f"  # {platform.processor() or platform.machine()}",
+    )
+    with RESULTS.open("a") as f:
+        f.write(json.dumps(asdict(measurement)) + "\n")
+    return measurement
+
+
+def load(path: Path = RESULTS) -> list[Measurement]:
+    if not path.is_file():
+        return []
+    return [Measurement(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def latest(results: list[Measurement], metric: str, subject: str, device: str) -> Measurement | None:
+    """The newest measurement of `metric` for `subject` on a device whose name contains `device`."""
+    found = [m for m in results if m.metric == metric and m.subject == subject and device.lower() in m.device.lower()]
+    return max(found, key=lambda m: m.date, default=None)

@@ -1,0 +1,76 @@
+"""`--plan`: stage costs computed from recorded measurements, each figure citing its source."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from curation import cost_model
+from curation.config import load_config
+from curation.errors import ConfigError
+from curation.measurements import Measurement, load
+from curation.run_config import CurationConfig
+
+LVD142M = Path(__file__).resolve().parents[1] / "configs" / "curation" / "lvd142m.yaml"
+
+
+def _m(metric: str, value: float, subject: str, device: str = "NVIDIA H100 80GB HBM3", cores: int = 16) -> Measurement:
+    return Measurement("bench.py", metric, value, "per s", subject, device, cores, "2026-11-25", "abcdef123456", "cmd")
+
+
+@pytest.fixture(scope="module")
+def config() -> CurationConfig:
+    return load_config(CurationConfig, LVD142M)
+
+
+def test_fleet_parsing():
+    assert cost_model.Fleet.parse("20x8xV100", None) == cost_model.Fleet(160, "V100", 1920)
+    assert cost_model.Fleet.parse("8xH100", 64) == cost_model.Fleet(8, "H100", 64)
+    assert cost_model.Fleet.parse(None, 4) == cost_model.Fleet(0, None, 4)
+    with pytest.raises(ConfigError, match="COUNTxKIND"):
+        cost_model.Fleet.parse("H100", None)
+
+
+def test_plan_arithmetic_follows_the_measured_rates(config):
+    retrieval_model = config.embed.models["retrieval"].name
+    results = [
+        _m("ingest.images_per_s_per_worker", 2000, "ingest", device="cpu", cores=2),
+        _m("embed.images_per_s", 1000, retrieval_model),
+        _m("dedup.knn_vectors_per_s", 1e5, "ivf_pq@1000000"),
+    ]
+    fleet = cost_model.Fleet(8, "H100", 96)
+    rows = {r.stage: r for r in cost_model.plan(config, 1.2e9, fleet, results)}
+    assert rows["ingest"].device_hours == pytest.approx(1.2e9 / 2000 / 3600)
+    assert rows["ingest"].wall_hours == pytest.approx(1.2e9 / 2000 / 3600 / 96)
+    assert rows["embed (retrieval)"].device_hours == pytest.approx(1.2e9 / 1000 / 3600)
+    assert rows["embed (retrieval)"].wall_hours == pytest.approx(1.2e9 / 1000 / 3600 / 8)
+    assert rows["dedup"].device_hours == pytest.approx(1.2e9 * math.sqrt(1200) / 1e5 / 3600)
+    assert rows["embed (copy)"].rate is None and "benchmarks/embed.py" in rows["embed (copy)"].note
+    text = cost_model.render(list(rows.values()), 1.2e9, fleet)
+    assert "bench.py 2026-11-25 @abcdef12 on NVIDIA H100 80GB HBM3" in text  # each figure names its source
+    assert "unmeasured stages: embed (copy)" in text and "20 nodes x 8 V100" in text
+
+
+def test_cpu_embedding_rates_are_per_machine_and_spread_over_cores(config):
+    results = [_m("embed.images_per_s", 100, config.embed.models["retrieval"].name, device="cpu", cores=4)]
+    rows = {r.stage: r for r in cost_model.plan(config, 1e6, cost_model.Fleet(0, None, 40), results)}
+    assert rows["embed (retrieval)"].device_hours == pytest.approx(1e6 / 25 / 3600)  # 25 images/s per core
+    assert rows["embed (retrieval)"].wall_hours == pytest.approx(1e6 / 25 / 3600 / 40)
+
+
+def test_results_file_round_trips(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(asdict(_m("embed.images_per_s", 5.0, "tiny"))) + "\n")
+    assert load(path) == [_m("embed.images_per_s", 5.0, "tiny")]
+
+
+def test_plan_from_the_command_line(capsys):
+    from pipelines.curate import main
+
+    assert main([str(LVD142M), "--plan", "--pool-size", "1.2e9", "--gpus", "8xH100"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: 1.2e+09 pool images on 8 x H100 GPUs" in out and "kNN graph (k=64)" in out
