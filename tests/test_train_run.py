@@ -106,3 +106,12 @@ def test_teacher_update_is_an_exponential_moving_average(shards, tmp_path):
     assert torch.allclose(model.teacher.backbone.cls_token, expected)
     model.teacher.update(model.student, momentum=0.0)
     assert torch.equal(model.teacher.dino_head.mlp[0].weight, model.student.dino_head.mlp[0].weight)
+
+
+def test_resuming_with_a_different_model_is_refused_before_loading(shards, tmp_path):
+    from curation.errors import LvdError
+
+    train(_config(shards, tmp_path, run={"max_steps": 2}))
+    with pytest.raises(LvdError, match=r"different model\.embed_dim"):
+        train(_config(shards, tmp_path, run={"max_steps": 4}, model={"embed_dim": 64}))
+    assert train(_config(shards, tmp_path, run={"max_steps": 3}, optim={"base_lr": 0.001})).steps == 3

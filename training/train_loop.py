@@ -48,6 +48,24 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+SHAPE_SECTIONS = ("model", "dino_head", "ibot_head", "crops")
+
+
+def check_resumable(config: TrainConfig, out: Path) -> None:
+    """Refuse to resume checkpoints of a differently shaped model, before anything loads them."""
+    saved = out / "config.json"
+    if not saved.is_file() or not checkpoint.complete_checkpoints(out / "checkpoints"):
+        return
+    before = json.loads(saved.read_text())
+    now = json.loads(config.model_dump_json())
+    changed = [f"{s}.{k}" for s in SHAPE_SECTIONS for k in now[s] if before.get(s, {}).get(k) != now[s][k]]
+    if changed:
+        raise LvdError(
+            f"{out} holds checkpoints of a run with different {', '.join(changed)}; "
+            "resume with the same settings or choose a new run.output_dir"
+        )
+
+
 def check_finite(parts: dict[str, torch.Tensor], step: int) -> None:
     for name, value in parts.items():
         if name != "total" and not math.isfinite(value.item()):
@@ -88,6 +106,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
     run = config.run
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_resumable(config, out)
     if env.is_main:
         (out / "config.json").write_text(config.model_dump_json(indent=2))
     torch.manual_seed(run.seed)
