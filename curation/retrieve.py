@@ -4,7 +4,9 @@ Strategies (DINOv2 paper, Sec. 3 and App. A.2):
 - `as_is`: the seed set itself enters the curated set;
 - `sample`: the `n` nearest pool images of every query image;
 - `cluster`: the pool is k-means clustered; every cluster holding at least `min_queries` query
-  images (paper: "more than 3") contributes `images_per_cluster` images, at most `max_images` per set.
+  images (paper: "more than 3") contributes `images_per_cluster` images, at most `max_images` per set;
+- `balanced`: no seed set; `images` pool images sampled evenly over the concepts of a hierarchical
+  k-means of the pool (curation/balanced.py), the "uncurated but balanced" web source.
 
 Searches run on the `retrieval` role's embeddings. Within a cluster the images nearest its
 centroid are taken first; eligible clusters are taken in decreasing order of query count (ties:
@@ -48,7 +50,25 @@ class Cluster(Section):
     max_images: int | None = Field(None, ge=1, description="cap on the images this set contributes")
 
 
-Strategy = Annotated[AsIs | Sample | Cluster, Field(discriminator="kind")]
+class Balanced(Section):
+    """No seed set: a sample of the pool balanced over concepts by hierarchical k-means (Vo et al. 2024)."""
+
+    kind: Literal["balanced"] = "balanced"
+    images: int = Field(ge=1, description="pool images to take")
+    levels: list[int] = Field(
+        default_factory=lambda: [100_000, 10_000, 1_000], description="clusters per level, finest first"
+    )
+    resampling_steps: int = Field(3, ge=0, description="k-means rounds on the points nearest each centroid")
+    resample_points: int = Field(5, ge=1, description="points nearest each centroid kept per resampling round")
+
+    @model_validator(mode="after")
+    def _levels_shrink(self) -> Balanced:
+        if not self.levels or any(a <= b for a, b in zip(self.levels, self.levels[1:], strict=False)):
+            raise ValueError(f"levels must be non-empty and strictly decreasing (finest first), got {self.levels}")
+        return self
+
+
+Strategy = Annotated[AsIs | Sample | Cluster | Balanced, Field(discriminator="kind")]
 
 
 class SeedSet(Section):
@@ -218,6 +238,24 @@ def cluster(
     return Selection(keys, POOL, query_of, sims, target, cause)
 
 
+def balanced(pool: Pool, strategy: Balanced, iterations: int, seed: int) -> Selection:
+    """`strategy.images` pool images sampled top down through a hierarchical k-means of the pool."""
+    from curation.balanced import balanced_sample, fit_tree
+
+    if not len(pool.keys):
+        return Selection([], POOL, [], [], strategy.images, "empty pool")
+    tree = fit_tree(
+        pool.vectors, strategy.levels, iterations, strategy.resampling_steps, strategy.resample_points, seed
+    )
+    rows = balanced_sample(tree, strategy.images, np.random.default_rng(seed))
+    leaves = tree.parents[0][rows]
+    sims = np.einsum("ij,ij->i", pool.vectors[rows], tree.leaf_centroids[leaves])
+    cause = "" if len(rows) == strategy.images else f"the pool holds only {len(pool.keys)} images"
+    return Selection(
+        [pool.keys[i] for i in rows], POOL, [f"cluster:{c}" for c in leaves], sims.tolist(), strategy.images, cause
+    )
+
+
 def run_retrieve(
     config: RetrieveConfig,
     embed_dir: Path,
@@ -232,8 +270,13 @@ def run_retrieve(
     pool_clusters = None
     report, counts = {}, {}
     for row in config.sources:
-        query_keys, queries = read_embeddings(embed_dir / config.role / collections[row.name])
-        if row.strategy.kind == "as_is":
+        if row.strategy.kind == "balanced":
+            query_keys, queries = [], None
+        else:
+            query_keys, queries = read_embeddings(embed_dir / config.role / collections[row.name])
+        if row.strategy.kind == "balanced":
+            selection = balanced(pool, row.strategy, config.kmeans_iterations, seed)
+        elif row.strategy.kind == "as_is":
             selection = as_is(query_keys, collections[row.name])
         elif row.strategy.kind == "sample":
             if index is None and len(pool.keys):

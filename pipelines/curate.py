@@ -88,10 +88,11 @@ def decontam_body(config: CurationConfig, run: RunDir, work: StageWork, executor
 
 
 def retrieve_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
-    missing = [row.name for row in config.retrieve.sources if row.path is None]
+    seeded = [row for row in config.retrieve.sources if row.strategy.kind != "balanced"]
+    missing = [row.name for row in seeded if row.path is None]
     if missing:
         raise StageError(f"source rows {missing} have no path to their seed images; set retrieve.sources.N.path")
-    collections = {row.name: config.seed_collection(row.name) for row in config.retrieve.sources}
+    collections = {row.name: config.seed_collection(row.name) for row in seeded}
     return retrieve.run_retrieve(
         config.retrieve,
         run.stage_path("embed"),

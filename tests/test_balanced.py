@@ -1,0 +1,83 @@
+"""Balanced sampling from hierarchical k-means: even concepts from a long-tailed pool, and as a source row."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from curation.balanced import balanced_sample, fit_tree, share
+from curation.config import validate_tree
+from curation.errors import ConfigError
+from curation.run_config import CurationConfig
+from curation.synth.crawl import make_crawl
+from pipelines.curate import curate
+
+SIZES = [4000, 800, 160, 60, 30]  # a long tail: the first concept is 79% of the pool
+
+
+def _long_tailed(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(SIZES), 32))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(len(SIZES)), SIZES)
+    vectors = (centres[labels] + 0.06 * rng.normal(size=(len(labels), 32))).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True), labels
+
+
+def test_share_is_even_and_gives_what_a_small_group_cannot_take_to_the_others():
+    assert share(np.array([30, 4000, 800, 160, 60]), 250).tolist() == [30, 55, 55, 55, 55]
+    assert share(np.array([3, 3]), 100).tolist() == [3, 3]
+    assert share(np.array([10, 10, 10]), 7).sum() == 7
+
+
+def test_balanced_sample_evens_out_a_long_tail_that_random_sampling_keeps():
+    vectors, labels = _long_tailed()
+    tree = fit_tree(vectors, [50, 15, 5], iterations=20, steps=3, per_cluster=5, seed=0)
+    chosen = balanced_sample(tree, 250, np.random.default_rng(0))
+    counts = np.bincount(labels[chosen], minlength=len(SIZES))
+    random_counts = np.bincount(labels[np.random.default_rng(0).choice(len(labels), 250, replace=False)], minlength=5)
+    assert len(chosen) == len(set(chosen.tolist())) == 250
+    assert counts[-1] == SIZES[-1]  # the rarest concept is taken whole
+    assert counts.max() <= 2 * 250 / len(SIZES)  # no concept gets more than twice an even share
+    assert random_counts.max() > 0.7 * 250 and random_counts[-2:].sum() <= 5  # what random does instead
+
+
+def test_levels_must_shrink():
+    tree = {"ingest": {"sources": [{"kind": "folder", "path": "."}]}}
+    tree["retrieve"] = {"sources": [{"name": "web", "strategy": {"kind": "balanced", "images": 5, "levels": [4, 8]}}]}
+    with pytest.raises(ConfigError, match="strictly decreasing"):
+        validate_tree(CurationConfig, tree, "test")
+
+
+@pytest.fixture(scope="module")
+def balanced_run(tmp_path_factory):
+    crawl = make_crawl(tmp_path_factory.mktemp("crawl") / "crawl", images=400, seed=5)
+    tree = yaml.safe_load((crawl / "curation.yaml").read_text())
+    tree["retrieve"]["sources"].append(
+        {"name": "web_balanced", "strategy": {"kind": "balanced", "images": 40, "levels": [20, 5]}}
+    )
+    config = validate_tree(CurationConfig, tree, "test", base_dir=crawl)
+    run = curate(config, tmp_path_factory.mktemp("run") / "run", executor="local")
+    return run.root
+
+
+def test_a_balanced_row_needs_no_seed_set_and_is_assembled_with_its_lineage(balanced_run):
+    rows = json.loads((balanced_run / "retrieve" / "rows.json").read_text())
+    assert rows["web_balanced"] == {
+        "strategy": "balanced",
+        "queries": 0,
+        "target": 40,
+        "retrieved": 40,
+        "shortfall": 0,
+        "cause": "",
+        "paper": None,
+    }
+    selected = pq.read_table(balanced_run / "retrieve" / "web_balanced" / "selected.parquet").to_pylist()
+    assert all(r["query_key"].startswith("cluster:") and r["collection"] == "pool" for r in selected)
+    index = pq.read_table(balanced_run / "curated" / "index.parquet").to_pylist()
+    balanced_keys = {r["key"] for r in index if "web_balanced" in r["seed_sets"]}
+    assert balanced_keys == {r["key"] for r in selected}
