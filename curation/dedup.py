@@ -36,7 +36,7 @@ from scipy.sparse.csgraph import connected_components
 
 from curation.config import Section
 from curation.embed import POOL, read_embeddings
-from curation.knn import IndexSpec, build_index, neighbours_above, on_device
+from curation.knn import IndexSpec, neighbours_above, open_saved, saved_index
 
 STAGE = "dedup"
 ROW_EDGES = "edge_rows"  # work files: edges as row numbers, renamed to keys in edges/ at the end
@@ -77,8 +77,7 @@ def search_chunk(task: EdgeTask) -> int:
     """Edges (src < dst) of one query chunk, written atomically; returns how many."""
     if task.threads:
         faiss.omp_set_num_threads(task.threads)
-    vectors = np.load(task.vectors_path, mmap_mode="r")
-    index = on_device(faiss.read_index(task.index_path, faiss.IO_FLAG_MMAP), task.spec)
+    index, vectors = open_saved(task.index_path, task.vectors_path, task.spec)
     queries = np.ascontiguousarray(vectors[task.start : task.stop])
     rows, ids, sims = neighbours_above(index, task.spec, vectors, queries, task.k + 1, task.threshold)
     src = rows + task.start
@@ -97,12 +96,7 @@ def knn_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, map_fn: 
     """Build the index once, search every chunk as a task, return the folder of edge files."""
     edges_dir = work_dir / ROW_EDGES
     edges_dir.mkdir(parents=True, exist_ok=True)
-    vectors_path, index_path = work_dir / "vectors.npy", work_dir / "index.faiss"
-    if not index_path.exists():
-        np.save(vectors_path, vectors)
-        index = build_index(vectors, config.index, seed)
-        faiss.write_index(index, str(index_path) + ".tmp")
-        os.replace(str(index_path) + ".tmp", index_path)
+    index_path, vectors_path = saved_index(vectors, config.index, work_dir, seed)
     tasks = [
         EdgeTask(
             start,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from pathlib import Path
 from typing import Literal
 
 import faiss
@@ -120,3 +122,22 @@ def neighbours_above(
     sims, ids = search(index, spec, vectors, queries, k)
     rows, cols = np.nonzero((sims >= threshold) & (ids >= 0))
     return rows, ids[rows, cols], sims[rows, cols]
+
+
+def saved_index(vectors: np.ndarray, spec: IndexSpec, work_dir: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Build the index once into `work_dir` (with the vectors it re-scores from); (index path, vectors path).
+
+    Search tasks open both memory-mapped, so many tasks on one node share one copy; a killed stage
+    that already saved them does not build again.
+    """
+    index_path, vectors_path = work_dir / "index.faiss", work_dir / "vectors.npy"
+    if not index_path.exists():
+        work_dir.mkdir(parents=True, exist_ok=True)
+        np.save(vectors_path, vectors)
+        faiss.write_index(build_index(vectors, spec, seed), str(index_path) + ".tmp")
+        os.replace(str(index_path) + ".tmp", index_path)
+    return index_path, vectors_path
+
+
+def open_saved(index_path: str | Path, vectors_path: str | Path, spec: IndexSpec) -> tuple[faiss.Index, np.ndarray]:
+    return on_device(faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP), spec), np.load(vectors_path, mmap_mode="r")

@@ -19,9 +19,12 @@ cluster id), so a cap keeps the clusters the seed set is densest in.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import faiss
 import numpy as np
@@ -31,7 +34,7 @@ from pydantic import Field, model_validator
 
 from curation.config import ConfigPath, Section
 from curation.embed import POOL, read_embeddings
-from curation.knn import IndexSpec, build_index, on_device, search
+from curation.knn import IndexSpec, open_saved, saved_index, search
 
 
 class AsIs(Section):
@@ -87,11 +90,14 @@ class SeedSet(Section):
 class RetrieveConfig(Section):
     """All source rows plus the pool clustering shared by the `cluster` rows."""
 
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"chunk_size"})
+
     sources: list[SeedSet] = Field(default_factory=list)
     clusters: int = Field(100_000, ge=1, description="k-means clusters of the pool (paper: 100,000)")
     role: str = Field("retrieval", description="which embed role to search in")
     index: IndexSpec = IndexSpec()
     kmeans_iterations: int = Field(20, ge=1)
+    chunk_size: int = Field(50_000, ge=1, description="query rows per search task")
 
     @model_validator(mode="after")
     def _unique_names(self) -> RetrieveConfig:
@@ -154,19 +160,85 @@ def as_is(query_keys: list[str], collection: str) -> Selection:
     return Selection(list(query_keys), collection, list(query_keys), [1.0] * len(query_keys), len(query_keys))
 
 
+@dataclass(frozen=True)
+class QueryTask:
+    """Search query rows [start, stop) against the saved pool index; write (query, pool_row, similarity) to `out`."""
+
+    start: int
+    stop: int
+    queries_path: str
+    index_path: str
+    vectors_path: str
+    out: str
+    n: int
+    spec: IndexSpec
+
+
+HIT_SCHEMA = pa.schema([("query", pa.int64()), ("pool_row", pa.int64()), ("similarity", pa.float32())])
+MapFn = Callable[[Callable[[QueryTask], int], Iterable[QueryTask]], Iterator[int]]
+
+
+def search_queries(task: QueryTask) -> int:
+    """One chunk of a seed set's search, written atomically (a re-run skips finished chunks)."""
+    index, vectors = open_saved(task.index_path, task.vectors_path, task.spec)
+    queries = np.ascontiguousarray(np.load(task.queries_path, mmap_mode="r")[task.start : task.stop])
+    sims, ids = search(index, task.spec, vectors, queries, task.n)
+    query = np.repeat(np.arange(task.start, task.stop), ids.shape[1])
+    found = ids.ravel() >= 0
+    table = pa.table(
+        {"query": query[found], "pool_row": ids.ravel()[found], "similarity": sims.ravel()[found]}, schema=HIT_SCHEMA
+    )
+    tmp = task.out + ".tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, task.out)
+    return table.num_rows
+
+
+@dataclass(frozen=True)
+class PoolSearch:
+    """The pool index saved for search tasks, and how to spread them."""
+
+    index_path: Path
+    vectors_path: Path
+    spec: IndexSpec
+    map_fn: MapFn
+    chunk_size: int
+
+    def hits(self, queries: np.ndarray, n: int, work_dir: Path) -> pa.Table:
+        """All (query, pool_row, similarity) of the `n` nearest, in query order, searched as tasks."""
+        (work_dir / "hits").mkdir(parents=True, exist_ok=True)
+        queries_path = work_dir / "queries.npy"
+        np.save(queries_path, queries)
+        tasks = [
+            QueryTask(
+                start,
+                min(start + self.chunk_size, len(queries)),
+                str(queries_path),
+                str(self.index_path),
+                str(self.vectors_path),
+                str(work_dir / "hits" / f"{start:012d}.parquet"),
+                n,
+                self.spec,
+            )
+            for start in range(0, len(queries), self.chunk_size)
+        ]
+        for _ in self.map_fn(search_queries, [t for t in tasks if not Path(t.out).exists()]):
+            pass
+        return pa.concat_tables([pq.read_table(t.out) for t in tasks])
+
+
 def sample(
-    pool: Pool, index: faiss.Index, spec: IndexSpec, queries: np.ndarray, query_keys: list[str], n: int
+    pool: Pool, search_pool: PoolSearch, queries: np.ndarray, query_keys: list[str], n: int, work_dir: Path
 ) -> Selection:
     """The `n` nearest pool images of every query; an image near several queries is taken once (best query)."""
     target = n * len(query_keys)
     if not len(pool.keys) or not len(query_keys):
         return Selection([], POOL, [], [], target, "empty pool or seed set")
-    sims, ids = search(index, spec, pool.vectors, queries, n)
+    hits = search_pool.hits(queries, min(n, len(pool.keys)), work_dir).to_pydict()
     best: dict[int, tuple[float, str]] = {}
-    for q, (row_sims, row_ids) in enumerate(zip(sims, ids, strict=True)):
-        for sim, i in zip(row_sims, row_ids, strict=True):
-            if i >= 0 and (i not in best or sim > best[i][0]):
-                best[int(i)] = (float(sim), query_keys[q])
+    for q, i, sim in zip(hits["query"], hits["pool_row"], hits["similarity"], strict=True):
+        if i not in best or sim > best[i][0]:
+            best[i] = (float(sim), query_keys[q])
     rows = sorted(best)
     cause = (
         ""
@@ -262,11 +334,17 @@ def run_retrieve(
     decontam_dir: Path,
     collections: dict[str, str],
     work_dir: Path,
+    map_fn: MapFn,
     seed: int = 0,
 ) -> dict[str, int]:
-    """Retrieve for every source row into `work_dir/<row>/`; `collections` maps a row to its seed set."""
+    """Retrieve for every source row into `work_dir/<row>/`; `collections` maps a row to its seed set.
+
+    `sample` rows search their queries in chunks of `chunk_size` as `map_fn` tasks (Ray tasks on a
+    cluster) against the pool index saved once; finished chunks survive a kill.
+    """
     pool = Pool.load(embed_dir, config.role, decontam_dir)
-    index = None  # built on the first `sample` row, like the clustering on the first `cluster` row
+    search_dir = work_dir / "search"  # work files, removed when every row is done
+    search_pool = None  # the index is built on the first `sample` row, the clustering on the first `cluster` row
     pool_clusters = None
     report, counts = {}, {}
     for row in config.sources:
@@ -279,9 +357,10 @@ def run_retrieve(
         elif row.strategy.kind == "as_is":
             selection = as_is(query_keys, collections[row.name])
         elif row.strategy.kind == "sample":
-            if index is None and len(pool.keys):
-                index = on_device(build_index(pool.vectors, config.index, seed), config.index)
-            selection = sample(pool, index, config.index, queries, query_keys, row.strategy.n)
+            if search_pool is None and len(pool.keys):
+                paths = saved_index(pool.vectors, config.index, search_dir, seed)
+                search_pool = PoolSearch(*paths, config.index, map_fn, config.chunk_size)
+            selection = sample(pool, search_pool, queries, query_keys, row.strategy.n, search_dir / row.name)
         elif not len(pool.keys):
             selection = Selection([], POOL, [], [], 0, "empty pool")
         else:
@@ -301,6 +380,7 @@ def run_retrieve(
         }
         counts[f"{row.name}.retrieved"] = len(selection.keys)
     (work_dir / "rows.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(search_dir, ignore_errors=True)
     counts["pool"] = len(pool.keys)
     return counts
 

@@ -99,6 +99,7 @@ def retrieve_body(config: CurationConfig, run: RunDir, work: StageWork, executor
         run.stage_path("decontam"),
         collections,
         work.path,
+        choose_map(executor, workers=1),
         seed=config.run.seed,
     )
 

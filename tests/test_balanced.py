@@ -81,3 +81,16 @@ def test_a_balanced_row_needs_no_seed_set_and_is_assembled_with_its_lineage(bala
     index = pq.read_table(balanced_run / "curated" / "index.parquet").to_pylist()
     balanced_keys = {r["key"] for r in index if "web_balanced" in r["seed_sets"]}
     assert balanced_keys == {r["key"] for r in selected}
+
+
+def test_sample_rows_search_in_chunks_with_the_same_result(balanced_run, tmp_path):
+    """`sample` queries run as map tasks over saved-index chunks; the chunking must not change the output."""
+    from tests.stage_output import run_dir_with, stage_files
+
+    tree = json.loads((balanced_run / "manifest.json").read_text())["config"]
+    tree["retrieve"]["chunk_size"] = 3  # seed_stripes' 10 queries as 4 search tasks
+    config = validate_tree(CurationConfig, tree, "test")
+    rerun = run_dir_with(balanced_run, tmp_path / "rerun", ("ingest", "embed", "dedup", "decontam"))
+    curate(config, rerun, ("retrieve",), start_from="retrieve", executor="local")
+    assert stage_files(rerun, "retrieve") == stage_files(balanced_run, "retrieve")
+    assert not (rerun / "retrieve" / "search").exists()  # work files are gone
