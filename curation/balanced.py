@@ -43,8 +43,10 @@ def kmeans_plus_plus(points: np.ndarray, k: int, seed: int) -> np.ndarray:
 PLUS_PLUS_BUDGET = 2_000_000_000  # n·k distance evaluations; beyond it (fine levels at scale) faiss seeds randomly
 
 
-def _kmeans(points: np.ndarray, k: int, iterations: int, seed: int, init: np.ndarray | None = None) -> np.ndarray:
-    kmeans = faiss.Kmeans(points.shape[1], k, niter=iterations, seed=seed, spherical=True)
+def _kmeans(
+    points: np.ndarray, k: int, iterations: int, seed: int, init: np.ndarray | None = None, gpu: bool = False
+) -> np.ndarray:
+    kmeans = faiss.Kmeans(points.shape[1], k, niter=iterations, seed=seed, spherical=True, gpu=gpu)
     if init is None and len(points) * k <= PLUS_PLUS_BUDGET:
         init = kmeans_plus_plus(points, k, seed)
     kmeans.train(points, init_centroids=init)
@@ -59,10 +61,10 @@ def _assign(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def kmeans_with_resampling(
-    points: np.ndarray, k: int, iterations: int, steps: int, per_cluster: int, seed: int
+    points: np.ndarray, k: int, iterations: int, steps: int, per_cluster: int, seed: int, gpu: bool = False
 ) -> np.ndarray:
     """k-means, then `steps` rounds of k-means on the `per_cluster` points nearest each centroid."""
-    centroids = _kmeans(points, k, iterations, seed)
+    centroids = _kmeans(points, k, iterations, seed, gpu=gpu)
     for step in range(steps):
         index = faiss.IndexFlatIP(points.shape[1])
         index.add(points)
@@ -70,16 +72,23 @@ def kmeans_with_resampling(
         chosen = np.unique(nearest[nearest >= 0])
         if len(chosen) < k:
             break
-        centroids = _kmeans(points[chosen], k, iterations, seed + step + 1, init=centroids)
+        centroids = _kmeans(points[chosen], k, iterations, seed + step + 1, init=centroids, gpu=gpu)
     return centroids
 
 
 def fit_tree(
-    vectors: np.ndarray, levels: list[int], iterations: int, steps: int, per_cluster: int, seed: int
+    vectors: np.ndarray,
+    levels: list[int],
+    iterations: int,
+    steps: int,
+    per_cluster: int,
+    seed: int,
+    gpu: bool = False,
 ) -> ClusterTree:
     parents, points, leaf_centroids = [], vectors, None
     for level, k in enumerate(levels):
-        centroids = kmeans_with_resampling(points, min(k, len(points)), iterations, steps, per_cluster, seed + level)
+        k = min(k, len(points))
+        centroids = kmeans_with_resampling(points, k, iterations, steps, per_cluster, seed + level, gpu)
         parents.append(_assign(points, centroids)[0])
         if leaf_centroids is None:
             leaf_centroids = centroids

@@ -68,11 +68,16 @@ def _largest_divisor_at_most(dim: int, limit: int) -> int:
     return max(d for d in range(1, limit + 1) if dim % d == 0)
 
 
-def on_device(index: faiss.Index, spec: IndexSpec) -> faiss.Index:
-    """The index on a GPU when faiss-gpu and a GPU are present and `spec.device` allows, else as is."""
+def use_gpu(spec: IndexSpec) -> bool:
+    """Whether Faiss work for `spec` (search, k-means) runs on GPU: when present and not forbidden."""
     if spec.device == "gpu" and not gpu_available():
         raise RuntimeError("index device 'gpu' requested but faiss-gpu or a GPU is missing; install the gpu extra")
-    if spec.device != "cpu" and gpu_available():
+    return spec.device != "cpu" and gpu_available()
+
+
+def on_device(index: faiss.Index, spec: IndexSpec) -> faiss.Index:
+    """The index on a GPU when `use_gpu(spec)`, else as is."""
+    if use_gpu(spec):
         log.info("faiss: moving the %s index to GPU", spec.kind)
         return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     return index

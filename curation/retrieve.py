@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 
 from curation.config import ConfigPath, Section
 from curation.embed import POOL, read_embeddings
-from curation.knn import IndexSpec, open_saved, saved_index, search
+from curation.knn import IndexSpec, open_saved, saved_index, search, use_gpu
 
 
 class AsIs(Section):
@@ -263,9 +263,9 @@ class PoolClusters:
     centroid_similarity: np.ndarray
 
     @classmethod
-    def fit(cls, pool: Pool, clusters: int, iterations: int, seed: int) -> PoolClusters:
+    def fit(cls, pool: Pool, clusters: int, iterations: int, seed: int, gpu: bool = False) -> PoolClusters:
         k = max(1, min(clusters, len(pool.keys)))
-        kmeans = faiss.Kmeans(pool.vectors.shape[1], k, niter=iterations, seed=seed, spherical=True)
+        kmeans = faiss.Kmeans(pool.vectors.shape[1], k, niter=iterations, seed=seed, spherical=True, gpu=gpu)
         kmeans.train(pool.vectors)
         sims, assignment = kmeans.index.search(pool.vectors, 1)
         return cls(kmeans.centroids, assignment[:, 0], sims[:, 0])
@@ -310,14 +310,14 @@ def cluster(
     return Selection(keys, POOL, query_of, sims, target, cause)
 
 
-def balanced(pool: Pool, strategy: Balanced, iterations: int, seed: int) -> Selection:
+def balanced(pool: Pool, strategy: Balanced, iterations: int, seed: int, gpu: bool = False) -> Selection:
     """`strategy.images` pool images sampled top down through a hierarchical k-means of the pool."""
     from curation.balanced import balanced_sample, fit_tree
 
     if not len(pool.keys):
         return Selection([], POOL, [], [], strategy.images, "empty pool")
     tree = fit_tree(
-        pool.vectors, strategy.levels, iterations, strategy.resampling_steps, strategy.resample_points, seed
+        pool.vectors, strategy.levels, iterations, strategy.resampling_steps, strategy.resample_points, seed, gpu
     )
     rows = balanced_sample(tree, strategy.images, np.random.default_rng(seed))
     leaves = tree.parents[0][rows]
@@ -353,7 +353,7 @@ def run_retrieve(
         else:
             query_keys, queries = read_embeddings(embed_dir / config.role / collections[row.name])
         if row.strategy.kind == "balanced":
-            selection = balanced(pool, row.strategy, config.kmeans_iterations, seed)
+            selection = balanced(pool, row.strategy, config.kmeans_iterations, seed, gpu=use_gpu(config.index))
         elif row.strategy.kind == "as_is":
             selection = as_is(query_keys, collections[row.name])
         elif row.strategy.kind == "sample":
@@ -365,7 +365,9 @@ def run_retrieve(
             selection = Selection([], POOL, [], [], 0, "empty pool")
         else:
             if pool_clusters is None:
-                pool_clusters = PoolClusters.fit(pool, config.clusters, config.kmeans_iterations, seed)
+                pool_clusters = PoolClusters.fit(
+                    pool, config.clusters, config.kmeans_iterations, seed, gpu=use_gpu(config.index)
+                )
             selection = cluster(pool, pool_clusters, queries, query_keys, row.strategy)
         (work_dir / row.name).mkdir(parents=True, exist_ok=True)
         pq.write_table(selection.table(), work_dir / row.name / "selected.parquet")
