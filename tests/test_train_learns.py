@@ -17,7 +17,7 @@ import pytest
 from pipelines.demo_training import train_distill_evaluate
 from tests.stage_output import curate_command
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the shared fixture trains three models
 
 
 @pytest.fixture(scope="module")
