@@ -90,6 +90,12 @@ class MetricsLog:
             except ImportError:
                 pass
 
+    def forget_after(self, step: int) -> None:
+        """Drop lines logged after the checkpoint a run resumes from: those steps run again."""
+        if self.active and self.path.is_file():
+            lines = self.path.read_text().splitlines(keepends=True)
+            self.path.write_text("".join(line for line in lines if json.loads(line)["step"] <= step))
+
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.active:
             return
@@ -123,6 +129,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
     loader = loader_for(config, env.rank, step, pin_memory=env.device.type == "cuda")
     last_step = min(config.optim.total_steps, run.max_steps or config.optim.total_steps)
     metrics = MetricsLog(out, env)
+    metrics.forget_after(step)
     autocast = torch.autocast(env.device.type, dtype) if dtype != torch.float32 else nullcontext()
     progress = tqdm(total=last_step, initial=step, desc="train", disable=not env.is_main, unit="step")
     window_start, window_images = time.perf_counter(), 0
