@@ -24,9 +24,8 @@ from PIL import Image
 from curation.config import validate_tree
 from curation.measurements import record
 from curation.run_config import CurationConfig
-from curation.rundir import RunDir
 from curation.synth.crawl import make_crawl
-from pipelines.curate import run_ingest_stage
+from pipelines.curate import curate
 
 
 def bare_read_decode(files: list[Path]) -> float:
@@ -51,7 +50,7 @@ def staged_ingest(pool: Path, work: Path, workers: int) -> float:
         source="benchmark",
     )
     started = time.perf_counter()
-    run_ingest_stage(config, RunDir(run_dir), executor="local")
+    curate(config, run_dir, ("ingest",), executor="local")
     return time.perf_counter() - started
 
 
