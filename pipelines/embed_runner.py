@@ -72,7 +72,7 @@ def run_role(
             BatchOfOneWorker,
             fn_constructor_kwargs={"spec": spec, "device": device, "threads": threads},
             batch_size=1,
-            concurrency=config.actors,
+            compute=ray.data.ActorPoolStrategy(size=config.actors),
             num_gpus=config.gpus_per_actor,
             num_cpus=actor_cpus,
             batch_format="numpy",
