@@ -7,7 +7,7 @@ says so and which benchmark command would provide it, instead of guessing.
 Scaling rules, per stage:
 - ingest: linear in images, spread over CPU cores (the rate is per worker process);
 - embed: linear in images, spread over GPUs (or CPU machines), per role's model;
-- dedup kNN graph: per-query cost grows like sqrt(N) for IVF indexes (nlist = 4·sqrt(N) lists,
+- dedup kNN graph: per-query cost grows like sqrt(N) for IVF indexes (nlist = 2·sqrt(N) lists,
   a fixed nprobe of them scanned) and like N for the exact index, from the size it was measured at;
   queries are spread over devices.
 Retrieval k-means, decontamination and assembly are not modelled yet and are listed as such.

@@ -15,6 +15,10 @@ and the best copy of a picture is usually the largest.
 The graph is searched in query chunks (`chunk_size` rows) that run as independent tasks against
 one index saved in the stage folder (memory-mapped by each worker), so chunks spread over a local
 process pool or Ray tasks and each writes its own edge file; a killed stage keeps finished chunks.
+An edge counts when either end finds the other: approximate search misses some neighbours in one
+direction only, so keeping both directions (deduplicated at the end) raises the graph's recall.
+The final edge files hold each undirected edge once, sorted, with its similarity recomputed from
+the two vectors, so they do not depend on chunking or on which side found the edge.
 """
 
 from __future__ import annotations
@@ -81,8 +85,11 @@ def search_chunk(task: EdgeTask) -> int:
     queries = np.ascontiguousarray(vectors[task.start : task.stop])
     rows, ids, sims = neighbours_above(index, task.spec, vectors, queries, task.k + 1, task.threshold)
     src = rows + task.start
-    forward = src < ids  # each undirected edge once (and never a self-loop)
-    table = pa.table({"src": src[forward], "dst": ids[forward], "similarity": sims[forward]}, schema=EDGE_SCHEMA)
+    pair = src != ids  # never a self-loop; stored smaller row first, as the final files hold them
+    table = pa.table(
+        {"src": np.minimum(src, ids)[pair], "dst": np.maximum(src, ids)[pair], "similarity": sims[pair]},
+        schema=EDGE_SCHEMA,
+    )
     tmp = Path(task.out + ".tmp")
     pq.write_table(table.sort_by([("src", "ascending"), ("dst", "ascending")]), tmp)
     os.replace(tmp, task.out)
@@ -138,16 +145,19 @@ def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, see
     return edges_dir, centroid_similarity
 
 
-def components_of(n: int, edges_dir: Path) -> np.ndarray:
-    """Connected-component label of each of `n` rows, streaming the edge files into one sparse graph."""
-    src, dst = [], []
+def unique_edges(n: int, edges_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every undirected edge of the work files once, sorted: (src, dst) row arrays with src < dst."""
+    flat = [np.zeros(0, np.int64)]
     for part in sorted(edges_dir.glob("*.parquet")):
         table = pq.read_table(part, columns=["src", "dst"])
-        src.append(table.column("src").to_numpy())
-        dst.append(table.column("dst").to_numpy())
-    rows = np.concatenate(src) if src else np.zeros(0, np.int64)
-    cols = np.concatenate(dst) if dst else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n)).tocsr()
+        flat.append(table.column("src").to_numpy() * n + table.column("dst").to_numpy())
+    pairs = np.unique(np.concatenate(flat))
+    return pairs // n, pairs % n
+
+
+def components_of(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of `n` rows of the graph with edges (src, dst)."""
+    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n)).tocsr()
     return connected_components(graph, directed=False)[1]
 
 
@@ -172,9 +182,12 @@ def run_dedup(
     else:
         edges_dir, centroid_similarity = semdedup_edges(vectors, config, work_dir, seed)
         preference = -centroid_similarity if config.semdedup_keep == "farthest" else centroid_similarity
-    labels = components_of(len(keys), edges_dir)
+    src, dst = unique_edges(len(keys), edges_dir)
+    labels = components_of(len(keys), src, dst)
     kept = choose_kept(labels, keys, preference)
-    _write_outputs(keys, vectors, labels, kept, edges_dir, work_dir)
+    _write_outputs(keys, vectors, labels, kept, work_dir)
+    _write_edges(keys, vectors, src, dst, work_dir / "edges")
+    shutil.rmtree(edges_dir)
     for scratch in ("vectors.npy", "index.faiss"):
         (work_dir / scratch).unlink(missing_ok=True)
     is_removed = kept != np.arange(len(keys))
@@ -192,10 +205,8 @@ def _pixels_by_key(ingest_dir: Path, keys: list[str]) -> np.ndarray:
     return np.array([pixels[k] for k in keys], dtype=np.int64)
 
 
-def _write_outputs(
-    keys: list[str], vectors: np.ndarray, labels: np.ndarray, kept: np.ndarray, edges_dir: Path, work_dir: Path
-) -> None:
-    """keep/removed tables sorted by key; edge files rewritten with keys instead of row numbers."""
+def _write_outputs(keys: list[str], vectors: np.ndarray, labels: np.ndarray, kept: np.ndarray, work_dir: Path) -> None:
+    """keep/removed tables, sorted by key."""
     sizes = np.bincount(labels)
     rows = np.arange(len(keys))
     is_kept = kept == rows
@@ -212,19 +223,25 @@ def _write_outputs(
     )
     pq.write_table(keep.sort_by("key"), work_dir / "keep.parquet")
     pq.write_table(removed.sort_by("key"), work_dir / "removed.parquet")
-    named_dir = work_dir / "edges"
-    named_dir.mkdir(exist_ok=True)
-    for part in sorted(edges_dir.glob("*.parquet")):
-        table = pq.read_table(part)
-        named = pa.table(
+
+
+EDGE_FILE_ROWS = 1_000_000
+
+
+def _write_edges(keys: list[str], vectors: np.ndarray, src: np.ndarray, dst: np.ndarray, out_dir: Path) -> None:
+    """edges/part-NNNNN.parquet: keys and exact similarity of each edge, EDGE_FILE_ROWS per file."""
+    out_dir.mkdir(exist_ok=True)
+    key_array = np.array(keys, dtype=object)
+    for part, start in enumerate(range(0, max(len(src), 1), EDGE_FILE_ROWS)):
+        a, b = src[start : start + EDGE_FILE_ROWS], dst[start : start + EDGE_FILE_ROWS]
+        table = pa.table(
             {
-                "src_key": key_array[table.column("src").to_numpy()],
-                "dst_key": key_array[table.column("dst").to_numpy()],
-                "similarity": table.column("similarity"),
+                "src_key": pa.array(key_array[a], pa.string()),
+                "dst_key": pa.array(key_array[b], pa.string()),
+                "similarity": np.einsum("nd,nd->n", vectors[a], vectors[b]).astype(np.float32),
             }
         )
-        pq.write_table(named, named_dir / part.name)
-    shutil.rmtree(edges_dir)
+        pq.write_table(table, out_dir / f"part-{part:05d}.parquet")
 
 
 def summary_line(counts: dict[str, int]) -> str:
