@@ -2,8 +2,8 @@
 
 Every model derives from `Section`, which forbids unknown keys, so a misspelt key stops the run
 before any work with a message naming the key, the file and the closest valid spelling.
-Relative paths in a config file are resolved against the file's own directory (as docker-compose
-does), so a config written next to its data keeps working wherever the command is run from.
+Path fields are `curation.storage.ConfigPath` (read: local or any fsspec URL) or `OutputPath`
+(written: local or file://); relative paths resolve against the config file's own directory.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from curation.errors import ConfigError
 
@@ -51,17 +51,6 @@ def _identity_of(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_identity_of(v) for v in value]
     return value if isinstance(value, str | int | float | bool | None) else str(value)
-
-
-def _resolve_against_config_dir(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    if base is None or value.is_absolute() or "://" in str(value):
-        return value
-    return (Path(base) / value).resolve()
-
-
-ConfigPath = Annotated[Path, AfterValidator(_resolve_against_config_dir)]
-"""A path field: relative values resolve against the directory of the config file they came from."""
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 
-from curation.config import ConfigPath, Section
+from curation.config import Section
 from curation.embedders import Embedder, Preprocess, create_embedder
 from curation.shards import iter_samples
+from curation.storage import ConfigPath
 
 STAGE = "embed"
 POOL = "pool"

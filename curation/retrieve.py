@@ -32,9 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from curation.config import ConfigPath, Section
+from curation.config import Section
 from curation.embed import POOL, read_embeddings
 from curation.knn import IndexSpec, open_saved, saved_index, search, use_gpu
+from curation.storage import ConfigPath
 
 
 class AsIs(Section):

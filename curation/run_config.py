@@ -11,17 +11,18 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from curation.assemble import AssembleConfig
-from curation.config import ConfigPath, Section, load_config
+from curation.config import Section, load_config
 from curation.decontam import DecontamConfig
 from curation.dedup import DedupConfig
 from curation.embed import EmbedConfig
 from curation.ingest import IngestConfig
 from curation.retrieve import RetrieveConfig
+from curation.storage import LocalPath, posix_path
 
 
 class RunSection(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
-    dir: ConfigPath | None = Field(None, description="run directory; default runs/<name> under the working directory")
+    dir: LocalPath | None = Field(None, description="run directory; default runs/<name> under the working directory")
     seed: int = 0
 
 
@@ -63,7 +64,7 @@ class CurationConfig(Section):
 
     def run_dir(self, override: str | Path | None = None) -> Path:
         if override is not None:
-            return Path(override)
+            return posix_path(override)
         return self.run.dir or Path("runs") / self.run.name
 
 

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from curation.errors import CorruptInput
+from curation.storage import Location, open_input
 
 SIDECAR_EXTENSIONS = frozenset({"json", "txt", "cls", "caption", "url", "parquet"})
 
@@ -105,19 +106,19 @@ def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def list_members(tar_path: Path) -> list[tarfile.TarInfo]:
+def list_members(tar_path: str | Location) -> list[tarfile.TarInfo]:
     """All regular-file and unsafe members of a tar (directories dropped), in archive order."""
     try:
-        with tarfile.open(tar_path, "r:*") as tar:
+        with open_input(tar_path) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
             return [m for m in tar.getmembers() if not m.isdir()]
     except (tarfile.TarError, OSError) as exc:
         raise CorruptInput(f"cannot list tar {tar_path}: {exc}; fix or remove the file") from exc
 
 
-def read_members(tar_path: Path, names: set[str]) -> dict[str, bytes]:
-    """Bytes of the named regular-file members, reading the tar sequentially once."""
+def read_members(tar_path: str | Location, names: set[str]) -> dict[str, bytes]:
+    """Bytes of the named regular-file members, reading the tar (local or any fsspec URL) once, in order."""
     found: dict[str, bytes] = {}
-    with tarfile.open(tar_path, "r:*") as tar:
+    with open_input(tar_path) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
         for member in tar:
             if member.name in names and unsafe_member_reason(member) is None:
                 handle = tar.extractfile(member)

@@ -19,9 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from curation.config import ConfigPath, Section
+from curation.config import Section
 from curation.errors import ConfigError, CorruptInput
 from curation.shards import SIDECAR_EXTENSIONS, list_members, read_members, unsafe_member_reason
+from curation.storage import ConfigPath, Location, open_input, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ def read_refs(refs: list[InputRef]) -> dict[str, bytes]:
         if ref.failure is not None:
             continue
         if ref.container is None:
-            data[ref.source] = Path(ref.source).read_bytes()
+            data[ref.source] = read_bytes(ref.source)
         else:
             by_tar.setdefault(ref.container, {})[ref.member] = ref.source
     for tar, members in by_tar.items():
-        found = read_members(Path(tar), set(members))
+        found = read_members(tar, set(members))
         for member, source in members.items():
             data[source] = found.get(member, b"")
     return data
@@ -71,12 +72,22 @@ class FolderSource(Section):
     def refs(self, work_dir: Path, shard_size: int) -> list[InputRef]:
         if not self.path.is_dir():
             raise ConfigError(f"ingest source folder {self.path} does not exist or is not a directory")
-        return [InputRef(source=path, kind=self.kind) for path in sorted(_walk_files(str(self.path)))]
+        files = _walk_files(str(self.path)) if isinstance(self.path, Path) else _find_files(self.path)
+        return [InputRef(source=path, kind=self.kind) for path in sorted(files)]
+
+
+def _find_files(root: Location) -> list[str]:
+    """URLs of the files under a remote folder, skipping hidden files and folders (one fsspec listing)."""
+    return [
+        str(path)
+        for path in root.rglob("*")
+        if not any(part.startswith(".") for part in path.relative_to(root).parts) and path.is_file()
+    ]
 
 
 def _walk_files(root: str) -> list[str]:
-    """Paths of the regular files under `root`, skipping hidden files and folders (os.scandir: a
-    pathlib walk was a tenth of ingest's time)."""
+    """Paths of the regular files under a local `root`, skipping hidden files and folders (os.scandir:
+    a pathlib walk was a tenth of ingest's time)."""
     found, stack = [], [root]
     while stack:
         with os.scandir(stack.pop()) as entries:
@@ -185,7 +196,8 @@ class UrlSource(Section):
         if not self.path.is_file():
             raise ConfigError(f"ingest source url list {self.path} does not exist")
         if self.path.suffix == ".parquet":
-            table = pq.read_table(self.path)
+            with open_input(self.path) as handle:
+                table = pq.read_table(handle)
             if self.url_column not in table.column_names:
                 raise ConfigError(
                     f"{self.path} has no column {self.url_column!r} (columns: {table.column_names}); set url_column"
@@ -237,7 +249,7 @@ def downloaded_refs(download_dir: Path, kind: str) -> list[InputRef]:
 Source = Annotated[FolderSource | TarSource | UrlSource, Field(discriminator="kind")]
 
 
-def source_for_path(path: Path) -> FolderSource | TarSource:
+def source_for_path(path: Location) -> FolderSource | TarSource:
     """The source kind for a reference-set path: tar shards (a tar, or a folder holding tars) or a folder tree."""
     if path.is_file() or (path.is_dir() and any(path.glob("*.tar"))):
         return TarSource(path=path)

@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from curation.config import ConfigPath, Section
+from curation.config import Section
+from curation.storage import ConfigPath, LocalPath
 
 
 class ModelConfig(Section):
@@ -87,7 +88,7 @@ class DataConfig(Section):
 
 class RunConfig(Section):
     execution_fields = frozenset({"log_every", "checkpoint_every", "keep_checkpoints"})
-    output_dir: ConfigPath = Field(..., description="checkpoints/, metrics.jsonl and export/ go here")
+    output_dir: LocalPath = Field(..., description="checkpoints/, metrics.jsonl and export/ go here")
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     parallel: Literal["ddp", "fsdp"] = "ddp"

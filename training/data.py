@@ -10,7 +10,7 @@ loader's worker processes.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,6 +20,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
 from curation.errors import ConfigError
+from curation.storage import Location, location, open_input
 from training.augment import MultiCrop, MultiCropViews
 from training.config import TrainConfig
 from training.masking import BlockMaskGenerator, batch_masks
@@ -27,18 +28,35 @@ from training.masking import BlockMaskGenerator, batch_masks
 IMAGE_EXTENSIONS = "jpg;jpeg;png;webp"
 
 
-def shard_urls(source: str | Path) -> list[str]:
-    """Shards from a directory (its `*.tar`, sorted) or a brace pattern such as `data/{000000..000099}.tar`."""
-    path = Path(source)
-    if path.is_dir():
-        urls = [str(p) for p in sorted(path.glob("*.tar"))]
+def shard_urls(source: str | Location) -> list[str]:
+    """Shards from a folder (its `*.tar`, sorted) or a brace pattern such as `data/{000000..000099}.tar`,
+    local or on any fsspec file system (s3://bucket/shards/{000000..000099}.tar)."""
+    root = location(source)
+    if root.is_dir():
+        urls = [str(p) for p in sorted(root.glob("*.tar"))]
     else:
-        urls = wds.shardlists.expand_urls(str(source))
-        if "://" not in str(source):
+        urls = wds.shardlists.expand_urls(str(root))
+        if isinstance(root, Path):  # a remote pattern is not listed shard by shard (one request each)
             urls = [url for url in urls if Path(url).is_file()]
     if not urls:
         raise ConfigError(f"data.shards: no .tar shards found at {source}")
     return urls
+
+
+def tar_samples(shards: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
+    """{'url'} dicts -> WebDataset samples, each shard opened with fsspec: webdataset's own opener
+    knows only a few URL schemes, fsspec knows every object store its plugins add."""
+
+    def opened() -> Iterator[dict]:
+        for shard in shards:
+            try:
+                yield {**shard, "stream": open_input(shard["url"])}
+            except Exception as exc:
+                if not handler(exc):
+                    raise
+
+    files = wds.tariterators.tar_file_expander(opened(), handler=handler)
+    return wds.tariterators.group_by_keys(files, handler=handler)
 
 
 def _stream_seed(seed: int, rank: int, start_step: int) -> int:
@@ -57,7 +75,7 @@ def image_stream(
     worker_seed = partial(_stream_seed, seed, rank, start_step)
     return wds.DataPipeline(
         wds.ResampledShards(urls, seed=seed, worker_seed=worker_seed, deterministic=True),
-        wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        partial(tar_samples, handler=wds.warn_and_continue),
         wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), seed=seed + rank + start_step),
         wds.decode("pil", handler=wds.warn_and_continue),
         wds.to_tuple(IMAGE_EXTENSIONS, handler=wds.warn_and_continue),

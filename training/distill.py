@@ -27,9 +27,10 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-from curation.config import ConfigPath, Section
+from curation.config import Section
 from curation.embedders.checkpoint import CheckpointError, load_strict
 from curation.errors import ConfigError
+from curation.storage import ConfigPath, LocalPath
 from training.checkpoint import EXPORT_SPEC, EXPORT_WEIGHTS, complete_checkpoints, single_process_quietly
 from training.config import TrainConfig
 from training.heads import DINOHead
@@ -39,7 +40,7 @@ from training.vision_transformer import DinoVisionTransformer, create_vit, vit_f
 
 
 class TeacherSource(Section):
-    run_dir: ConfigPath | None = Field(None, description="a training run of this project (backbone and heads)")
+    run_dir: LocalPath | None = Field(None, description="a training run of this project (backbone and heads)")
     backbone: str | None = Field(None, description="dinov2:<arch> (with weights) or lvd:<export dir>")
     weights: ConfigPath | None = Field(None, description="the dinov2:<arch> checkpoint (.pth, torch.hub layout)")
     precision: Literal["same", "fp32", "bf16"] = Field("same", description="teacher autocast dtype on CUDA")

@@ -1,13 +1,16 @@
-"""Loading local checkpoints safely (`weights_only=True`) with one-line errors that name the problem."""
+"""Loading checkpoints safely (`weights_only=True`) with one-line errors that name the problem.
+
+A checkpoint is a local path, a file:// URL or an fsspec URL (s3://…); it is read, never downloaded
+from a model hub.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from curation.errors import LvdError
+from curation.storage import Location, location, open_input
 
 WRAPPER_KEYS = ("state_dict", "model", "teacher")
 STRIPPED_PREFIXES = ("module.", "backbone.", "_orig_mod.")
@@ -17,15 +20,16 @@ class CheckpointError(LvdError):
     """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Location) -> dict[str, torch.Tensor]:
     """A flat tensor dict from `path`, unwrapping `{'model': …}`-style wrappers and DDP/backbone prefixes."""
-    path = Path(path)
+    path = location(path)
     if not path.is_file():
         raise CheckpointError(
-            f"checkpoint {path} does not exist; pass the path of a local file (nothing is downloaded)"
+            f"checkpoint {path} does not exist; pass the path or storage URL of a file (nothing is downloaded)"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_input(path) as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip files, non-weights objects
         raise CheckpointError(f"checkpoint {path} cannot be read with weights_only=True: {exc}") from exc
     while isinstance(state, dict) and len(state) <= 4 and any(k in state for k in WRAPPER_KEYS):
@@ -38,7 +42,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_strict(model: nn.Module, path: str | Path) -> nn.Module:
+def load_strict(model: nn.Module, path: str | Location) -> nn.Module:
     """Load `path` into `model`, every key and shape matching, or raise naming the first mismatch."""
     state = read_state_dict(path)
     expected = model.state_dict()

@@ -15,6 +15,7 @@ from curation.embedders.registry import RANDOM_WEIGHTS, Built, register_embedder
 from curation.embedders.tiny import PREPROCESS as TINY_PREPROCESS
 from curation.embedders.tiny import TinyEmbedder
 from curation.errors import ConfigError
+from curation.storage import location, open_input
 
 
 def _load_weights(model: nn.Module, name: str, weights: str | Path | None) -> nn.Module:
@@ -66,13 +67,13 @@ def build_dinov2(argument: str, weights: str | Path | None) -> Built:
 @register_embedder("torchscript", ["torchscript:<path>"])
 def build_torchscript(argument: str, weights: str | Path | None) -> Built:
     """A TorchScript file, e.g. SSCD copy detection (which expects 288-pixel inputs, ImageNet mean/std)."""
-    path = Path(argument or weights or "")
+    path = location(argument or str(weights or ""))
     if not path.is_file():
-        raise CheckpointError(f"TorchScript model {path} does not exist; give torchscript:<local path>")
+        raise CheckpointError(f"TorchScript model {path} does not exist; give torchscript:<path or storage URL>")
     try:
-        with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is how SSCD ships
+        with warnings.catch_warnings(), open_input(path) as handle:  # TorchScript is deprecated, but SSCD ships so
             warnings.simplefilter("ignore", FutureWarning)
-            model = torch.jit.load(str(path), map_location="cpu")
+            model = torch.jit.load(handle, map_location="cpu")
     except RuntimeError as exc:
         raise CheckpointError(f"{path} is not a TorchScript model: {str(exc).splitlines()[0]}") from None
     preprocess = Preprocess(288, 288, IMAGENET_MEAN, IMAGENET_STD)
@@ -91,7 +92,7 @@ def build_lvd(argument: str, weights: str | Path | None) -> Built:
     from training.checkpoint import EXPORT_SPEC, EXPORT_WEIGHTS
     from training.vision_transformer import vit_from_spec
 
-    directory = Path(argument)
+    directory = location(argument)
     spec_path = directory / EXPORT_SPEC
     if not spec_path.is_file():
         raise CheckpointError(f"{directory} is not a backbone export: {spec_path} is missing")
