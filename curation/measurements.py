@@ -71,6 +71,7 @@ def load(path: Path = RESULTS) -> list[Measurement]:
 
 
 def latest(results: list[Measurement], metric: str, subject: str, device: str) -> Measurement | None:
-    """The newest measurement of `metric` for `subject` on a device whose name contains `device`."""
+    """The newest measurement of `metric` for `subject` on a device whose name contains `device`
+    (of the same date, the one recorded last: the file is append-only)."""
     found = [m for m in results if m.metric == metric and m.subject == subject and device.lower() in m.device.lower()]
-    return max(found, key=lambda m: m.date, default=None)
+    return max(reversed(found), key=lambda m: m.date, default=None)

@@ -12,7 +12,7 @@ import pytest
 from curation import cost_model
 from curation.config import load_config
 from curation.errors import ConfigError
-from curation.measurements import Measurement, load
+from curation.measurements import Measurement, latest, load
 from curation.run_config import CurationConfig
 
 LVD142M = Path(__file__).resolve().parents[1] / "configs" / "curation" / "lvd142m.yaml"
@@ -33,6 +33,11 @@ def test_fleet_parsing():
     assert cost_model.Fleet.parse(None, 4) == cost_model.Fleet(0, None, 4)
     with pytest.raises(ConfigError, match="COUNTxKIND"):
         cost_model.Fleet.parse("H100", None)
+
+
+def test_the_latest_measurement_of_a_day_is_the_last_recorded():
+    earlier, later = _m("dedup.rate", 1.0, "ivf_pq@1000"), _m("dedup.rate", 2.0, "ivf_pq@1000")
+    assert latest([earlier, later], "dedup.rate", "ivf_pq@1000", "H100") is later
 
 
 def test_plan_arithmetic_follows_the_measured_rates(config):
