@@ -88,18 +88,16 @@ def _embed(role: str, model: str, pool: float, fleet: Fleet, results: list[Measu
 
 def _dedup(kind: str, k: int, pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
     work = f"kNN graph (k={k}) over {pool:.3g} vectors, {kind} index"
-    # Any pool size this index kind was measured at, on this device; the newest measurement wins.
-    rate = max(
-        (
-            m
-            for m in results
-            if m.metric == "dedup.knn_vectors_per_s"
-            and m.subject.startswith(f"{kind}@")
-            and fleet.device.lower() in m.device.lower()
-        ),
-        key=lambda m: m.date,
-        default=None,
-    )
+    # Any pool size this index kind was measured at, on this device: the newest day's, and of those
+    # the largest size (the shortest extrapolation), then the one recorded last.
+    candidates = [
+        (m.date, float(m.subject.split("@")[1]), position, m)
+        for position, m in enumerate(results)
+        if m.metric == "dedup.knn_vectors_per_s"
+        and m.subject.startswith(f"{kind}@")
+        and fleet.device.lower() in m.device.lower()
+    ]
+    rate = max(candidates, key=lambda c: c[:3])[3] if candidates else None
     if rate is None:
         return _missing("dedup", work, f"python benchmarks/dedup.py --record on {fleet.device}")
     measured_at = float(rate.subject.split("@")[1])

@@ -46,6 +46,7 @@ def test_plan_arithmetic_follows_the_measured_rates(config):
         _m("ingest.images_per_s_per_worker", 2000, "ingest", device="cpu", cores=2),
         _m("embed.images_per_s", 1000, retrieval_model),
         _m("dedup.knn_vectors_per_s", 1e5, "ivf_pq@1000000"),
+        _m("dedup.knn_vectors_per_s", 4e5, "ivf_pq@100000"),  # same day, smaller size: not the base
         _m("dedup.knn_vectors_per_s", 3e3, "ivf_pq@100000", device="cpu", cores=2),  # other device: ignored
     ]
     fleet = cost_model.Fleet(8, "H100", 96)
