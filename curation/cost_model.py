@@ -102,10 +102,12 @@ def _dedup(kind: str, k: int, pool: float, fleet: Fleet, results: list[Measureme
         return _missing("dedup", work, f"python benchmarks/dedup.py --record on {fleet.device}")
     measured_at = float(rate.subject.split("@")[1])
     growth = pool / measured_at if kind == "exact" else math.sqrt(pool / measured_at)
-    device_hours = pool * growth / rate.value / 3600
-    per_device = fleet.gpus or 1
     scaling = "N" if kind == "exact" else "sqrt(N)"
-    return PlanRow("dedup", work, rate, device_hours, device_hours / per_device, f"per-query cost x {scaling}")
+    if fleet.gpu:
+        device_hours = pool * growth / rate.value / 3600
+        return PlanRow("dedup", work, rate, device_hours, device_hours / fleet.gpus, f"per-query cost x {scaling}")
+    core_hours = pool * growth / (rate.value / rate.cores) / 3600
+    return PlanRow("dedup", work, rate, core_hours, core_hours / fleet.cpus, f"per-query cost x {scaling}, core-hours")
 
 
 def plan(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> list[PlanRow]:
