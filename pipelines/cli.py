@@ -19,7 +19,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value config overrides")]
-RunDirOption = Annotated[Path | None, typer.Option("--run-dir", help="default: run.dir, else runs/<run.name>")]
+RunDirOption = Annotated[
+    str | None, typer.Option("--run-dir", help="a local path or file:// URL; default: run.dir, else runs/<run.name>")
+]
 
 
 def _fail(exc: LvdError) -> None:
@@ -60,7 +62,7 @@ def synth(
 def _curate(
     config_path: Path,
     overrides: list[str] | None,
-    run_dir: Path | None,
+    run_dir: str | None,
     stages: tuple[str, ...] | None,
     start_from: str | None = None,
 ) -> RunDir:

@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", type=Path)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     parser.add_argument(
-        "--run-dir", type=Path, default=None, help="default: run.dir from the config, else runs/<run.name>"
+        "--run-dir",
+        default=None,
+        help="a local path or file:// URL; default: run.dir from the config, else runs/<run.name>",
     )
     parser.add_argument("--from", dest="start_from", choices=STAGES, default=None, help="re-run from this stage on")
     parser.add_argument("--executor", choices=("auto", "local", "ray"), default="auto")

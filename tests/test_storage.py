@@ -112,7 +112,7 @@ def test_file_urls_give_the_same_run_as_local_paths(crawl, tmp_path):
             [f"ingest.sources=[{{kind: folder, path: '{prefix}{local}'}}]", f"run.dir={prefix}{tmp_path / name}"],
         )
         run_dir = config.run_dir()
-        assert run_dir == tmp_path / name
+        assert run_dir == config.run_dir(f"{prefix}{tmp_path / name}") == tmp_path / name  # also as --run-dir
         curate(config, run_dir, ("ingest", "embed"), executor="local")
         outputs[name] = {stage: stage_files(run_dir, stage) for stage in ("ingest", "embed")}
     assert outputs["url"] == outputs["plain"]
