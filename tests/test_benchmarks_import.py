@@ -1,4 +1,5 @@
-"""Every benchmark script still imports: they run by hand, so a renamed function would otherwise go unnoticed."""
+"""Every benchmark script still imports (they run by hand, so a renamed function would otherwise go
+unnoticed), and RESULTS.md is up to date with results.jsonl."""
 
 from __future__ import annotations
 
@@ -16,3 +17,10 @@ def test_benchmark_imports_and_has_a_main(script):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert callable(module.main)
+
+
+def test_results_page_is_rendered_from_the_recorded_lines():
+    from benchmarks.results import PAGE, render
+    from curation.measurements import load
+
+    assert PAGE.read_text() == render(load()), "run python benchmarks/results.py after recording a benchmark"

@@ -1,0 +1,51 @@
+"""Render benchmarks/results.jsonl as benchmarks/RESULTS.md: the newest figure per metric, subject and device.
+
+    python benchmarks/results.py          # rewrite RESULTS.md after a benchmark ran with --record
+
+The JSON lines stay the source of truth (`--plan` reads them); this page is for people, and a
+test fails when it is older than the lines it is made from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curation.measurements import RESULTS, Measurement, latest, load
+
+PAGE = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = """# Benchmark results
+
+Made by `python benchmarks/results.py` from `results.jsonl` (do not edit by hand): the newest
+measurement of each metric, subject and device. Each benchmark prints its ratio against the bare
+operation it wraps when run; the rates here are what `--plan` extrapolates from. Run a benchmark
+with `--record` on new hardware (a GPU's name is recorded as its device), then this script.
+"""
+
+
+def render(results: list[Measurement]) -> str:
+    keys = sorted({(m.benchmark, m.metric, m.subject, m.device) for m in results})
+    rows = [latest(results, metric, subject, device) for _, metric, subject, device in keys]
+    lines = [
+        HEADER,
+        "| benchmark | metric | subject | value | device | date | commit | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in rows:
+        lines.append(
+            f"| {m.benchmark} | {m.metric} | {m.subject} | {_number(m.value)} {m.unit} | {m.device} ({m.cores} cores) "
+            f"| {m.date} | {m.commit[:8]} | `{m.command}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def main() -> None:
+    PAGE.write_text(render(load(RESULTS)))
+    print(f"wrote {PAGE}")
+
+
+if __name__ == "__main__":
+    main()
