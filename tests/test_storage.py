@@ -140,3 +140,21 @@ def test_training_reads_shards_from_object_storage_and_writes_to_a_file_url(buck
     assert tuple(batch.global_crops.shape) == (8, 3, 32, 32)
     result = train(config)
     assert result.steps == 2 and (tmp_path / "out" / "checkpoints" / "step_00000002").is_dir()
+
+
+def test_url_lists_and_reference_sets_are_found_on_object_storage(bucket):
+    import pyarrow as pa
+
+    from curation.sources import FolderSource, TarSource, UrlSource, source_for_path
+
+    fs, root = bucket
+    table = io.BytesIO()
+    pq.write_table(pa.table({"url": ["http://a/1.jpg", "http://a/2.jpg"]}), table)
+    fs.pipe(f"{root}/urls.parquet", table.getvalue())
+    fs.pipe(f"{root}/urls.txt", b"http://b/1.jpg\n\nhttp://b/2.jpg\n")
+    assert UrlSource(path=f"memory://{root}/urls.parquet")._read_urls() == ["http://a/1.jpg", "http://a/2.jpg"]
+    assert UrlSource(path=f"memory://{root}/urls.txt")._read_urls() == ["http://b/1.jpg", "http://b/2.jpg"]
+    fs.pipe(f"{root}/seeds/cats/000000.tar", b"")
+    fs.pipe(f"{root}/seeds/dogs/a.jpg", b"")
+    assert isinstance(source_for_path(location(f"memory://{root}/seeds/cats")), TarSource)
+    assert isinstance(source_for_path(location(f"memory://{root}/seeds/dogs")), FolderSource)
