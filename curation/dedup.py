@@ -210,7 +210,8 @@ def _write_outputs(keys: list[str], vectors: np.ndarray, labels: np.ndarray, kep
     sizes = np.bincount(labels)
     rows = np.arange(len(keys))
     is_kept = kept == rows
-    similarity = np.einsum("nd,nd->n", vectors, vectors[kept]).astype(np.float32)
+    removed_rows = rows[~is_kept]  # only these need a similarity: `vectors[kept]` would copy every vector
+    similarity = np.einsum("nd,nd->n", vectors[removed_rows], vectors[kept[removed_rows]]).astype(np.float32)
     key_array = np.array(keys, dtype=object)
     keep = pa.table({"key": key_array[is_kept], "component": labels[is_kept], "component_size": sizes[labels[is_kept]]})
     removed = pa.table(
@@ -218,7 +219,7 @@ def _write_outputs(keys: list[str], vectors: np.ndarray, labels: np.ndarray, kep
             "key": key_array[~is_kept],
             "component": labels[~is_kept],
             "kept_key": key_array[kept[~is_kept]],
-            "similarity": similarity[~is_kept],
+            "similarity": similarity,
         }
     )
     pq.write_table(keep.sort_by("key"), work_dir / "keep.parquet")
