@@ -8,6 +8,8 @@ cosine >= 1 - eps, and keep per component the image farthest from (or nearest to
     RUN/dedup/keep.parquet      key, component, component_size           (sorted by key)
     RUN/dedup/removed.parquet   key, component, kept_key, similarity     (similarity to kept_key)
     RUN/dedup/edges/*.parquet   src_key, dst_key, similarity             (every edge of the graph)
+    RUN/dedup/nearest.parquet   key, nearest_key, similarity             (knn mode: each image's most
+                                similar other image, above the threshold or not: where the threshold cuts)
 
 Keep rule (`mode: knn`): the image with the most pixels, then the smallest key — deterministic,
 and the best copy of a picture is usually the largest.
@@ -40,10 +42,11 @@ from scipy.sparse.csgraph import connected_components
 
 from curation.config import Section
 from curation.embed import POOL, read_embeddings
-from curation.knn import IndexSpec, neighbours_above, open_saved, saved_index
+from curation.knn import IndexSpec, inner_products_by_id, open_saved, saved_index, search
 
 STAGE = "dedup"
 ROW_EDGES = "edge_rows"  # work files: edges as row numbers, renamed to keys in edges/ at the end
+ROW_NEAREST = "nearest_rows"  # work files: each row's nearest other row
 EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("similarity", pa.float32())])
 
 
@@ -64,13 +67,15 @@ class DedupConfig(Section):
 
 @dataclass(frozen=True)
 class EdgeTask:
-    """Search rows [start, stop) of the pool against the saved index; write their edges to `out`."""
+    """Search rows [start, stop) of the pool against the saved index; write their edges to `out` and
+    each row's nearest other row to `nearest_out`."""
 
     start: int
     stop: int
     index_path: str
     vectors_path: str
     out: str
+    nearest_out: str
     k: int
     threshold: float
     spec: IndexSpec
@@ -78,22 +83,45 @@ class EdgeTask:
 
 
 def search_chunk(task: EdgeTask) -> int:
-    """Edges (src < dst) of one query chunk, written atomically; returns how many."""
+    """Edges (src < dst) and nearest neighbours of one query chunk, written atomically; returns the edge count.
+
+    The nearest file is written first: the edge file marks the chunk done.
+    """
     if task.threads:
         faiss.omp_set_num_threads(task.threads)
     index, vectors = open_saved(task.index_path, task.vectors_path, task.spec)
     queries = np.ascontiguousarray(vectors[task.start : task.stop])
-    rows, ids, sims = neighbours_above(index, task.spec, vectors, queries, task.k + 1, task.threshold)
-    src = rows + task.start
-    pair = src != ids  # never a self-loop; stored smaller row first, as the final files hold them
-    table = pa.table(
-        {"src": np.minimum(src, ids)[pair], "dst": np.maximum(src, ids)[pair], "similarity": sims[pair]},
-        schema=EDGE_SCHEMA,
+    sims, ids = search(index, task.spec, vectors, queries, task.k + 1)
+    rows = np.arange(task.start, task.stop)
+    other = (ids >= 0) & (ids != rows[:, None])  # never a self-loop
+    _write_atomically(
+        pa.table({"row": rows, "nearest": _nearest(queries, vectors, np.where(other, ids, -1))}), task.nearest_out
     )
-    tmp = Path(task.out + ".tmp")
-    pq.write_table(table.sort_by([("src", "ascending"), ("dst", "ascending")]), tmp)
-    os.replace(tmp, task.out)
+    r, c = np.nonzero(other & (sims >= task.threshold))
+    src, dst = rows[r], ids[r, c]  # stored smaller row first, as the final files hold them
+    table = pa.table(
+        {"src": np.minimum(src, dst), "dst": np.maximum(src, dst), "similarity": sims[r, c]}, schema=EDGE_SCHEMA
+    )
+    _write_atomically(table.sort_by([("src", "ascending"), ("dst", "ascending")]), task.out)
     return table.num_rows
+
+
+def _nearest(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per query, the candidate id with the highest similarity (-1 if none), ties to the smaller id.
+
+    Scores are recomputed pair by pair: search scores of a batch can differ in the last bit with the
+    batch's size, which would let chunking pick a different one of two identical copies.
+    """
+    scores = inner_products_by_id(queries, vectors, ids)
+    best = scores.max(axis=1, keepdims=True)
+    tied = np.where((scores == best) & (ids >= 0), ids, np.iinfo(np.int64).max).min(axis=1)
+    return np.where(tied == np.iinfo(np.int64).max, -1, tied)
+
+
+def _write_atomically(table: pa.Table, out: str) -> None:
+    tmp = Path(out + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)
 
 
 MapFn = Callable[[Callable[[EdgeTask], int], Iterable[EdgeTask]], Iterator[int]]
@@ -101,8 +129,9 @@ MapFn = Callable[[Callable[[EdgeTask], int], Iterable[EdgeTask]], Iterator[int]]
 
 def knn_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, map_fn: MapFn, seed: int) -> Path:
     """Build the index once, search every chunk as a task, return the folder of edge files."""
-    edges_dir = work_dir / ROW_EDGES
+    edges_dir, nearest_dir = work_dir / ROW_EDGES, work_dir / ROW_NEAREST
     edges_dir.mkdir(parents=True, exist_ok=True)
+    nearest_dir.mkdir(exist_ok=True)
     index_path, vectors_path = saved_index(vectors, config.index, work_dir, seed)
     tasks = [
         EdgeTask(
@@ -111,6 +140,7 @@ def knn_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, map_fn: 
             str(index_path),
             str(vectors_path),
             str(edges_dir / f"{start:012d}.parquet"),
+            str(nearest_dir / f"{start:012d}.parquet"),
             config.k,
             config.threshold,
             config.index,
@@ -188,6 +218,8 @@ def run_dedup(
     _write_outputs(keys, vectors, labels, kept, work_dir)
     _write_edges(keys, vectors, src, dst, work_dir / "edges")
     shutil.rmtree(edges_dir)
+    if config.mode == "knn":
+        _write_nearest(keys, vectors, work_dir / ROW_NEAREST, work_dir / "nearest.parquet")
     for scratch in ("vectors.npy", "index.faiss"):
         (work_dir / scratch).unlink(missing_ok=True)
     is_removed = kept != np.arange(len(keys))
@@ -243,6 +275,26 @@ def _write_edges(keys: list[str], vectors: np.ndarray, src: np.ndarray, dst: np.
             }
         )
         pq.write_table(table, out_dir / f"part-{part:05d}.parquet")
+
+
+def _write_nearest(keys: list[str], vectors: np.ndarray, nearest_dir: Path, out: Path) -> None:
+    """nearest.parquet sorted by key; similarity recomputed from the vectors, so chunking cannot change it."""
+    parts = [pq.read_table(p) for p in sorted(nearest_dir.glob("*.parquet"))]
+    table = pa.concat_tables(parts).sort_by("row")
+    rows, nearest = table.column("row").to_numpy(), table.column("nearest").to_numpy()
+    found = nearest >= 0
+    similarity = np.full(len(rows), np.nan, np.float32)
+    similarity[found] = np.einsum("nd,nd->n", vectors[rows[found]], vectors[nearest[found]])
+    key_array = np.array(keys, dtype=object)
+    named = pa.table(
+        {
+            "key": pa.array(key_array[rows], pa.string()),
+            "nearest_key": pa.array(np.where(found, key_array[np.maximum(nearest, 0)], None), pa.string()),
+            "similarity": pa.array(similarity, pa.float32(), mask=~found),
+        }
+    )
+    pq.write_table(named.sort_by("key"), out)
+    shutil.rmtree(nearest_dir)
 
 
 def summary_line(counts: dict[str, int]) -> str:

@@ -58,6 +58,18 @@ def test_planted_duplicates_share_a_component_and_uniques_survive(deduped_run, c
     )
 
 
+def test_every_image_has_its_nearest_neighbour_recorded(deduped_run, crawl, pool_truth):
+    threshold = load_curation_config(crawl / "curation.yaml").dedup.threshold
+    nearest = {r["key"]: r for r in read(deduped_run, "dedup", "nearest")}
+    removed = read(deduped_run, "dedup", "removed")
+    assert list(nearest) == sorted(nearest) and set(nearest) == set(truth_by_key(deduped_run, crawl, pool_truth))
+    assert all(nearest[r["key"]]["similarity"] >= threshold for r in removed), "a duplicate's neighbour is a duplicate"
+    # vectors are stored as float16, so an exact copy can score a hair above 1
+    assert all(r["nearest_key"] != key and -1.001 <= r["similarity"] <= 1.001 for key, r in nearest.items())
+    below = [r["similarity"] for r in nearest.values() if r["similarity"] < threshold]
+    assert len(below) > len(nearest) / 2, "the table shows the images the threshold keeps apart, not only edges"
+
+
 def test_every_removal_names_its_kept_partner_and_the_rule_holds(deduped_run):
     keep = {r["key"]: r for r in read(deduped_run, "dedup", "keep")}
     index = {r["key"]: r["width"] * r["height"] for r in read(deduped_run, "ingest", "index")}

@@ -76,6 +76,11 @@ def test_page_numbers_equal_stats_json_and_the_manifest(run):
     assert "http://" not in html and "https://" not in html  # nothing fetched from outside
 
 
+def test_report_plots_where_the_dedup_threshold_cuts_the_pool(run):
+    html = (run / "report" / "index.html").read_text()
+    assert 'alt="nearest similarity"' in html and 'alt="dedup similarity"' in html
+
+
 def test_report_is_a_pipeline_stage_with_its_counts(run):
     record = json.loads((run / "manifest.json").read_text())["stages"]["report"]
     assert record["status"] == "done" and record["counts"]["inputs"] == 400

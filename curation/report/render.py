@@ -73,6 +73,17 @@ def make_plots(root: Path, stats: dict[str, Any]) -> dict[str, str]:
         "aspect": figures.histogram(width / np.maximum(height, 1), "Aspect ratio", "width / height"),
         "bytes": figures.histogram(index["bytes"].to_numpy() / 1024, "Stored size", "KiB"),
     }
+    nearest = _read([root / "dedup" / "nearest.parquet"], ["similarity"])
+    if nearest.num_rows:  # knn-mode dedup: where the threshold cuts the whole pool, not just the edges kept
+        values = np.asarray(nearest["similarity"].to_numpy(zero_copy_only=False), float)
+        plots["nearest similarity"] = figures.histogram(
+            values[np.isfinite(values)],
+            "Nearest-neighbour similarity, every pool image",
+            "cosine",
+            threshold=stats["dedup"]["threshold"],
+            log=True,
+            ylabel="images",
+        )
     if cluster_sizes:
         counts = sorted(cluster_sizes.values(), reverse=True)
         plots["cluster sizes"] = figures.bars(
