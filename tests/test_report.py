@@ -99,10 +99,10 @@ def _chromium() -> str | None:
 
 
 def test_report_renders_in_headless_chromium(run):
+    from playwright.sync_api import sync_playwright  # the dev extra installs it
+
     browser_path = _chromium()
-    if browser_path is None:
-        pytest.skip("no Chromium on this machine (.ci/run installs the 'chromium' system package)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    assert browser_path, "no Chromium on this machine: install the 'chromium' system package, as .ci/run does"
     stats = _stats(run)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
