@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
+import signal
 import warnings
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,6 +30,7 @@ DECOMPRESSION_BOMB = "decompression_bomb"
 TOO_SMALL = "too_small"
 TRUNCATED = "truncated"
 CORRUPT = "corrupt"
+CRASHED_DECODER = "crashed_decoder"
 
 EXIF_ORIENTATION = 0x0112
 
@@ -65,32 +69,49 @@ class Rejection:
 
 
 def clean_image(data: bytes, limits: DecodeLimits) -> CleanImage | Rejection:
-    """Decode `data` defensively; return the normalised image or the reason it was rejected."""
+    """Decode `data` defensively; return the normalised image or the reason it was rejected.
+
+    Never raises for a bad input: whatever the image library throws while opening, decoding,
+    rotating or re-encoding (Pillow raises OSError, ValueError, SyntaxError, struct.error,
+    EOFError, MemoryError … depending on the format) is the input's fault, so it becomes a
+    rejection that names the exception, and the shard goes on.
+    """
     if not data:
         return Rejection(EMPTY, "zero bytes")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data))
+            return _decode(data, limits)
         except Image.DecompressionBombError as exc:
             return Rejection(DECOMPRESSION_BOMB, str(exc))
         except UnidentifiedImageError:
             return Rejection(NOT_AN_IMAGE, f"not a recognised image format (starts with {data[:16]!r})")
-        width, height = image.size
-        if width * height > limits.max_pixels:
-            return Rejection(
-                DECOMPRESSION_BOMB, f"{width}x{height} = {width * height} pixels > max_pixels {limits.max_pixels}"
-            )
-        if min(width, height) < limits.min_side:
-            return Rejection(TOO_SMALL, f"{width}x{height} has a side below min_side {limits.min_side}")
-        try:
-            image.load()
-        except OSError as exc:
-            reason = TRUNCATED if "truncated" in str(exc) or "broken data stream" in str(exc) else CORRUPT
-            return Rejection(reason, str(exc))
-        except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            return Rejection(CORRUPT, str(exc))
+        except Exception as exc:  # any failure of the image library on one input is that input's fault
+            return Rejection(_reason_for(exc), f"{type(exc).__name__}: {exc}")
+
+
+def _decode(data: bytes, limits: DecodeLimits) -> CleanImage | Rejection:
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        return Rejection(
+            DECOMPRESSION_BOMB, f"{width}x{height} = {width * height} pixels > max_pixels {limits.max_pixels}"
+        )
+    if min(width, height) < limits.min_side:
+        return Rejection(TOO_SMALL, f"{width}x{height} has a side below min_side {limits.min_side}")
+    image.load()
     return _normalise(image, data, limits)
+
+
+TRUNCATION_MESSAGES = ("truncated", "broken data stream", "truncated file read", "premature end")
+
+
+def _reason_for(exc: Exception) -> str:
+    """`truncated` when the library says the data ended early, else `corrupt`."""
+    message = str(exc).lower()
+    if isinstance(exc, EOFError) or any(m in message for m in TRUNCATION_MESSAGES):
+        return TRUNCATED
+    return CORRUPT
 
 
 def _normalise(image: Image.Image, data: bytes, limits: DecodeLimits) -> CleanImage:
@@ -116,3 +137,35 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")
+
+
+def clean_image_isolated(data: bytes, limits: DecodeLimits) -> CleanImage | Rejection:
+    """`clean_image` in a child process of its own: an input that kills its decoder (a segfault in
+    a native library, the OOM killer) becomes a `crashed_decoder` rejection instead of killing us.
+
+    Ingest only takes this path for the shards whose worker died twice, so a fork per input is
+    cheap where it is spent.
+    """
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    child = multiprocessing.Process(target=_clean_into, args=(sender, data, limits), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        result = receiver.recv()
+    except EOFError:  # the child died before it could answer
+        result = None
+    child.join()
+    if result is None:
+        return Rejection(CRASHED_DECODER, f"the decoder process died on this input ({_exit_cause(child.exitcode)})")
+    return result
+
+
+def _clean_into(sender: Connection, data: bytes, limits: DecodeLimits) -> None:
+    sender.send(clean_image(data, limits))
+    sender.close()
+
+
+def _exit_cause(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"

@@ -21,3 +21,15 @@ class CorruptInput(LvdError):
 
 class StageError(LvdError):
     """A stage cannot run: a missing input, an upstream stage not done, a run-dir conflict."""
+
+
+class WorkerCrashed(LvdError):
+    """Items whose worker process died (a native crash, the OOM killer) on every try.
+
+    Raised by an executor after every other item is done, so the stage can deal with just these
+    (ingest decodes their inputs one by one in child processes and quarantines the killer).
+    """
+
+    def __init__(self, items: list, detail: str):
+        super().__init__(f"{len(items)} work items killed their worker process on every try ({detail})")
+        self.items = items

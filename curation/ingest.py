@@ -27,9 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from curation import decode
 from curation.config import Section
-from curation.decode import CleanImage, DecodeLimits, clean_image
-from curation.errors import CorruptInput
+from curation.decode import CleanImage, DecodeLimits, Rejection
+from curation.errors import CorruptInput, WorkerCrashed
 from curation.rundir import StageWork
 from curation.shards import ShardWriter
 from curation.sources import InputRef, Source, read_refs, source_for_path
@@ -80,9 +81,15 @@ class IngestConfig(Section):
         return DecodeLimits(self.max_pixels, self.min_side, self.jpeg_quality)
 
 
-def key_of(source: str) -> str:
-    """Stable 16-hex-digit sample key from an input's source string (URL, path, tar::member)."""
-    return hashlib.sha1(source.encode()).hexdigest()[:16]
+KEY_SCHEME = "identity-v2"
+"""Hashed into the stage: run directories from before keys hashed identities (v1 hashed the absolute
+path) re-run ingest instead of mixing keys of both schemes."""
+
+
+def key_of(identity: str) -> str:
+    """Stable 16-hex-digit sample key from an input's identity (see `InputRef`): the same input
+    has the same key wherever its crawl is mounted."""
+    return hashlib.sha1(identity.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -110,30 +117,46 @@ class ShardTask:
         return self.index_part.exists() and self.quarantine_part.exists() and self.tar_path.exists()
 
 
-def ingest_shard(task: ShardTask) -> tuple[int, int]:
+def ingest_shard(task: ShardTask, isolated: bool = False) -> tuple[int, int]:
     """Check every input of one shard, write the good ones to its tar; returns (ingested, quarantined).
 
-    Written order: tar, quarantine part, index part (renamed last, so its presence means done).
+    `isolated` decodes each input in a child process of its own (`clean_image_isolated`), for a
+    shard whose worker died on every try. Written order: tar, quarantine part, index part
+    (renamed last, so its presence means done).
     """
     data = read_refs(list(task.refs))
+    clean = decode.clean_image_isolated if isolated else decode.clean_image
     rows, rejected = [], []
     with ShardWriter(task.tar_path) as writer:
         for ref in task.refs:
-            key = key_of(ref.source)
-            result = ref.failure or clean_image(data[ref.source], task.limits)
+            key = key_of(ref.identity)
+            found = ref.failure or data[ref.source]
+            result = clean(found, task.limits) if isinstance(found, bytes) else Rejection(*found)
             if isinstance(result, CleanImage):
                 meta = _sample_meta(key, ref, result)
                 writer.write(key, {"jpg": result.jpeg, "json": meta})
                 rows.append({**meta, "bytes": len(result.jpeg), "shard": task.index})
             else:
-                reason, detail = result if isinstance(result, tuple) else (result.reason, result.detail)
                 rejected.append(
-                    {"key": key, "source": ref.source, "source_kind": ref.kind, "reason": reason, "detail": detail}
+                    {
+                        "key": key,
+                        "source": ref.source,
+                        "source_kind": ref.kind,
+                        "reason": result.reason,
+                        "detail": result.detail,
+                    }
                 )
     task.index_part.parent.mkdir(exist_ok=True)
     _write_parquet(pa.Table.from_pylist(rejected, QUARANTINE_SCHEMA), task.quarantine_part)
     _write_parquet(pa.Table.from_pylist(rows, INDEX_SCHEMA), task.index_part)
     return len(rows), len(rejected)
+
+
+def ingest_shard_isolated(task: ShardTask) -> tuple[int, int]:
+    """`ingest_shard` with every input decoded in a child process: the input that kills the decoder
+    is quarantined as `crashed_decoder` and the rest of the shard is kept."""
+    log.warning("shard %d killed its worker on every try; decoding its inputs one by one", task.index)
+    return ingest_shard(task, isolated=True)
 
 
 def _sample_meta(key: str, ref: InputRef, image: CleanImage) -> dict[str, object]:
@@ -165,12 +188,13 @@ def list_inputs(sources: list[Source], shard_size: int, work_dir: Path) -> list[
     refs: list[InputRef] = []
     for source in sources:
         refs.extend(source.refs(work_dir, shard_size))
-    keys: dict[str, str] = {}
+    keys: dict[str, InputRef] = {}
     for ref in refs:
-        other = keys.setdefault(key_of(ref.source), ref.source)
-        if other != ref.source:
+        other = keys.setdefault(key_of(ref.identity), ref)
+        if other is not ref:
             raise CorruptInput(
-                f"inputs {other!r} and {ref.source!r} are listed twice or collide on key {key_of(ref.source)}"
+                f"inputs {other.source!r} and {ref.source!r} have the same identity {ref.identity!r} (key "
+                f"{key_of(ref.identity)}): a file listed twice, or two sources whose folders have the same name"
             )
     return refs
 
@@ -203,8 +227,13 @@ def ingest_collection(
     ]
     todo = [t for t in tasks if not t.is_done()]
     progress(len(tasks) - len(todo))
-    for _ in map_fn(ingest_shard, todo):
-        progress(1)
+    try:
+        for _ in map_fn(ingest_shard, todo):
+            progress(1)
+    except WorkerCrashed as crash:
+        for task in crash.items:
+            ingest_shard_isolated(task)
+            progress(1)
     counts = _merge_parts(tasks, out_dir)
     counts["inputs"] = len(refs)
     counts["shards"] = len(tasks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -106,24 +107,45 @@ def unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def list_members(tar_path: str | Location) -> list[tarfile.TarInfo]:
-    """All regular-file and unsafe members of a tar (directories dropped), in archive order."""
+def list_members(tar_path: str | Location) -> tuple[list[tarfile.TarInfo], str | None]:
+    """The regular-file and unsafe members of a tar (directories dropped), in archive order, and
+    why the listing stopped early (a truncated or corrupt archive), or None when it reached the end.
+
+    A broken archive yields what could be read before the break rather than an error: in a crawl
+    of many tars one bad file must cost its own members, not the run.
+    """
+    members: list[tarfile.TarInfo] = []
     try:
         with open_input(tar_path) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
-            return [m for m in tar.getmembers() if not m.isdir()]
-    except (tarfile.TarError, OSError) as exc:
-        raise CorruptInput(f"cannot list tar {tar_path}: {exc}; fix or remove the file") from exc
+            for member in tar:
+                if not member.isdir():
+                    members.append(member)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        return members, f"{type(exc).__name__}: {exc}"
+    return members, None
 
 
 def read_members(tar_path: str | Location, names: set[str]) -> dict[str, bytes]:
-    """Bytes of the named regular-file members, reading the tar (local or any fsspec URL) once, in order."""
-    found: dict[str, bytes] = {}
-    with open_input(tar_path) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
-        for member in tar:
-            if member.name in names and unsafe_member_reason(member) is None:
-                handle = tar.extractfile(member)
-                found[member.name] = handle.read() if handle else b""
+    """Bytes of the named regular-file members of a tar this project wrote; a broken one is an error."""
+    found, error = read_members_until_error(tar_path, names)
+    if error:
+        raise CorruptInput(f"cannot read tar {tar_path}: {error}; re-run the stage that wrote it")
     return found
+
+
+def read_members_until_error(tar_path: str | Location, names: set[str]) -> tuple[dict[str, bytes], str | None]:
+    """Bytes of the named regular-file members, reading the tar (local or any fsspec URL) once, in
+    order, and why reading stopped early (None when it reached the end)."""
+    found: dict[str, bytes] = {}
+    try:
+        with open_input(tar_path) as raw, tarfile.open(fileobj=raw, mode="r:*") as tar:
+            for member in tar:
+                if member.name in names and unsafe_member_reason(member) is None:
+                    handle = tar.extractfile(member)
+                    found[member.name] = handle.read() if handle else b""
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        return found, f"{type(exc).__name__}: {exc}"
+    return found, None
 
 
 def iter_samples(tar_path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:

@@ -21,46 +21,61 @@ from pydantic import Field
 
 from curation.config import Section
 from curation.errors import ConfigError, CorruptInput
-from curation.shards import SIDECAR_EXTENSIONS, list_members, read_members, unsafe_member_reason
+from curation.shards import SIDECAR_EXTENSIONS, list_members, read_members_until_error, unsafe_member_reason
 from curation.storage import ConfigPath, Location, open_input, read_bytes
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_FAILED = "download_failed"
 UNSAFE_MEMBER = "unsafe_tar_member"
+UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True)
 class InputRef:
-    """One input file: where its bytes are and, if it already failed, why.
+    """One input file: where its bytes are, what names it, and, if it already failed, why.
 
-    `container` is the tar holding the bytes (tar sources and downloads) and `member` its name;
-    for folder sources `container` is None and `source` is the file path.
+    `source` says where the bytes are (the URL, the file's path, `tar_path::member`) and goes into
+    the index for people; `identity` names the input independently of where the crawl is mounted
+    (the URL; the source folder's name plus the path below it; the tar's path below the source
+    plus the member), and the sample key hashes it, so the same crawl read from another folder
+    gets the same keys, order and shards. `container` is the tar holding the bytes (tar sources
+    and downloads) and `member` its name; for folder sources `container` is None.
     """
 
     source: str
+    identity: str
     kind: str
     container: str | None = None
     member: str | None = None
     failure: tuple[str, str] | None = None
 
 
-def read_refs(refs: list[InputRef]) -> dict[str, bytes]:
-    """Bytes of every readable ref, keyed by `source`; each tar is read once, sequentially."""
-    data: dict[str, bytes] = {}
+def read_refs(refs: list[InputRef]) -> dict[str, bytes | tuple[str, str]]:
+    """Bytes of every ref that has not failed, keyed by `source`, or (`unreadable`, why) for one
+    whose bytes cannot be read (an I/O error, a tar that breaks before its member); each tar is
+    read once, sequentially."""
+    data: dict[str, bytes | tuple[str, str]] = {}
     by_tar: dict[str, dict[str, str]] = {}
     for ref in refs:
         if ref.failure is not None:
             continue
         if ref.container is None:
-            data[ref.source] = read_bytes(ref.source)
+            data[ref.source] = _read_file(ref.source)
         else:
             by_tar.setdefault(ref.container, {})[ref.member] = ref.source
     for tar, members in by_tar.items():
-        found = read_members(tar, set(members))
+        found, error = read_members_until_error(tar, set(members))
         for member, source in members.items():
-            data[source] = found.get(member, b"")
+            data[source] = found.get(member, (UNREADABLE, f"tar {tar} broke before this member: {error}"))
     return data
+
+
+def _read_file(source: str) -> bytes | tuple[str, str]:
+    try:
+        return read_bytes(source)
+    except OSError as exc:
+        return UNREADABLE, f"{type(exc).__name__}: {exc}"
 
 
 class FolderSource(Section):
@@ -72,14 +87,18 @@ class FolderSource(Section):
     def refs(self, work_dir: Path, shard_size: int) -> list[InputRef]:
         if not self.path.is_dir():
             raise ConfigError(f"ingest source folder {self.path} does not exist or is not a directory")
-        files = _walk_files(str(self.path)) if isinstance(self.path, Path) else _find_files(self.path)
-        return [InputRef(source=path, kind=self.kind) for path in sorted(files)]
+        if isinstance(self.path, Path):
+            files = [(path, Path(path).relative_to(self.path).as_posix()) for path in _walk_files(str(self.path))]
+        else:
+            files = [(str(path), path.relative_to(self.path).as_posix()) for path in _find_files(self.path)]
+        refs = [InputRef(source=path, identity=f"{self.path.name}/{below}", kind=self.kind) for path, below in files]
+        return sorted(refs, key=lambda r: r.identity)
 
 
-def _find_files(root: Location) -> list[str]:
-    """URLs of the files under a remote folder, skipping hidden files and folders (one fsspec listing)."""
+def _find_files(root: Location) -> list[Location]:
+    """The files under a remote folder, skipping hidden files and folders (one fsspec listing)."""
     return [
-        str(path)
+        path
         for path in root.rglob("*")
         if not any(part.startswith(".") for part in path.relative_to(root).parts) and path.is_file()
     ]
@@ -115,17 +134,20 @@ class TarSource(Section):
     def refs(self, work_dir: Path, shard_size: int) -> list[InputRef]:
         if self.path.is_dir():
             tars = sorted(p for p in self.path.rglob("*") if p.suffix in (".tar", ".tgz") or p.name.endswith(".tar.gz"))
+            names = [f"{self.path.name}/{tar.relative_to(self.path).as_posix()}" for tar in tars]
         elif self.path.is_file():
-            tars = [self.path]
+            tars, names = [self.path], [self.path.name]
         else:
             raise ConfigError(f"ingest source tar path {self.path} does not exist")
         refs: list[InputRef] = []
-        for tar in tars:
-            refs.extend(self._tar_refs(tar))
-        return refs
+        for tar, name in zip(tars, names, strict=True):
+            refs.extend(self._tar_refs(tar, name))
+        return sorted(refs, key=lambda r: r.identity)
 
-    def _tar_refs(self, tar: Path) -> list[InputRef]:
-        members = list_members(tar)
+    def _tar_refs(self, tar: Location, name: str) -> list[InputRef]:
+        """One ref per image member; a tar that breaks while listed adds one `unreadable` ref for the
+        rest of it (`tar::` and the reason), so a bad archive is seen in the quarantine, not lost."""
+        members, error = list_members(tar)
         stems_with_images = {
             m.name.rsplit(".", 1)[0] for m in members if m.name.rsplit(".", 1)[-1].lower() not in SIDECAR_EXTENSIONS
         }
@@ -138,13 +160,19 @@ class TarSource(Section):
             refs.append(
                 InputRef(
                     source=f"{tar}::{m.name}",
+                    identity=f"{name}::{m.name}",
                     kind=self.kind,
                     container=str(tar),
                     member=m.name,
                     failure=(UNSAFE_MEMBER, unsafe) if unsafe else None,
                 )
             )
-        return sorted(refs, key=lambda r: r.source)
+        if error:
+            rest = f"after member {members[-1].name!r}" if members else "from its start"
+            refs.append(
+                InputRef(f"{tar}::", f"{name}::", self.kind, failure=(UNREADABLE, f"tar unreadable {rest}: {error}"))
+            )
+        return refs
 
 
 class DownloadOptions(Section):
@@ -190,7 +218,7 @@ class UrlSource(Section):
             )
         if repeated:
             log.warning("%d repeated URLs in %s are ingested once", repeated, self.path)
-        return sorted(refs, key=lambda r: r.source)
+        return sorted(refs, key=lambda r: r.identity)
 
     def _read_urls(self) -> list[str]:
         if not self.path.is_file():
@@ -237,12 +265,11 @@ def downloaded_refs(download_dir: Path, kind: str) -> list[InputRef]:
     for part in sorted(download_dir.glob("*.parquet")):
         tar = part.with_suffix(".tar")
         for row in pq.read_table(part, columns=["url", "key", "status", "error_message"]).to_pylist():
+            url = row["url"]
             if row["status"] == "success":
-                refs.append(InputRef(row["url"], kind, container=str(tar), member=f"{row['key']}.jpg"))
+                refs.append(InputRef(url, url, kind, container=str(tar), member=f"{row['key']}.jpg"))
             else:
-                refs.append(
-                    InputRef(row["url"], kind, failure=(DOWNLOAD_FAILED, row["error_message"] or row["status"]))
-                )
+                refs.append(InputRef(url, url, kind, failure=(DOWNLOAD_FAILED, row["error_message"] or row["status"])))
     return refs
 
 

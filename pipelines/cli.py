@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,8 +15,9 @@ from rich.table import Table
 
 from curation.errors import LvdError
 from curation.rundir import RunDir
+from pipelines.entry import DEBUG_ENV, exit_code_of
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
 console = Console()
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value config overrides")]
@@ -24,9 +26,13 @@ RunDirOption = Annotated[
 ]
 
 
-def _fail(exc: LvdError) -> None:
-    console.print(f"[red]error:[/red] {exc}", highlight=False)
-    raise typer.Exit(2)
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option("--debug", help=f"show a failure's traceback (or set {DEBUG_ENV}=1)")] = False,
+) -> None:
+    """Errors print one line naming the cause; --debug shows the traceback."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @app.command()
@@ -69,12 +75,8 @@ def _curate(
     from curation.run_config import load_curation_config
     from pipelines.curate import STAGES, curate
 
-    try:
-        config = load_curation_config(config_path, overrides or [])
-        return curate(config, config.run_dir(run_dir), stages or STAGES, start_from=start_from)
-    except LvdError as exc:
-        _fail(exc)
-        raise  # unreachable: _fail exits
+    config = load_curation_config(config_path, overrides or [])
+    return curate(config, config.run_dir(run_dir), stages or STAGES, start_from=start_from)
 
 
 def _single_stage(name: str, help_text: str) -> None:
@@ -111,7 +113,7 @@ def status(run_dir: Path) -> None:
     """Print a run directory's manifest as a table."""
     manifest = RunDir(run_dir).read_manifest()
     if "config_hash" not in manifest:
-        _fail(LvdError(f"{run_dir} has no manifest.json; is it a run directory?"))
+        raise LvdError(f"{run_dir} has no manifest.json; is it a run directory?")
     table = Table(title=f"{run_dir}  (config {manifest['config_hash'][:12]})")
     for column in ("stage", "status", "hash", "seconds", "counts"):
         table.add_column(column)
@@ -132,13 +134,10 @@ def report(
     from curation.report.render import write_report
     from curation.report.training import write_training_report
 
-    try:
-        if (run_dir / "metrics.jsonl").is_file():
-            write_training_report(run_dir, out)
-        else:
-            write_report(run_dir, out)
-    except LvdError as exc:
-        _fail(exc)
+    if (run_dir / "metrics.jsonl").is_file():
+        write_training_report(run_dir, out)
+    else:
+        write_report(run_dir, out)
     console.print(f"report: {(out or run_dir / 'report') / 'index.html'}")
 
 
@@ -147,11 +146,7 @@ def stats(run_dir: Path) -> None:
     """Print a curation run's funnel, final buckets and source rows (the numbers of its report)."""
     from curation.report.stats import collect_stats
 
-    try:
-        numbers = collect_stats(run_dir)
-    except LvdError as exc:
-        _fail(exc)
-        return
+    numbers = collect_stats(run_dir)
     funnel = Table(title=f"{run_dir}: funnel")
     funnel.add_column("step")
     funnel.add_column("images", justify="right")
@@ -196,11 +191,7 @@ def demo(
         return
     from pipelines.demo_training import train_distill_evaluate
 
-    try:
-        rows = train_distill_evaluate(workdir)
-    except LvdError as exc:
-        _fail(exc)
-        return
+    rows = train_distill_evaluate(workdir)
     table = Table(title="kNN top-1 on the synthetic concepts (k=20, T=0.07)")
     for column in ("model", "params", "steps", "kNN top-1", "seed"):
         table.add_column(column)
@@ -227,10 +218,7 @@ def train(
         raise typer.Exit(pretrain_main([str(config), *(overrides or [])]))
     from training.ray_launch import train_on_ray
 
-    try:
-        train_on_ray(config, overrides or [], ray_workers, gpu)
-    except LvdError as exc:
-        _fail(exc)
+    train_on_ray(config, overrides or [], ray_workers, gpu)
 
 
 @app.command()
@@ -245,11 +233,7 @@ def distill(
     from pipelines.distill import main as distill_main
     from training.distill import teacher_overrides
 
-    try:
-        extra = teacher_overrides(teacher) if teacher else []
-    except LvdError as exc:
-        _fail(exc)
-        return
+    extra = teacher_overrides(teacher) if teacher else []
     raise typer.Exit(distill_main([str(config), *(overrides or []), *extra]))
 
 
@@ -268,11 +252,7 @@ def evaluate(
     """Top-1 accuracy of frozen features with weighted kNN (k=20, T=0.07) or a linear probe."""
     from training.eval import evaluate_folders
 
-    try:
-        result = evaluate_folders(protocol, model, train_dir, val_dir, weights, k, temperature, seed)
-    except LvdError as exc:
-        _fail(exc)
-        return
+    result = evaluate_folders(protocol, model, train_dir, val_dir, weights, k, temperature, seed)
     text = json.dumps(result, indent=2)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +261,8 @@ def evaluate(
 
 
 def main() -> None:
-    sys.exit(app())
+    """The `lvd` command: typer parses and runs; a failure is told in one line (see pipelines.entry)."""
+    sys.exit(exit_code_of(app))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ the work; `--from STAGE` forces a stage and everything after it to run again.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -20,12 +19,11 @@ from typing import Any
 from tqdm import tqdm
 
 from curation import assemble, decontam, dedup, ingest, retrieve
-from curation.errors import LvdError, StageError
+from curation.errors import StageError
 from curation.run_config import CurationConfig, load_curation_config
 from curation.rundir import RunDir, StageWork, require_new_stage_dir, stage_hash
-from pipelines.executors import process_map, ray_map
-
-log = logging.getLogger("pipelines.curate")
+from pipelines.entry import exit_code_of
+from pipelines.executors import process_map, ray_map, serial_map
 
 
 def uses_ray(executor: str) -> bool:
@@ -33,11 +31,11 @@ def uses_ray(executor: str) -> bool:
     return executor == "ray" or (executor == "auto" and bool(os.environ.get("RAY_ADDRESS")))
 
 
-def choose_map(executor: str, workers: int) -> Callable:
-    """Ray tasks when `uses_ray`, else a local pool of `workers` processes."""
+def choose_map(executor: str, workers: int | None) -> Callable:
+    """Ray tasks when `uses_ray`, else `workers` local processes at a time (None: in this process)."""
     if uses_ray(executor):
         return ray_map()
-    return process_map(workers)
+    return serial_map if workers is None else process_map(workers)
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ def dedup_body(config: CurationConfig, run: RunDir, work: StageWork, executor: s
         run.stage_path("ingest"),
         run.stage_path("embed"),
         work.path,
-        choose_map(executor, workers=1),
+        choose_map(executor, workers=None),
         seed=config.run.seed,
     )
 
@@ -99,7 +97,7 @@ def retrieve_body(config: CurationConfig, run: RunDir, work: StageWork, executor
         run.stage_path("decontam"),
         collections,
         work.path,
-        choose_map(executor, workers=1),
+        choose_map(executor, workers=None),
         seed=config.run.seed,
     )
 
@@ -134,7 +132,11 @@ def report_summary(counts: dict[str, int]) -> str:
 
 PIPELINE = (
     Stage(
-        "ingest", lambda c: {"ingest": c.ingest, "references": c.reference_sets()}, (), ingest_body, ingest.summary_line
+        "ingest",
+        lambda c: {"ingest": c.ingest, "references": c.reference_sets(), "keys": ingest.KEY_SCHEME},
+        (),
+        ingest_body,
+        ingest.summary_line,
     ),
     Stage("embed", lambda c: c.embed, ("ingest",), embed_body, embed_summary),
     Stage("dedup", lambda c: c.dedup, ("ingest", "embed"), dedup_body, dedup.summary_line),
@@ -209,22 +211,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", default=None, help="with --plan: e.g. 8xH100 or 20x8xV100 (default: CPU only)")
     parser.add_argument("--cpus", type=int, default=None, help="with --plan: CPU cores (default 12 per GPU)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_curation_config(args.config, args.overrides)
-        if args.plan:
-            from curation import cost_model, measurements
+    return exit_code_of(lambda: _plan_or_run(args))
 
-            fleet = cost_model.Fleet.parse(args.gpus, args.cpus)
-            rows = cost_model.plan(config, args.pool_size, fleet, measurements.load())
-            print(cost_model.render(rows, args.pool_size, fleet))
-            return 0
-        run = curate(config, config.run_dir(args.run_dir), start_from=args.start_from, executor=args.executor)
-    except LvdError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+def _plan_or_run(args: argparse.Namespace) -> None:
+    config = load_curation_config(args.config, args.overrides)
+    if args.plan:
+        from curation import cost_model, measurements
+
+        fleet = cost_model.Fleet.parse(args.gpus, args.cpus)
+        rows = cost_model.plan(config, args.pool_size, fleet, measurements.load())
+        print(cost_model.render(rows, args.pool_size, fleet))
+        return
+    run = curate(config, config.run_dir(args.run_dir), start_from=args.start_from, executor=args.executor)
     print(f"run directory: {run.root}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable
 
 from curation.config import load_config
-from curation.errors import LvdError
+from pipelines.entry import exit_code_of
 from training.config import TrainConfig
 from training.train_loop import TrainResult
 
@@ -18,13 +18,12 @@ def run_entry_point(
     if not args or args[0] in ("-h", "--help"):
         print(usage)
         return 0 if args else 2
-    try:
-        result = run(load_config(model, args[0], args[1:]))
-    except LvdError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return exit_code_of(lambda: _run_and_report(run, load_config(model, args[0], args[1:]), verb))
+
+
+def _run_and_report(run: Callable[[TrainConfig], TrainResult], config: TrainConfig, verb: str) -> None:
+    result = run(config)
     print(
         f"{verb}: {result.steps} steps, {result.images_seen} images, final loss {result.final_loss:.4f}, "
         f"model exported to {result.export.parent}"
     )
-    return 0

@@ -1,15 +1,25 @@
-"""The `lvd` command as a user runs it: demo end to end, status, and a clear error on a bad config."""
+"""The `lvd` command as a user runs it: demo end to end, status, and failures told in one line."""
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
 import subprocess
 import sys
 
 import yaml
+from PIL import Image
 
 
-def lvd(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=cwd)
+def lvd(*args: str, cwd=None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "LVD_DEBUG": "", **(env or {})},
+    )
 
 
 def test_demo_runs_end_to_end_and_status_shows_the_counts(tmp_path):
@@ -25,14 +35,15 @@ def test_misspelt_key_exits_2_with_a_one_line_reason(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"ingest": {"sources": [{"kind": "folder", "path": "."}], "shard_sise": 3}}))
     result = lvd("ingest", str(config), "--run-dir", str(tmp_path / "run"))
-    assert result.returncode == 2
-    assert "ingest.shard_sise" in result.stdout and "shard_size" in result.stdout
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "ingest.shard_sise" in result.stderr and "shard_size" in result.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_status_of_a_non_run_directory_is_an_error(tmp_path):
     result = lvd("status", str(tmp_path))
-    assert result.returncode == 2 and "manifest" in result.stdout
+    assert result.returncode == 2 and "manifest" in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
 
 
 def test_synth_writes_a_crawl_with_its_config(tmp_path):
@@ -41,3 +52,37 @@ def test_synth_writes_a_crawl_with_its_config(tmp_path):
     assert {"truth.parquet", "urls.parquet", "curation.yaml", "synth.json"} <= {
         p.name for p in (tmp_path / "c").iterdir()
     }
+
+
+def bmp_with_a_corrupt_compression_field() -> bytes:
+    """A BMP whose biCompression field (bytes 30-33) holds a value Pillow raises OSError on."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="BMP")
+    data = bytearray(buffer.getvalue())
+    data[30:34] = (2293760).to_bytes(4, "little")
+    return bytes(data)
+
+
+def test_a_malformed_file_among_good_ones_is_quarantined_not_a_crash(crawl, pool_truth, tmp_path):
+    """The report behind this test: 50 good JPEGs plus a BMP named weird.jpg stopped ingest for good."""
+    folder = tmp_path / "crawl"
+    folder.mkdir()
+    good = [r for r in pool_truth if not r["broken_reason"] and r["path"].endswith(".jpg")][:50]
+    for row in good:
+        shutil.copy(crawl / row["path"], folder / f"{row['key']}.jpg")
+    (folder / "weird.jpg").write_bytes(bmp_with_a_corrupt_compression_field())
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({"ingest": {"sources": [{"kind": "folder", "path": "crawl"}], "shard_size": 16}}))
+    for _ in range(2):  # the second run finds the stage done
+        result = lvd("ingest", str(config), "--run-dir", str(tmp_path / "run"))
+        assert result.returncode == 0, result.stderr
+        assert "51 inputs -> 50 ingested + 1 quarantined (corrupt 1)" in result.stdout
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("{not json\n")  # a training run whose metrics are garbled
+    result = lvd("report", str(tmp_path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: JSONDecodeError:") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" in lvd("--debug", "report", str(tmp_path)).stderr
+    assert "Traceback" in lvd("report", str(tmp_path), env={"LVD_DEBUG": "1"}).stderr

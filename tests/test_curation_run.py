@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import webdataset as wds
 
 from curation.run_config import load_curation_config
 from curation.rundir import RunDir
+from curation.shards import iter_samples
 from pipelines.curate import STAGES, curate
 from tests.stage_output import curate_command, stage_files
 
@@ -95,6 +97,22 @@ def test_every_input_image_is_accounted_for_once(curated_run, pool_truth):
         "pool.not_retrieved",
     }
     assert sum(fates.values()) == len(pool_truth)
+
+
+def test_the_same_crawl_curated_from_another_folder_gives_the_same_keys_and_images(crawl, curated_run, tmp_path):
+    """Keys hash what names an input below its source folder, so moving the crawl changes nothing."""
+    moved = tmp_path / "a" / "much" / "deeper" / "mount" / "crawl"
+    shutil.copytree(crawl, moved)
+    run_dir = tmp_path / "run"
+    curate(load_curation_config(moved / "curation.yaml"), run_dir, executor="local")
+    for stage, table in (("ingest", "index.parquet"), ("ingest", "quarantine.parquet"), ("curated", "index.parquet")):
+        here, there = (pq.read_table(r / stage / table).drop_columns(["source"]) for r in (curated_run, run_dir))
+        assert here.equals(there), (stage, table)
+    assert curated_images(run_dir) == curated_images(curated_run)
+
+
+def curated_images(run_dir: Path) -> dict[str, bytes]:
+    return {key: sample["jpg"] for tar in (run_dir / "curated").glob("*.tar") for key, sample in iter_samples(tar)}
 
 
 def free_port() -> int:
