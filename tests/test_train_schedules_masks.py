@@ -89,3 +89,19 @@ def test_param_groups_decay_by_layer_and_spare_norms_from_weight_decay(tmp_path)
     assert by_param[id(named["dino_head.last_layer.weight_v"])]["is_last_layer"]
     assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(p.requires_grad for p in student.parameters())
     assert torch.is_tensor(named["backbone.mask_token"])
+
+
+def test_every_tensor_of_the_student_output_is_a_pytree_leaf(tmp_path):
+    """FSDP2 hooks the backward of the tensors pytree finds in a forward's output; a tensor hidden
+    from it leaves the root's parameters freed for backward (the first CUDA step crashed)."""
+    config = _config(tmp_path)
+    student = Student(config)
+    size = config.crops.global_size
+    globals_ = torch.randn(4, 3, size, size)
+    locals_ = torch.randn(4 * config.crops.local_number, 3, config.crops.local_size, config.crops.local_size)
+    masks = torch.zeros(4, (size // config.model.patch_size) ** 2, dtype=torch.bool)
+    masks[:, :3] = True
+    out = student(globals_, locals_, masks)
+    leaves = torch.utils._pytree.tree_leaves(out)
+    assert len(leaves) == 4 and all(torch.is_tensor(leaf) for leaf in leaves)
+    assert {id(leaf) for leaf in leaves} == {id(t) for t in out}

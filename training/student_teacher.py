@@ -12,7 +12,7 @@ same positions; KoLeo spreads the student's global CLS tokens. Loss normalisatio
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -44,8 +44,13 @@ def build_backbone(config: TrainConfig, drop_path_rate: float | None = None) -> 
     )
 
 
-@dataclass
-class StudentOutput:
+class StudentOutput(NamedTuple):
+    """What `Student.forward` returns: a NamedTuple, because FSDP2 finds the forward's output tensors
+    with torch's pytree to hook their backward (where it re-gathers the root's sharded parameters),
+    and pytree walks into tuples but treats a plain dataclass as one opaque leaf. With a dataclass,
+    the heads' and patch embedding's parameters stayed freed after forward and the first CUDA
+    backward failed (`setStorage: ... out of bounds for storage of size 0`)."""
+
     global_cls: torch.Tensor  # (2B)×D backbone CLS tokens, for KoLeo
     global_logits: torch.Tensor  # (2B)×K
     local_logits: torch.Tensor  # (L·B)×K
