@@ -268,11 +268,16 @@ class PoolClusters:
         k = max(1, min(clusters, len(pool.keys)))
         kmeans = faiss.Kmeans(pool.vectors.shape[1], k, niter=iterations, seed=seed, spherical=True, gpu=gpu)
         kmeans.train(pool.vectors)
-        sims, assignment = kmeans.index.search(pool.vectors, 1)
-        return cls(kmeans.centroids, assignment[:, 0], sims[:, 0])
+        _, assignment = kmeans.index.search(pool.vectors, 1)
+        assignment = assignment[:, 0]
+        # Scores from the index's search are BLAS sums whose last bit depends on the thread count
+        # (a Ray job runs with OMP_NUM_THREADS=1); each pair's own dot product does not, and these
+        # scores order the members and are written into the lineage.
+        similarity = np.einsum("nd,nd->n", pool.vectors, kmeans.centroids[assignment])
+        return cls(kmeans.centroids, assignment, similarity)
 
     def nearest(self, queries: np.ndarray) -> np.ndarray:
-        return np.argmax(queries @ self.centroids.T, axis=1)
+        return np.argmax(np.einsum("qd,cd->qc", queries, self.centroids), axis=1)  # not BLAS: see fit
 
 
 def cluster(
