@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from curation.errors import ConfigError
 from curation.synth.labelled import make_labelled
 from pipelines.cli import app
+from tests.test_cli import lvd
 from training.eval import accuracy, image_folder, knn_predict, linear_probe
 
 
@@ -77,5 +78,5 @@ def test_lvd_eval_knn_on_the_synthetic_concepts(tmp_path):
 
 
 def test_lvd_eval_rejects_an_unknown_protocol(tmp_path):
-    result = CliRunner().invoke(app, ["eval", "svm", "tiny", "--train", str(tmp_path), "--val", str(tmp_path)])
-    assert result.exit_code == 2 and "knn' or 'linear" in result.output
+    result = lvd("eval", "svm", "tiny", "--train", str(tmp_path), "--val", str(tmp_path))
+    assert result.returncode == 2 and "knn' or 'linear" in result.stderr and "Traceback" not in result.stderr

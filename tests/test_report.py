@@ -146,4 +146,4 @@ def test_reports_of_unfinished_runs_are_clear_errors(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "report", str(tmp_path)], capture_output=True, text=True
     )
-    assert done.returncode == 2 and "manifest" in done.stdout
+    assert done.returncode == 2 and "manifest" in done.stderr and "Traceback" not in done.stderr
