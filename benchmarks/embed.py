@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curation.config import validate_tree
-from curation.embedders import create_embedder
 from curation.measurements import record
+from curation.pipeline import curate
 from curation.run_config import CurationConfig
 from curation.shards import iter_samples
 from curation.synth.crawl import make_crawl
-from pipelines.curate import curate
-from pipelines.ray_session import connect_ray
+from foundation.config import validate_tree
+from foundation.ray_session import connect_ray
+from models.embedders import create_embedder
 
 
 def bare_forward(model_name: str, batches: list[np.ndarray], device: str, precision: str) -> float:

@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from curation.config import Section
 from curation.embed import POOL
-from curation.errors import StageError
 from curation.shards import ShardWriter, read_members
+from foundation.config import Section
+from foundation.errors import StageError
 
-STAGE = "assemble"
+STAGE = "curated"  # the stage is named for what it leaves: RUN/curated/
 
 
 class AssembleConfig(Section):

@@ -1,29 +1,34 @@
-"""`--plan`: the work each curation stage will do for a pool size, and its cost from measured rates.
+"""`--plan`: the work each curation stage will do for a pool size, and its cost on a fleet.
 
-Every rate comes from a line of benchmarks/results.jsonl (see curation/measurements.py) and the
-plan prints which. Where no measurement exists for the model and device asked about, the plan
-says so and which benchmark command would provide it, instead of guessing.
+Every figure is one of three kinds, and the plan says which:
+- measured: a rate recorded on this device kind in benchmarks/results.jsonl (see
+  curation/measurements.py), extrapolated with the stage's scaling from the size it was measured at;
+- estimate: no record for this GPU yet, so the work's FLOPs over the GPU's peak at a stated
+  utilisation (`UTILISATION`); a GPU record replaces it as soon as one is made;
+- missing: neither, with the benchmark command that would measure it.
 
 Scaling rules, per stage:
 - ingest: linear in images, spread over CPU cores (the rate is per worker process);
-- embed: linear in images, spread over GPUs (or CPU machines), per role's model;
+- embed: linear in images, per role's model, spread over GPUs (or CPU cores); the CPU cores a GPU
+  fleet needs to decode JPEGs for it come from the measured decode rate per core;
 - dedup kNN graph: per-query cost grows like sqrt(N) for IVF indexes (nlist = 2·sqrt(N) lists,
   a fixed nprobe of them scanned) and like N for the exact index, from the size it was measured at;
-  queries are spread over devices.
-Retrieval k-means, decontamination and assembly are not modelled yet and are listed as such.
+- decontam: an index over the pool (building it assigns N vectors to 2·sqrt(N) lists) plus the
+  eval images' search: N·sqrt(N), from the size it was measured at;
+- retrieve: the cluster rows' k-means, (iterations x min(N, 256·K) training points + N assigned)
+  x K clusters x 2·D FLOPs; the sample rows' search is small beside it and not counted;
+- curated: linear in the curated images, one process (the assembly runs in the driver).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from curation.errors import ConfigError
 from curation.measurements import Measurement, latest
 from curation.run_config import CurationConfig
-
-PAPER = "DINOv2 (Oquab et al. 2023): curation ran on 20 nodes x 8 V100-32GB in under 2 days (< 7,680 GPU-hours)"
+from foundation.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,40 @@ class Fleet:
 
 
 @dataclass(frozen=True)
+class GpuPeak:
+    """Dense peaks in TFLOP/s (vendor data sheets, no sparsity): tensor-core bf16/fp16, and fp32."""
+
+    bf16: float
+    fp32: float
+
+
+GPU_PEAKS = {
+    "H200": GpuPeak(989.4, 66.9),
+    "H100": GpuPeak(989.4, 66.9),
+    "A100": GpuPeak(312.0, 19.5),
+    "L40S": GpuPeak(362.1, 91.6),
+    "V100": GpuPeak(125.0, 15.7),
+}
+UTILISATION = {"embed": 0.40, "kmeans": 0.50, "index": 0.10}
+"""Fractions of peak the estimates assume: a ViT's batched forward (bf16), Faiss k-means' GEMMs
+(fp32), and IVF-PQ scans and assignment, which are bound by memory, not arithmetic (fp32)."""
+
+MODELS = {
+    "dinov2:vits14": (11.0, 384),
+    "dinov2:vitb14": (43.9, 768),
+    "dinov2:vitl14": (155.5, 1024),
+    "dinov2:vitg14": (582.5, 1536),
+    "timm:vit_huge_patch14_224": (323.8, 1280),
+    "sscd": (13.5, 512),
+}
+"""GFLOPs of one image's forward and the embedding width; counted with torch's FlopCounterMode at
+each model's input size (SSCD: a ResNet-50 at 288 pixels). A name matches its key or contains it."""
+
+PQ_OPS_PER_CODE = 2 * 32  # a 4-bit PQ code of D/8 = 32 sub-quantizers (256-d) costs ~32 lookups and adds
+PAPER = "DINOv2 (Oquab et al. 2023): curation ran on 20 nodes x 8 V100-32GB in under 2 days (< 7,680 GPU-hours)"
+
+
+@dataclass(frozen=True)
 class PlanRow:
     stage: str
     work: str
@@ -56,10 +95,31 @@ class PlanRow:
     device_hours: float | None
     wall_hours: float | None
     note: str = ""
+    basis: str = "measured"  # measured | estimate | missing
+    on_gpu: bool = False
 
 
 def _missing(stage: str, work: str, how: str) -> PlanRow:
-    return PlanRow(stage, work, None, None, None, f"no measurement; run {how}")
+    return PlanRow(stage, work, None, None, None, f"no measurement; run {how}", basis="missing")
+
+
+def _model(name: str) -> tuple[float, int] | None:
+    return MODELS.get(name) or next((v for k, v in MODELS.items() if k in name.lower()), None)
+
+
+def _peak(fleet: Fleet) -> GpuPeak | None:
+    return next((peak for key, peak in GPU_PEAKS.items() if fleet.gpu and key.lower() == fleet.gpu.lower()), None)
+
+
+def _estimate(stage: str, work: str, flops: float, fleet: Fleet, kind: str, precision: str) -> PlanRow | None:
+    """GPU-hours for `flops` at `UTILISATION[kind]` of the fleet GPU's `precision` peak, or None."""
+    peak = _peak(fleet)
+    if peak is None:
+        return None
+    rate = getattr(peak, precision) * 1e12 * UTILISATION[kind]
+    gpu_hours = flops / rate / 3600
+    note = f"estimate: {flops:.3g} FLOPs at {UTILISATION[kind]:.0%} of {fleet.gpu} {precision} peak"
+    return PlanRow(stage, work, None, gpu_hours, gpu_hours / fleet.gpus, note, basis="estimate", on_gpu=True)
 
 
 def _ingest(pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
@@ -72,70 +132,152 @@ def _ingest(pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
 
 
 def _embed(role: str, model: str, pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
-    work = f"{pool:.3g} images through {model}"
+    stage, work = f"embed ({role})", f"{pool:.3g} images through {model}"
     rate = latest(results, "embed.images_per_s", model, fleet.device)
-    if rate is None:
-        flag = " --gpu" if fleet.gpu else ""
-        return _missing(
-            f"embed ({role})", work, f"python benchmarks/embed.py --model {model}{flag} --record on {fleet.device}"
-        )
-    if fleet.gpu:
+    if rate is not None and fleet.gpu:
         device_hours = pool / rate.value / 3600
-        return PlanRow(f"embed ({role})", work, rate, device_hours, device_hours / fleet.gpus, "GPU-hours")
-    core_hours = pool / (rate.value / rate.cores) / 3600
-    return PlanRow(f"embed ({role})", work, rate, core_hours, core_hours / fleet.cpus, "core-hours")
+        return PlanRow(stage, work, rate, device_hours, device_hours / fleet.gpus, "GPU-hours", on_gpu=True)
+    if rate is not None:
+        core_hours = pool / (rate.value / rate.cores) / 3600
+        return PlanRow(stage, work, rate, core_hours, core_hours / fleet.cpus, "core-hours")
+    known = _model(model)
+    estimate = known and _estimate(stage, work, pool * known[0] * 1e9, fleet, "embed", "bf16")
+    flag = " --gpu" if fleet.gpu else ""
+    how = f"python benchmarks/embed.py --model {model}{flag} --record on {fleet.device}"
+    if estimate:
+        return replace(estimate, note=f"{estimate.note}; measure: {how}")
+    return _missing(stage, work, how)
 
 
-def _dedup(kind: str, k: int, pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
-    work = f"kNN graph (k={k}) over {pool:.3g} vectors, {kind} index"
-    # Any pool size this index kind was measured at, on this device: the newest day's, and of those
-    # the largest size (the shortest extrapolation), then the one recorded last.
+def _dim(config: CurationConfig, role: str) -> int:
+    known = _model(config.embed.models[role].name) if role in config.embed.models else None
+    return known[1] if known else 256
+
+
+def _index_rate(metric: str, kind: str, fleet: Fleet, results: list[Measurement]) -> Measurement | None:
+    """Any pool size this metric and index kind was measured at on this device: the newest day's,
+    and of those the largest size (the shortest extrapolation), then the one recorded last."""
     candidates = [
         (m.date, float(m.subject.split("@")[1]), position, m)
         for position, m in enumerate(results)
-        if m.metric == "dedup.knn_vectors_per_s"
-        and m.subject.startswith(f"{kind}@")
-        and fleet.device.lower() in m.device.lower()
+        if m.metric == metric and m.subject.startswith(f"{kind}@") and fleet.device.lower() in m.device.lower()
     ]
-    rate = max(candidates, key=lambda c: c[:3])[3] if candidates else None
-    if rate is None:
-        return _missing("dedup", work, f"python benchmarks/dedup.py --record on {fleet.device}")
-    measured_at = float(rate.subject.split("@")[1])
-    growth = pool / measured_at if kind == "exact" else math.sqrt(pool / measured_at)
-    scaling = "N" if kind == "exact" else "sqrt(N)"
+    return max(candidates, key=lambda c: c[:3])[3] if candidates else None
+
+
+def _scaled(stage: str, work: str, units: float, rate: Measurement, fleet: Fleet, scaling: str) -> PlanRow:
+    """`units` of work at `rate` (already grown by the stage's scaling): GPU-hours, or core-hours."""
     if fleet.gpu:
-        device_hours = pool * growth / rate.value / 3600
-        return PlanRow("dedup", work, rate, device_hours, device_hours / fleet.gpus, f"per-query cost x {scaling}")
-    core_hours = pool * growth / (rate.value / rate.cores) / 3600
-    return PlanRow("dedup", work, rate, core_hours, core_hours / fleet.cpus, f"per-query cost x {scaling}, core-hours")
+        hours = units / rate.value / 3600
+        return PlanRow(stage, work, rate, hours, hours / fleet.gpus, scaling, on_gpu=True)
+    core_hours = units / (rate.value / rate.cores) / 3600
+    return PlanRow(stage, work, rate, core_hours, core_hours / fleet.cpus, f"{scaling}, core-hours")
+
+
+def _dedup(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
+    kind, k = config.dedup.index.kind, config.dedup.k
+    work = f"kNN graph (k={k}) over {pool:.3g} vectors, {kind} index"
+    rate = _index_rate("dedup.knn_vectors_per_s", kind, fleet, results)
+    if rate is not None:
+        measured_at = float(rate.subject.split("@")[1])
+        growth = pool / measured_at if kind == "exact" else math.sqrt(pool / measured_at)
+        scaling = f"per-query cost x {'N' if kind == 'exact' else 'sqrt(N)'} from {measured_at:.3g}"
+        return _scaled("dedup", work, pool * growth, rate, fleet, scaling)
+    nlist = 2 * math.sqrt(pool)
+    nprobe = config.dedup.index.nprobe or nlist / 16
+    per_query = pool * nprobe / nlist * PQ_OPS_PER_CODE + 2 * _dim(config, config.dedup.role) * 4 * k
+    return _estimate("dedup", work, pool * per_query, fleet, "index", "fp32") or _missing(
+        "dedup", work, f"python benchmarks/dedup.py --record on {fleet.device}"
+    )
+
+
+def _decontam(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
+    work = f"index over {pool:.3g} pool vectors, every eval image searched against it"
+    rate = _index_rate("decontam.pool_images_per_s", "decontam", fleet, results)
+    if rate is not None:
+        measured_at = float(rate.subject.split("@")[1])
+        growth = math.sqrt(pool / measured_at)
+        return _scaled("decontam", work, pool * growth, rate, fleet, f"N·sqrt(N) from {measured_at:.3g}")
+    flops = pool * 2 * math.sqrt(pool) * 2 * _dim(config, config.decontam.role)  # assigning N to 2·sqrt(N) lists
+    return _estimate("decontam", work, flops, fleet, "index", "fp32") or _missing(
+        "decontam", work, f"python benchmarks/downstream.py --record on {fleet.device}"
+    )
+
+
+def _retrieve(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
+    clusters, iterations = config.retrieve.clusters, config.retrieve.kmeans_iterations
+    dim = _dim(config, config.retrieve.role)
+    point_clusters = (iterations * min(pool, 256 * clusters) + pool) * clusters
+    work = f"k-means of {pool:.3g} vectors into {clusters:,} clusters, {iterations} iterations (d={dim})"
+    rate = _index_rate("retrieve.kmeans_point_clusters_per_s", "d", fleet, results)
+    if rate is not None:
+        measured_dim = float(rate.subject.split("@")[1])
+        return _scaled("retrieve", work, point_clusters * dim / measured_dim, rate, fleet, "per point-cluster x d")
+    return _estimate("retrieve", work, point_clusters * 2 * dim, fleet, "kmeans", "fp32") or _missing(
+        "retrieve", work, f"python benchmarks/downstream.py --record on {fleet.device}"
+    )
+
+
+def _curated(config: CurationConfig, fleet: Fleet, results: list[Measurement]) -> PlanRow:
+    images = config.retrieve.expected_total()
+    work = f"{images:,} retrieved images copied into shards with lineage"
+    rate = latest(results, "assemble.images_per_s", "assemble", "cpu")
+    if rate is None:
+        return _missing("curated", work, "python benchmarks/downstream.py --record")
+    hours = images / rate.value / 3600
+    return PlanRow("curated", work, rate, hours, hours, "one process (the driver), core-hours")
 
 
 def plan(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> list[PlanRow]:
     rows = [_ingest(pool, fleet, results)]
     for role, spec in config.embed.models.items():
         rows.append(_embed(role, spec.name, pool, fleet, results))
-    rows.append(_dedup(config.dedup.index.kind, config.dedup.k, pool, fleet, results))
-    rows += [
-        PlanRow("decontam", "eval sets against the deduplicated pool", None, None, None, "not modelled yet (small)"),
-        PlanRow("retrieve", f"{len(config.retrieve.sources)} source rows", None, None, None, "not modelled yet"),
-        PlanRow("curated", "copy the retrieved images into shards", None, None, None, "not modelled yet"),
-    ]
+    rows.append(_dedup(config, pool, fleet, results))
+    rows.append(_decontam(config, pool, fleet, results))
+    rows.append(_retrieve(config, pool, fleet, results))
+    rows.append(_curated(config, fleet, results))
     return rows
 
 
-def render(rows: list[PlanRow], pool: float, fleet: Fleet) -> str:
+def decode_cores(rows: list[PlanRow], pool: float, fleet: Fleet, results: list[Measurement]) -> str:
+    """How many CPU cores keep the GPUs' embed passes fed with decoded JPEGs, from the measured rate."""
+    rate = latest(results, "decode.images_per_s_per_core", "decode", "cpu")
+    embed_hours = sum(r.wall_hours for r in rows if r.stage.startswith("embed") and r.on_gpu and r.wall_hours)
+    if not fleet.gpu or not embed_hours:
+        return ""
+    if rate is None:
+        return "decode cores: no measurement; run python benchmarks/ingest.py --record"
+    images_per_s = pool * sum(1 for r in rows if r.stage.startswith("embed")) / (embed_hours * 3600)
+    cores = images_per_s / rate.value
+    return (
+        f"decode cores: {cores:,.0f} CPU cores ({cores / fleet.gpus:.1f} per GPU) decode JPEGs as fast as the "
+        f"embed rows consume them, at {rate.value:,.0f} images/s per core [{rate.cite()}]"
+    )
+
+
+def render(rows: list[PlanRow], pool: float, fleet: Fleet, results: list[Measurement] | None = None) -> str:
     fleet_text = f"{fleet.gpus} x {fleet.gpu} GPUs, {fleet.cpus} CPU cores" if fleet.gpu else f"{fleet.cpus} CPU cores"
     lines = [f"plan: {pool:.3g} pool images on {fleet_text}", ""]
     for row in rows:
         cost = f"{row.device_hours:,.1f} device-h, {row.wall_hours:,.2f} h wall" if row.wall_hours is not None else "?"
         rate = f"{row.rate.value:,.1f} {row.rate.unit} [{row.rate.cite()}]" if row.rate else ""
         lines.append(f"  {row.stage:<18} {row.work}")
-        lines.append(f"  {'':<18} {cost}  {rate}  {row.note}".rstrip())
-    known = [r.wall_hours for r in rows if r.wall_hours is not None]
+        lines.append(f"  {'':<18} [{row.basis}] {cost}  {rate}  {row.note}".rstrip())
+    known = [r for r in rows if r.wall_hours is not None]
     unknown = [r.stage for r in rows if r.wall_hours is None]
+    gpu_hours = sum(r.device_hours for r in known if r.on_gpu)
+    core_hours = sum(r.device_hours for r in known if not r.on_gpu)
+    wall = sum(r.wall_hours for r in known)
+    estimated = [r.stage for r in known if r.basis == "estimate"]
     lines += [
         "",
-        f"modelled wall time: {sum(known):,.1f} h" + (f" + unmeasured stages: {', '.join(unknown)}" if unknown else ""),
+        f"total: {gpu_hours:,.0f} GPU-hours + {core_hours:,.0f} CPU core-hours; {wall:,.1f} h wall "
+        f"({wall / 24:,.1f} days), stages one after another"
+        + (f"; estimated, not measured: {', '.join(estimated)}" if estimated else "")
+        + (f"; unmeasured stages: {', '.join(unknown)}" if unknown else ""),
     ]
+    cores = decode_cores(rows, pool, fleet, results or [])
+    if cores:
+        lines.append(cores)
     lines.append(f"reference: {PAPER}")
     return "\n".join(lines)

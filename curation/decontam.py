@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from curation.config import Section
 from curation.embed import POOL, read_embeddings
 from curation.knn import IndexSpec, build_index, neighbours_above, on_device
-from curation.storage import ConfigPath
+from foundation.config import Section
+from foundation.storage import ConfigPath
 
 STAGE = "decontam"
 

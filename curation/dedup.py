@@ -25,9 +25,7 @@ the two vectors, so they do not depend on chunking or on which side found the ed
 
 from __future__ import annotations
 
-import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -40,9 +38,11 @@ from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curation.config import Section
 from curation.embed import POOL, read_embeddings
 from curation.knn import IndexSpec, inner_products_by_id, open_saved, saved_index, search
+from foundation.config import Section
+from foundation.executors import MapFn, run_unfinished
+from foundation.files import write_parquet
 
 STAGE = "dedup"
 ROW_EDGES = "edge_rows"  # work files: edges as row numbers, renamed to keys in edges/ at the end
@@ -94,7 +94,7 @@ def search_chunk(task: EdgeTask) -> int:
     sims, ids = search(index, task.spec, vectors, queries, task.k + 1)
     rows = np.arange(task.start, task.stop)
     other = (ids >= 0) & (ids != rows[:, None])  # never a self-loop
-    _write_atomically(
+    write_parquet(
         pa.table({"row": rows, "nearest": _nearest(queries, vectors, np.where(other, ids, -1))}), task.nearest_out
     )
     r, c = np.nonzero(other & (sims >= task.threshold))
@@ -102,7 +102,7 @@ def search_chunk(task: EdgeTask) -> int:
     table = pa.table(
         {"src": np.minimum(src, dst), "dst": np.maximum(src, dst), "similarity": sims[r, c]}, schema=EDGE_SCHEMA
     )
-    _write_atomically(table.sort_by([("src", "ascending"), ("dst", "ascending")]), task.out)
+    write_parquet(table.sort_by([("src", "ascending"), ("dst", "ascending")]), task.out)
     return table.num_rows
 
 
@@ -116,15 +116,6 @@ def _nearest(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray) -> np.nd
     best = scores.max(axis=1, keepdims=True)
     tied = np.where((scores == best) & (ids >= 0), ids, np.iinfo(np.int64).max).min(axis=1)
     return np.where(tied == np.iinfo(np.int64).max, -1, tied)
-
-
-def _write_atomically(table: pa.Table, out: str) -> None:
-    tmp = Path(out + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, out)
-
-
-MapFn = Callable[[Callable[[EdgeTask], int], Iterable[EdgeTask]], Iterator[int]]
 
 
 def knn_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, map_fn: MapFn, seed: int) -> Path:
@@ -148,8 +139,7 @@ def knn_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, map_fn: 
         )
         for start in range(0, len(vectors), config.chunk_size)
     ]
-    for _ in map_fn(search_chunk, [t for t in tasks if not Path(t.out).exists()]):
-        pass
+    run_unfinished(map_fn, search_chunk, tasks)
     return edges_dir
 
 

@@ -16,7 +16,6 @@ wires them into a Ray Data actor pool, or runs them in-process.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,10 +27,11 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 
-from curation.config import Section
-from curation.embedders import Embedder, Preprocess, create_embedder
 from curation.shards import iter_samples
-from curation.storage import ConfigPath
+from foundation.config import Section
+from foundation.files import write_parquet
+from foundation.storage import ConfigPath
+from models.embedders import Embedder, Preprocess, create_embedder
 
 STAGE = "embed"
 POOL = "pool"
@@ -178,9 +178,7 @@ def write_embeddings(path: Path, keys: list[str], vectors: np.ndarray) -> None:
         schema=embedding_schema(dim),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_parquet(table, path)
 
 
 def read_embeddings(folder: Path) -> tuple[list[str], np.ndarray]:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -28,12 +27,14 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from curation import decode
-from curation.config import Section
 from curation.decode import CleanImage, DecodeLimits, Rejection
-from curation.errors import CorruptInput, WorkerCrashed
 from curation.rundir import StageWork
 from curation.shards import ShardWriter
 from curation.sources import InputRef, Source, read_refs, source_for_path
+from foundation.config import Section
+from foundation.errors import CorruptInput, WorkerCrashed
+from foundation.executors import MapFn
+from foundation.files import write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,8 @@ def ingest_shard(task: ShardTask, isolated: bool = False) -> tuple[int, int]:
                     }
                 )
     task.index_part.parent.mkdir(exist_ok=True)
-    _write_parquet(pa.Table.from_pylist(rejected, QUARANTINE_SCHEMA), task.quarantine_part)
-    _write_parquet(pa.Table.from_pylist(rows, INDEX_SCHEMA), task.index_part)
+    write_parquet(pa.Table.from_pylist(rejected, QUARANTINE_SCHEMA), task.quarantine_part)
+    write_parquet(pa.Table.from_pylist(rows, INDEX_SCHEMA), task.index_part)
     return len(rows), len(rejected)
 
 
@@ -171,16 +172,6 @@ def _sample_meta(key: str, ref: InputRef, image: CleanImage) -> dict[str, object
         "original_mode": image.original_mode,
         "reencoded": image.reencoded,
     }
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-MapFn = Callable[[Callable[[ShardTask], tuple[int, int]], Iterable[ShardTask]], Iterator[tuple[int, int]]]
-"""How shards are spread over workers: (fn, tasks) -> results in any order (see pipelines.executors)."""
 
 
 def list_inputs(sources: list[Source], shard_size: int, work_dir: Path) -> list[InputRef]:

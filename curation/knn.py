@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +25,8 @@ import faiss
 import numpy as np
 from pydantic import Field
 
-from curation.config import Section
+from foundation.config import Section
+from foundation.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ def saved_index(vectors: np.ndarray, spec: IndexSpec, work_dir: Path, seed: int 
     if not index_path.exists():
         work_dir.mkdir(parents=True, exist_ok=True)
         np.save(vectors_path, vectors)
-        faiss.write_index(build_index(vectors, spec, seed), str(index_path) + ".tmp")
-        os.replace(str(index_path) + ".tmp", index_path)
+        with atomic_path(index_path) as tmp:
+            faiss.write_index(build_index(vectors, spec, seed), str(tmp))
     return index_path, vectors_path
 
 

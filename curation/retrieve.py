@@ -19,9 +19,7 @@ cluster id), so a cap keeps the clusters the seed set is densest in.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -32,10 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from curation.config import Section
 from curation.embed import POOL, read_embeddings
 from curation.knn import IndexSpec, open_saved, saved_index, search, use_gpu
-from curation.storage import ConfigPath
+from foundation.config import Section
+from foundation.executors import MapFn, run_unfinished
+from foundation.files import write_parquet
+from foundation.storage import ConfigPath
 
 
 class AsIs(Section):
@@ -176,7 +176,6 @@ class QueryTask:
 
 
 HIT_SCHEMA = pa.schema([("query", pa.int64()), ("pool_row", pa.int64()), ("similarity", pa.float32())])
-MapFn = Callable[[Callable[[QueryTask], int], Iterable[QueryTask]], Iterator[int]]
 
 
 def search_queries(task: QueryTask) -> int:
@@ -189,9 +188,7 @@ def search_queries(task: QueryTask) -> int:
     table = pa.table(
         {"query": query[found], "pool_row": ids.ravel()[found], "similarity": sims.ravel()[found]}, schema=HIT_SCHEMA
     )
-    tmp = task.out + ".tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, task.out)
+    write_parquet(table, task.out)
     return table.num_rows
 
 
@@ -223,8 +220,7 @@ class PoolSearch:
             )
             for start in range(0, len(queries), self.chunk_size)
         ]
-        for _ in self.map_fn(search_queries, [t for t in tasks if not Path(t.out).exists()]):
-            pass
+        run_unfinished(self.map_fn, search_queries, tasks)
         return pa.concat_tables([pq.read_table(t.out) for t in tasks])
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from curation.assemble import AssembleConfig
-from curation.config import Section, load_config
 from curation.decontam import DecontamConfig
 from curation.dedup import DedupConfig
 from curation.embed import EmbedConfig
 from curation.ingest import IngestConfig
 from curation.retrieve import RetrieveConfig
-from curation.storage import LocalPath, posix_path
+from foundation.config import Section, load_config
+from foundation.storage import LocalPath, posix_path
 
 
 class RunSection(Section):

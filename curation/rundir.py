@@ -24,8 +24,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from curation.config import config_hash
-from curation.errors import StageError
+from foundation.config import config_hash
+from foundation.errors import StageError
+from foundation.files import write_text
 
 MANIFEST = "manifest.json"
 VERSIONED_PACKAGES = ("lvd-curation", "torch", "ray", "faiss-cpu", "pyarrow", "pillow", "webdataset", "img2dataset")
@@ -75,9 +76,7 @@ class RunDir:
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.manifest_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.manifest_path)
+        write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     def record_config(self, config: Any) -> None:
         """Store the run's full config, its hash and the package versions in the manifest."""

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from curation.errors import CorruptInput
-from curation.storage import Location, open_input
+from foundation.errors import CorruptInput
+from foundation.storage import Location, open_input
 
 SIDECAR_EXTENSIONS = frozenset({"json", "txt", "cls", "caption", "url", "parquet"})
 

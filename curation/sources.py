@@ -19,10 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from curation.config import Section
-from curation.errors import ConfigError, CorruptInput
 from curation.shards import SIDECAR_EXTENSIONS, list_members, read_members_until_error, unsafe_member_reason
-from curation.storage import ConfigPath, Location, open_input, read_bytes
+from foundation.config import Section
+from foundation.errors import ConfigError, CorruptInput
+from foundation.files import write_parquet
+from foundation.storage import ConfigPath, Location, open_input, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +207,7 @@ class UrlSource(Section):
         download_dir = work_dir / "download"
         url_file = work_dir / "download_urls.parquet"
         if not url_file.exists():
-            tmp = url_file.with_suffix(".tmp")
-            pq.write_table(pa.table({"url": unique}), tmp)
-            os.replace(tmp, url_file)
+            write_parquet(pa.table({"url": unique}), url_file)
         run_img2dataset(url_file, download_dir, shard_size, self.download)
         refs = downloaded_refs(download_dir, self.kind)
         missing = set(unique) - {r.source for r in refs}

@@ -13,17 +13,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from curation.errors import LvdError
 from curation.rundir import RunDir
+from foundation.errors import LvdError
 from pipelines.entry import DEBUG_ENV, exit_code_of
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
 console = Console()
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value config overrides")]
-RunDirOption = Annotated[
-    str | None, typer.Option("--run-dir", help="a local path or file:// URL; default: run.dir, else runs/<run.name>")
-]
 
 
 @app.callback()
@@ -65,47 +62,41 @@ def synth(
     )
 
 
-def _curate(
-    config_path: Path,
-    overrides: list[str] | None,
-    run_dir: str | None,
-    stages: tuple[str, ...] | None,
-    start_from: str | None = None,
-) -> RunDir:
-    from curation.run_config import load_curation_config
-    from pipelines.curate import STAGES, curate
+PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+"""Context settings for verbs whose arguments and --help belong to `python -m pipelines.curate`."""
 
-    config = load_curation_config(config_path, overrides or [])
-    return curate(config, config.run_dir(run_dir), stages or STAGES, start_from=start_from)
+
+def _run_curate_main(args: list[str], prog: str) -> None:
+    from pipelines.curate import main as curate_main
+
+    code = curate_main(args, prog=prog)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command(context_settings=PASS_THROUGH, add_help_option=False)
+def curate(ctx: typer.Context) -> None:
+    """Run the curation stages: CONFIG [key=value ...] [--run-dir] [--from|--to|--only STAGE] [--executor] [--plan].
+
+    The options of `python -m pipelines.curate`, which `lvd curate --help` lists.
+    """
+    _run_curate_main(ctx.args, "lvd curate")
 
 
 def _single_stage(name: str, help_text: str) -> None:
-    """Register `lvd <name> CONFIG [overrides] [--run-dir RUN]`: that stage alone (upstream must be done)."""
+    """Register `lvd <name> CONFIG [overrides] [--run-dir RUN] ...`: `lvd curate ... --only <name>`."""
 
-    def command(config: Path, overrides: Overrides = None, run_dir: RunDirOption = None) -> None:
-        run = _curate(config, overrides, run_dir, (name,))
-        console.print(f"run directory: {run.root}")
+    def command(ctx: typer.Context) -> None:
+        _run_curate_main([*ctx.args, "--only", name], f"lvd {name}")
 
-    command.__doc__ = help_text
-    app.command(name=name)(command)
+    command.__doc__ = help_text + " (`lvd curate --only " + name + "`; --help lists the options)"
+    app.command(name=name, context_settings=PASS_THROUGH, add_help_option=False)(command)
 
 
 _single_stage("ingest", "Ingest the config's sources (and seed/eval sets) into WebDataset shards under RUN/ingest/.")
 _single_stage("embed", "Embed ingested images with each configured role's model into RUN/embed/<role>/.")
 _single_stage("dedup", "Faiss kNN graph over copy embeddings, one image kept per component, into RUN/dedup/.")
 _single_stage("decontam", "Drop dedup components close to evaluation images, into RUN/decontam/.")
-
-
-@app.command()
-def curate(
-    config: Path,
-    overrides: Overrides = None,
-    run_dir: RunDirOption = None,
-    start_from: Annotated[str | None, typer.Option("--from", help="re-run from this stage on")] = None,
-) -> None:
-    """Run every curation stage (skipping those already done for the same config)."""
-    run = _curate(config, overrides, run_dir, None, start_from)
-    console.print(f"run directory: {run.root}")
 
 
 @app.command()
@@ -132,7 +123,7 @@ def report(
 ) -> None:
     """Write stats.json and a self-contained index.html for a curation run (or a training run's curves)."""
     from curation.report.render import write_report
-    from curation.report.training import write_training_report
+    from training.report import write_training_report
 
     if (run_dir / "metrics.jsonl").is_file():
         write_training_report(run_dir, out)
@@ -181,7 +172,11 @@ def demo(
     crawl = workdir / "crawl"
     if not (crawl / "truth.parquet").exists():
         make_crawl(crawl, images=images)
-    run = _curate(crawl / "curation.yaml", [], workdir / "run", None)
+    from curation.pipeline import curate as run_curation
+    from curation.run_config import load_curation_config
+
+    config = load_curation_config(crawl / "curation.yaml")
+    run = run_curation(config, config.run_dir(str(workdir / "run")))
     status(run.root)
     console.print(
         f"demo: curated shards in {run.root / 'curated'}, report {run.root / 'report' / 'index.html'}, "

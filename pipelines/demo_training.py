@@ -13,10 +13,9 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
-from curation.config import load_config
 from curation.synth.labelled import make_labelled
+from foundation.config import load_config
+from models.backbones import load_backbone
 from training.config import TrainConfig
 from training.distill import DistillConfig, distill
 from training.eval import evaluate_folders
@@ -35,7 +34,7 @@ class EvalRow:
 
 
 def _params(export: Path) -> int:
-    return sum(v.numel() for v in torch.load(export / "teacher_backbone.pth", weights_only=True).values())
+    return sum(p.numel() for p in load_backbone(f"lvd:{export}").parameters())
 
 
 def train_distill_evaluate(workdir: Path, seed: int = 0) -> list[EvalRow]:

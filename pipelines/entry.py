@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from curation.errors import LvdError
+from foundation.errors import LvdError
 
 DEBUG_ENV = "LVD_DEBUG"
 

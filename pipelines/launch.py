@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from curation.config import load_config
+from foundation.config import load_config
 from pipelines.entry import exit_code_of
 from training.config import TrainConfig
 from training.train_loop import TrainResult

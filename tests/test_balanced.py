@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from curation.balanced import balanced_sample, fit_tree, share
-from curation.config import validate_tree
-from curation.errors import ConfigError
+from curation.pipeline import curate
 from curation.run_config import CurationConfig
 from curation.synth.crawl import make_crawl
-from pipelines.curate import curate
+from foundation.config import validate_tree
+from foundation.errors import ConfigError
 
 SIZES = [4000, 800, 160, 60, 30]  # a long tail: the first concept is 79% of the pool
 

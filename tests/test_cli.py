@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -86,3 +87,17 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path)
     assert result.stderr.startswith("error: JSONDecodeError:") and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" in lvd("--debug", "report", str(tmp_path)).stderr
     assert "Traceback" in lvd("report", str(tmp_path), env={"LVD_DEBUG": "1"}).stderr
+
+
+def test_lvd_curate_takes_the_options_of_python_m_pipelines_curate(tmp_path):
+    module_help = subprocess.run(
+        [sys.executable, "-m", "pipelines.curate", "--help"], capture_output=True, text=True
+    ).stdout
+    lvd_help = lvd("curate", "--help").stdout
+    for option in ("--run-dir", "--from", "--to", "--only", "--executor", "--plan", "--pool-size", "--gpus"):
+        assert option in module_help and option in lvd_help, option
+    assert lvd("synth", str(tmp_path / "c"), "--images", "120").returncode == 0
+    result = lvd("curate", str(tmp_path / "c" / "curation.yaml"), "--to", "dedup", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert sorted(manifest["stages"]) == ["dedup", "embed", "ingest"]

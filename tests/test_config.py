@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation.config import load_config
-from curation.errors import ConfigError
 from curation.run_config import load_curation_config
 from curation.synth.crawl import _curation_config
+from foundation.config import load_config
+from foundation.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "curation"
 
@@ -129,7 +129,7 @@ def test_missing_file_and_non_mapping(tmp_path):
 
 
 def test_execution_knobs_do_not_change_the_config_hash(tmp_path):
-    from curation.config import config_hash
+    from foundation.config import config_hash
 
     path = write(tmp_path, minimal())
     base = load_curation_config(path)

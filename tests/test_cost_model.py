@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from curation import cost_model
-from curation.config import load_config
-from curation.errors import ConfigError
 from curation.measurements import Measurement, latest, load
 from curation.run_config import CurationConfig
+from foundation.config import load_config
+from foundation.errors import ConfigError
 
 LVD142M = Path(__file__).resolve().parents[1] / "configs" / "curation" / "lvd142m.yaml"
 
@@ -59,7 +59,20 @@ def test_plan_arithmetic_follows_the_measured_rates(config):
     assert rows["embed (copy)"].rate is None and "benchmarks/embed.py" in rows["embed (copy)"].note
     text = cost_model.render(list(rows.values()), 1.2e9, fleet)
     assert "bench.py 2026-11-25 @abcdef12 on NVIDIA H100 80GB HBM3" in text  # each figure names its source
-    assert "unmeasured stages: embed (copy)" in text and "20 nodes x 8 V100" in text
+    assert "estimated, not measured: embed (copy), decontam, retrieve" in text and "20 nodes x 8 V100" in text
+    assert "unmeasured stages: curated" in text
+
+
+def test_without_a_gpu_record_a_stage_is_estimated_from_its_flops(config):
+    rows = {r.stage: r for r in cost_model.plan(config, 1.2e9, cost_model.Fleet(8, "H100", 96), [])}
+    embed = rows["embed (retrieval)"]  # timm:vit_huge_patch14_224: 323.8 GFLOPs an image
+    assert embed.basis == "estimate" and embed.rate is None
+    assert embed.device_hours == pytest.approx(1.2e9 * 323.8e9 / (0.4 * 989.4e12) / 3600)
+    assert embed.wall_hours == pytest.approx(embed.device_hours / 8)
+    clusters = config.retrieve.clusters
+    flops = (20 * 256 * clusters + 1.2e9) * clusters * 2 * 1280
+    assert rows["retrieve"].device_hours == pytest.approx(flops / (0.5 * 66.9e12) / 3600)
+    assert rows["ingest"].basis == "missing" and rows["curated"].basis == "missing"
 
 
 def test_cpu_rates_are_per_machine_and_spread_over_cores(config):
@@ -86,3 +99,6 @@ def test_plan_from_the_command_line(capsys):
     assert main([str(LVD142M), "--plan", "--pool-size", "1.2e9", "--gpus", "8xH100"]) == 0
     out = capsys.readouterr().out
     assert "plan: 1.2e+09 pool images on 8 x H100 GPUs" in out and "kNN graph (k=64)" in out
+    figures = [line for line in out.splitlines() if line.strip().startswith("[")]
+    assert len(figures) == 7 and all("device-h" in line for line in figures), out  # every stage has hours
+    assert "total:" in out and "GPU-hours" in out and "decode cores:" in out

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from curation.pipeline import STAGES, curate
 from curation.run_config import load_curation_config
 from curation.rundir import RunDir
 from curation.shards import iter_samples
-from pipelines.curate import STAGES, curate
 from tests.stage_output import curate_command, stage_files
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from curation.pipeline import curate
 from curation.run_config import load_curation_config
-from pipelines.curate import curate
 from tests.stage_output import run_dir_with, stage_files
 
 
@@ -124,7 +124,7 @@ def test_byte_identical_with_other_chunking_and_workers(deduped_run, crawl, tmp_
 
 def test_semdedup_mode_removes_exact_copies(deduped_run, crawl, pool_truth, tmp_path):
     from curation.dedup import DedupConfig, run_dedup
-    from pipelines.executors import serial_map
+    from foundation.executors import serial_map
 
     config = DedupConfig(mode="semdedup", semdedup_clusters=10, semdedup_eps=0.02)
     counts = run_dedup(config, deduped_run / "ingest", deduped_run / "embed", tmp_path, serial_map)

@@ -7,10 +7,10 @@ import hashlib
 import pytest
 import torch
 
-from curation.config import validate_tree
-from curation.embedders import create_embedder
-from curation.embedders.checkpoint import CheckpointError
-from curation.errors import ConfigError
+from foundation.config import validate_tree
+from foundation.errors import ConfigError
+from models.checkpoint import CheckpointError
+from models.embedders import create_embedder
 from tests.train_fixtures import tiny_train_tree, write_concept_shards
 from training.config import TrainConfig
 from training.distill import DistillConfig, build_teacher, distill, teacher_overrides

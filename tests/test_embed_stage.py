@@ -15,10 +15,10 @@ import pytest
 import ray
 
 from curation.embed import read_embeddings
-from curation.embedders import create_embedder
+from curation.pipeline import curate
 from curation.run_config import load_curation_config
 from curation.shards import iter_samples
-from pipelines.curate import curate
+from models.embedders import create_embedder
 from tests.stage_output import curate_command, run_dir_with, stage_files
 
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import checkpoint_filter_fn
 
-from curation.embedders import CheckpointError, create_embedder, list_embedders
-from curation.embedders.base import Preprocess
-from curation.errors import ConfigError
-from training.vision_transformer import create_vit
+from foundation.errors import ConfigError
+from models.embedders import CheckpointError, create_embedder, list_embedders
+from models.embedders.base import Preprocess
+from models.vision_transformer import create_vit
 
 
 def random_images(n: int = 3, size: int = 224, seed: int = 0) -> np.ndarray:

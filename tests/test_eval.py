@@ -8,8 +8,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from curation.errors import ConfigError
 from curation.synth.labelled import make_labelled
+from foundation.errors import ConfigError
 from pipelines.cli import app
 from tests.test_cli import lvd
 from training.eval import accuracy, image_folder, knn_predict, linear_probe

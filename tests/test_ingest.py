@@ -9,11 +9,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curation.errors import ConfigError
 from curation.ingest import key_of
+from curation.pipeline import curate
 from curation.run_config import load_curation_config
 from curation.rundir import RunDir
-from pipelines.curate import curate
+from foundation.errors import ConfigError
 from tests.ingest_checks import check_accounting, check_shards_readable, read_run
 
 

@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation import decode
-from curation.errors import WorkerCrashed
+from curation.pipeline import curate
 from curation.run_config import load_curation_config
-from pipelines.curate import curate
-from pipelines.executors import process_map
+from foundation.errors import WorkerCrashed
+from foundation.executors import process_map
 
 MARKER = b"KILLS-THE-DECODER"
 OVERRIDES = ["ingest.sources=[{kind: folder, path: pool}]", "ingest.shard_size=6", "ingest.workers=2"]

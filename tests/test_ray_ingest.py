@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import ray
 
+from curation.pipeline import curate
 from curation.run_config import load_curation_config
-from pipelines.curate import curate
 from tests.stage_output import stage_files
 
 

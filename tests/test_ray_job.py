@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from curation.pipeline import STAGES, curate
 from curation.run_config import load_curation_config
-from pipelines.curate import STAGES, curate
 from tests.ray_cluster import LoopbackCluster, loopback_cluster
 from tests.stage_output import stage_files
 from tests.test_curation_run import check_curated_against_truth

@@ -16,11 +16,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curation.errors import LvdError
-from curation.report.training import write_training_report
 from curation.synth.crawl import make_crawl
+from foundation.errors import LvdError
 from tests.stage_output import curate_command
 from tests.train_fixtures import tiny_train_tree, write_concept_shards
+from training.report import write_training_report
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_report_renders_in_headless_chromium(run):
 
 
 def test_training_report_plots_a_training_run(tmp_path):
-    from curation.config import validate_tree
+    from foundation.config import validate_tree
     from training.config import TrainConfig
     from training.train_loop import train
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from curation.errors import StageError
 from curation.rundir import RunDir, require_new_stage_dir, stage_hash
+from foundation.errors import StageError
 
 
 def test_stage_appears_only_when_done(tmp_path):

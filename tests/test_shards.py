@@ -8,8 +8,8 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from curation.errors import CorruptInput
 from curation.shards import ShardWriter, iter_samples, unsafe_member_reason
+from foundation.errors import CorruptInput
 
 
 def write_shard(path):

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from curation.config import validate_tree
-from curation.embedders.checkpoint import CheckpointError, read_state_dict
-from curation.errors import ConfigError
+from curation.pipeline import curate
 from curation.run_config import load_curation_config
-from curation.storage import location, posix_path
-from pipelines.curate import curate
+from foundation.config import validate_tree
+from foundation.errors import ConfigError
+from foundation.storage import location, posix_path
+from models.checkpoint import CheckpointError, read_state_dict
 from tests.stage_output import stage_files
 from tests.train_fixtures import tiny_train_tree, write_concept_shards
 from training.config import TrainConfig

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from curation.config import validate_tree
-from curation.embedders import create_embedder
-from curation.errors import ConfigError
+from foundation.config import validate_tree
+from foundation.errors import ConfigError
+from models.embedders import create_embedder
 from tests.train_fixtures import tiny_train_tree, write_concept_shards
 from training.config import TrainConfig
 from training.data import shard_urls
 from training.student_teacher import DinoV2
-from training.train_loop import TrainingDiverged, check_finite, train
+from training.train_loop import FiniteWatch, TrainingDiverged, train
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +83,16 @@ def test_sinkhorn_and_separate_ibot_head_train(shards, tmp_path):
     assert result.steps == 2 and result.final_loss == result.final_loss  # not NaN
 
 
-def test_a_diverged_loss_names_its_part():
-    parts = {"dino_global": torch.tensor(1.0), "ibot": torch.tensor(float("nan")), "total": torch.tensor(1.0)}
-    with pytest.raises(TrainingDiverged, match="'ibot' is nan at step 7"):
-        check_finite(parts, 7)
+def test_a_diverged_loss_names_its_part_and_the_steps_it_went_bad_between():
+    watch = FiniteWatch()
+    good = {"dino_global": torch.tensor(1.0), "ibot": torch.tensor(2.0), "total": torch.tensor(3.0)}
+    watch.add(good)
+    watch.check(5)  # finite up to step 5
+    watch.add(good)
+    watch.add({**good, "ibot": torch.tensor(float("nan"))})
+    watch.add(good)  # a later finite step does not hide it
+    with pytest.raises(TrainingDiverged, match="'ibot' became nan or inf between steps 6 and 8"):
+        watch.check(8)
 
 
 def test_missing_shards_and_bad_crop_sizes_are_config_errors(tmp_path):
@@ -112,7 +118,7 @@ def test_teacher_update_is_an_exponential_moving_average(shards, tmp_path):
 
 
 def test_resuming_with_a_different_model_is_refused_before_loading(shards, tmp_path):
-    from curation.errors import LvdError
+    from foundation.errors import LvdError
 
     train(_config(shards, tmp_path, run={"max_steps": 2}))
     with pytest.raises(LvdError, match=r"different model\.embed_dim"):

@@ -13,7 +13,6 @@ embedder, and so `lvd eval` and the curation embed stage, load the pair.
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -30,12 +29,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from models.backbones import EXPORT_WEIGHTS, write_export
+from models.vision_transformer import DinoVisionTransformer
 from training.distributed import DistEnv, barrier
-from training.vision_transformer import DinoVisionTransformer
 
 PREFIX = "step_"
-EXPORT_WEIGHTS = "teacher_backbone.pth"
-EXPORT_SPEC = "backbone.json"
 
 
 @contextmanager
@@ -94,10 +92,6 @@ def export_backbone(backbone: DinoVisionTransformer, directory: Path, env: DistE
     state = get_model_state_dict(backbone, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     path = directory / EXPORT_WEIGHTS
     if env.is_main:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        torch.save(state, tmp)
-        (directory / EXPORT_SPEC).write_text(json.dumps(backbone.spec, indent=2))
-        tmp.replace(path)
+        write_export(state, backbone.spec, directory)
     barrier()
     return path

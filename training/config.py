@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from curation.config import Section
-from curation.storage import ConfigPath, LocalPath
+from foundation.config import Section
+from foundation.storage import ConfigPath, LocalPath
 
 
 class ModelConfig(Section):

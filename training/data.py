@@ -19,8 +19,8 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, get_worker_info
 
-from curation.errors import ConfigError
-from curation.storage import Location, location, open_input
+from foundation.errors import ConfigError
+from foundation.storage import Location, location, open_input
 from training.augment import MultiCrop, MultiCropViews
 from training.config import TrainConfig
 from training.masking import BlockMaskGenerator, batch_masks

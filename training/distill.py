@@ -16,7 +16,6 @@ targets are the teacher's patch tokens at the student's masked positions.
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -27,16 +26,17 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-from curation.config import Section
-from curation.embedders.checkpoint import CheckpointError, load_strict
-from curation.errors import ConfigError
-from curation.storage import ConfigPath, LocalPath
-from training.checkpoint import EXPORT_SPEC, EXPORT_WEIGHTS, complete_checkpoints, single_process_quietly
+from foundation.config import Section
+from foundation.errors import ConfigError
+from foundation.storage import ConfigPath, LocalPath
+from models.backbones import is_export, load_backbone
+from models.checkpoint import CheckpointError
+from models.vision_transformer import DinoVisionTransformer
+from training.checkpoint import complete_checkpoints, single_process_quietly
 from training.config import TrainConfig
 from training.heads import DINOHead
 from training.student_teacher import DinoV2, Teacher, ibot_prototypes
 from training.train_loop import TrainResult, train
-from training.vision_transformer import DinoVisionTransformer, create_vit, vit_from_spec
 
 
 class TeacherSource(Section):
@@ -58,21 +58,6 @@ class DistillSection(Section):
 
 class DistillConfig(TrainConfig):
     distill: DistillSection
-
-
-def load_backbone(name: str, weights: Path | None) -> DinoVisionTransformer:
-    kind, _, argument = name.partition(":")
-    if kind == "lvd":
-        directory = Path(argument)
-        if not (directory / EXPORT_SPEC).is_file():
-            raise CheckpointError(f"{directory} is not a backbone export: {directory / EXPORT_SPEC} is missing")
-        model = vit_from_spec(json.loads((directory / EXPORT_SPEC).read_text()))
-        return load_strict(model, weights or directory / EXPORT_WEIGHTS)
-    if kind == "dinov2":
-        if weights is None:
-            raise CheckpointError(f"teacher {name} needs distill.teacher.weights: a local .pth checkpoint")
-        return load_strict(create_vit(argument), weights)
-    raise ConfigError(f"distill.teacher.backbone must be dinov2:<arch> or lvd:<export dir>, not {name!r}")
 
 
 def load_teacher_run(run_dir: Path) -> tuple[Teacher, TrainConfig]:
@@ -97,6 +82,8 @@ def build_teacher(config: DistillConfig) -> Teacher:
         _check_same(teacher_config.dino_head.prototypes, config.dino_head.prototypes, "dino_head.prototypes")
         _check_same(ibot_prototypes(teacher_config), ibot_prototypes(config), "iBOT prototypes")
     else:
+        if source.backbone.startswith("dinov2:") and source.weights is None:
+            raise CheckpointError(f"teacher {source.backbone} needs distill.teacher.weights: a .pth checkpoint")
         backbone = load_backbone(source.backbone, source.weights)
         h, ih = config.dino_head, config.ibot_head
         dim = backbone.embed_dim
@@ -149,7 +136,7 @@ def teacher_overrides(teacher: Path) -> list[str]:
     """`--teacher PATH` as config overrides: a training run directory or a backbone export directory."""
     if (teacher / "config.json").is_file():
         return [f"distill.teacher.run_dir={teacher.resolve()}", "distill.teacher.backbone=null"]
-    if (teacher / EXPORT_SPEC).is_file():
+    if is_export(teacher):
         return ["distill.teacher.run_dir=null", f"distill.teacher.backbone=lvd:{teacher.resolve()}"]
     raise ConfigError(
         f"--teacher {teacher}: expected a training run (config.json) or a backbone export (backbone.json); "

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from curation.errors import ConfigError
+from foundation.errors import ConfigError
 
 
 @dataclass(frozen=True)

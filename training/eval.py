@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from curation.embedders.base import Embedder
-from curation.errors import ConfigError
+from foundation.errors import ConfigError
+from models.embedders.base import Embedder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -122,7 +122,7 @@ def evaluate_folders(
     seed: int = 0,
 ) -> dict[str, object]:
     """`lvd eval`: features of both folders, then kNN or a linear probe; a JSON-ready result."""
-    from curation.embedders import create_embedder
+    from models.embedders import create_embedder
 
     if protocol not in ("knn", "linear"):
         raise ConfigError(f"evaluation protocol must be 'knn' or 'linear', not {protocol!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from curation.config import load_config
+from foundation.config import load_config
 from training.config import TrainConfig
 
 

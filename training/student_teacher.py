@@ -17,11 +17,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from models.vision_transformer import VIT_ARCHS, DinoVisionTransformer, ViTArch
 from training.config import TrainConfig
 from training.data import CropBatch
 from training.heads import DINOHead
 from training.losses import CenteredTargets, dino_loss, ibot_loss, koleo_loss
-from training.vision_transformer import VIT_ARCHS, DinoVisionTransformer, ViTArch
 
 NUM_GLOBAL_CROPS = 2
 

@@ -1,6 +1,6 @@
 """The one DINOv2 training loop, used by `lvd train`, torchrun and Ray Train alike.
 
-Per step: schedules → forward under autocast → loss parts checked for NaN/inf → backward → grad
+Per step: schedules → forward under autocast → loss parts watched for NaN/inf → backward → grad
 clip → AdamW step → teacher EMA. Every `log_every` steps rank 0 appends a line to
 `metrics.jsonl` (loss parts, lr, wd, momentum, teacher temperature, images/s); every
 `checkpoint_every` steps and at the end a DCP checkpoint is written, and at the end the teacher
@@ -10,18 +10,17 @@ backbone is exported for evaluation and for the embed stage.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from curation.errors import LvdError
+from foundation.errors import LvdError
 from training import checkpoint
 from training.config import TrainConfig
 from training.data import loader_for
@@ -48,6 +47,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def autocast_for(dtype: torch.dtype, device: torch.device) -> AbstractContextManager:
+    """What the forward and loss run under: autocast to `dtype`, or nothing for fp32."""
+    return torch.autocast(device.type, dtype) if dtype != torch.float32 else nullcontext()
+
+
 SHAPE_SECTIONS = ("model", "dino_head", "ibot_head", "crops")
 
 
@@ -66,13 +70,33 @@ def check_resumable(config: TrainConfig, out: Path) -> None:
         )
 
 
-def check_finite(parts: dict[str, torch.Tensor], step: int) -> None:
-    for name, value in parts.items():
-        if name != "total" and not math.isfinite(value.item()):
+class FiniteWatch:
+    """NaN/inf watch over the loss parts without a host sync every step.
+
+    Each step ANDs, on the device, whether every part is finite; `check` reads the flags once (at
+    logging and checkpoint steps), names the part that went bad and the steps it went bad between,
+    and so stops the run before it checkpoints a diverged model. A per-step `.item()` would stall
+    a GPU's queue once a step.
+    """
+
+    def __init__(self) -> None:
+        self.flags: torch.Tensor | None = None
+        self.names: list[str] = []
+        self.since = 0
+
+    def add(self, parts: dict[str, torch.Tensor]) -> None:
+        self.names = [name for name in parts if name != "total"]
+        finite = torch.stack([torch.isfinite(parts[name].detach()).all() for name in self.names])
+        self.flags = finite if self.flags is None else self.flags & finite
+
+    def check(self, step: int) -> None:
+        if self.flags is not None and not bool(self.flags.all()):
+            name = self.names[int((~self.flags).nonzero()[0])]
             raise TrainingDiverged(
-                f"loss part '{name}' is {value.item()} at step {step}; "
+                f"loss part '{name}' became nan or inf between steps {self.since + 1} and {step}; "
                 "lower optim.base_lr, raise teacher.warmup_temp_epochs or use precision=fp32"
             )
+        self.flags, self.since = None, step
 
 
 class MetricsLog:
@@ -130,17 +154,18 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
     last_step = min(config.optim.total_steps, run.max_steps or config.optim.total_steps)
     metrics = MetricsLog(out, env)
     metrics.forget_after(step)
-    autocast = torch.autocast(env.device.type, dtype) if dtype != torch.float32 else nullcontext()
+    autocast = autocast_for(dtype, env.device)
     progress = tqdm(total=last_step, initial=step, desc="train", disable=not env.is_main, unit="step")
     window_start, window_images = time.perf_counter(), 0
     parts: dict[str, torch.Tensor] = {}
+    watch = FiniteWatch()
     model.train()
     while step < last_step:
         batch = next(loader).to(env.device)
         values = schedules.apply(optimizer, step)
         with autocast:
             parts = compute_losses(model, student, batch, values["teacher_temp"])
-        check_finite(parts, step)
+        watch.add(parts)
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         grad_norm = (
@@ -156,6 +181,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
         window_images += images
         progress.update(1)
         if step % run.log_every == 0 or step == last_step:
+            watch.check(step)
             elapsed = time.perf_counter() - window_start
             logged = {f"loss/{k}": v.item() for k, v in parts.items()}
             logged.update(values, grad_norm=float(grad_norm), images_per_s=window_images / elapsed)
@@ -163,6 +189,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
             progress.set_postfix(loss=f"{logged['loss/total']:.3f}")
             window_start, window_images = time.perf_counter(), 0
         if step % run.checkpoint_every == 0 or step == last_step:
+            watch.check(step)
             checkpoint.save(out / "checkpoints", step, images_seen, model, optimizer, env, run.keep_checkpoints)
     progress.close()
     export = checkpoint.export_backbone(model.exported_backbone(), out / "export", env)

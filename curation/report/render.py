@@ -7,19 +7,18 @@ row, a few contamination hits) so the page stays small whatever the run's size.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.report import figures
 from curation.report.gallery import Thumbnails
 from curation.report.stats import collect_stats
+from foundation.report import figures
+from foundation.report.page import write_page
 
 DUPLICATE_GROUPS, DUPLICATES_PER_GROUP = 6, 7
 QUERIES_PER_ROW, NEIGHBOURS_PER_QUERY = 3, 6
@@ -150,19 +149,6 @@ def make_grids(root: Path, stats: dict[str, Any]) -> dict[str, Any]:
     return {"duplicates": _groups(duplicates), "retrieval": retrieval, "decontam": _groups(decontam)}
 
 
-def environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("curation.report", "."), autoescape=True, undefined=jinja2.StrictUndefined
-    )
-
-
-def write_page(out: Path, template: str, stats: dict[str, Any], **context: Any) -> None:
-    """stats.json and index.html (the template rendered with the stats and `context`) into `out`."""
-    html = environment().get_template(template).render(stats=stats, **context)
-    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    (out / "index.html").write_text(html)
-
-
 def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
     """Write stats.json and index.html into `out_dir` (default RUN/report); return the stats."""
     root = Path(run_dir)
@@ -171,6 +157,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
     stats = collect_stats(root)
     write_page(
         out,
+        __package__,
         "curation.html.j2",
         stats,
         title=f"Curation report: {stats['run']['name']}",

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from curation.errors import StageError
 from curation.rundir import RunDir
+from foundation.errors import StageError
 
 FATES = ("curated", "not_retrieved", "contaminated", "duplicate", "quarantined")
 

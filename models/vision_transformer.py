@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.layers import Block, PatchEmbed
+from models.layers import Block, PatchEmbed
 
 
 @dataclass(frozen=True)

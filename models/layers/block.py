@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.layers.attention import Attention
-from training.layers.drop_path import DropPath
-from training.layers.layer_scale import LayerScale
-from training.layers.mlp import Mlp, SwiGLUFFNFused
+from models.layers.attention import Attention
+from models.layers.drop_path import DropPath
+from models.layers.layer_scale import LayerScale
+from models.layers.mlp import Mlp, SwiGLUFFNFused
 
 FFN_LAYERS = {"mlp": Mlp, "swiglufused": SwiGLUFFNFused}
 

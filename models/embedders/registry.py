@@ -13,15 +13,14 @@ from pathlib import Path
 
 from torch import nn
 
-from curation.embedders.base import Embedder, Preprocess
-from curation.errors import ConfigError
+from foundation.errors import ConfigError
+from models.embedders.base import Embedder, Preprocess
 
 Built = tuple[nn.Module, int, Preprocess]
 Builder = Callable[[str, "str | Path | None"], Built]
 
 _BUILDERS: dict[str, Builder] = {}
 _EXAMPLES: dict[str, list[str]] = {}
-RANDOM_WEIGHTS = "random"
 
 
 def register_embedder(kind: str, examples: list[str]) -> Callable[[Builder], Builder]:

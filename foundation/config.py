@@ -2,7 +2,7 @@
 
 Every model derives from `Section`, which forbids unknown keys, so a misspelt key stops the run
 before any work with a message naming the key, the file and the closest valid spelling.
-Path fields are `curation.storage.ConfigPath` (read: local or any fsspec URL) or `OutputPath`
+Path fields are `foundation.storage.ConfigPath` (read: local or any fsspec URL) or `OutputPath`
 (written: local or file://); relative paths resolve against the config file's own directory.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from curation.errors import ConfigError
+from foundation.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curation.embedders.base import Preprocess
+from models.embedders.base import Preprocess
 
 # Weights chosen on the synthetic crawl (seed 0): every planted duplicate pair scores >= 0.92 and
 # no two unique images do; see tests/test_embedders.py for the figures asserted.

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from curation.errors import LvdError
-from curation.report import figures
-from curation.report.render import write_page
+from foundation.errors import LvdError
+from foundation.report import figures
+from foundation.report.page import write_page
 
 
 def write_training_report(train_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
@@ -36,6 +36,7 @@ def write_training_report(train_dir: Path, out_dir: Path | None = None) -> dict[
     out.mkdir(parents=True, exist_ok=True)
     write_page(
         out,
+        __package__,
         "training.html.j2",
         stats,
         title=f"Training report: {Path(train_dir).resolve().name}",

@@ -23,7 +23,7 @@ import fsspec
 from pydantic import PlainSerializer, PlainValidator, ValidationInfo, WithJsonSchema
 from upath import UPath
 
-from curation.errors import ConfigError
+from foundation.errors import ConfigError
 
 Location = Path | UPath
 """A readable location: a local `Path`, or a `UPath` (pathlib's API over an fsspec file system)."""

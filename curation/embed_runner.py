@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from curation import embed
-from curation.errors import StageError
+from foundation.errors import StageError
 
 READ_TASK_CPUS = 0.5
 
@@ -57,7 +57,7 @@ def run_role(
         return
     import ray
 
-    from pipelines.ray_session import connect_ray
+    from foundation.ray_session import connect_ray
 
     connect_ray()
     # Actors must leave CPU for the read tasks, or a CPU-only cluster with as many actors as cores

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from curation.embedders.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from curation.embedders.checkpoint import CheckpointError, load_strict
-from curation.embedders.registry import RANDOM_WEIGHTS, Built, register_embedder
-from curation.embedders.tiny import PREPROCESS as TINY_PREPROCESS
-from curation.embedders.tiny import TinyEmbedder
-from curation.errors import ConfigError
-from curation.storage import location, open_input
+from foundation.errors import ConfigError
+from foundation.storage import location, open_input
+from models.backbones import load_backbone
+from models.checkpoint import RANDOM_WEIGHTS, CheckpointError, load_strict
+from models.embedders.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from models.embedders.registry import Built, register_embedder
+from models.embedders.tiny import PREPROCESS as TINY_PREPROCESS
+from models.embedders.tiny import TinyEmbedder
 
 
 def _load_weights(model: nn.Module, name: str, weights: str | Path | None) -> nn.Module:
@@ -30,7 +30,7 @@ def _load_weights(model: nn.Module, name: str, weights: str | Path | None) -> nn
 
 @register_embedder("tiny", ["tiny", "tiny:semantic"])
 def build_tiny(argument: str, weights: str | Path | None) -> Built:
-    """Weight-free and deterministic; for tests and the demo (see curation.embedders.tiny)."""
+    """Weight-free and deterministic; for tests and the demo (see models.embedders.tiny)."""
     if argument not in ("", "semantic") or weights not in (None, RANDOM_WEIGHTS):
         raise ConfigError("embedder 'tiny' takes no weights and only the argument 'semantic'")
     return TinyEmbedder(semantic=argument == "semantic"), TinyEmbedder.dim, TINY_PREPROCESS
@@ -54,13 +54,7 @@ def build_timm(argument: str, weights: str | Path | None) -> Built:
 @register_embedder("dinov2", [f"dinov2:{a}{r}" for a in ("vits14", "vitb14", "vitl14", "vitg14") for r in ("", "_reg")])
 def build_dinov2(argument: str, weights: str | Path | None) -> Built:
     """An official DINOv2 backbone checkpoint (torch.hub layout); the feature is the normalised CLS token."""
-    from training.vision_transformer import create_vit
-
-    try:
-        model = create_vit(argument)
-    except ValueError as exc:
-        raise ConfigError(f"embedder 'dinov2:{argument}': {exc}") from None
-    model = _load_weights(model, f"dinov2:{argument}", weights)
+    model = load_backbone(f"dinov2:{argument}", weights)
     return model, model.embed_dim, Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -84,19 +78,8 @@ def build_torchscript(argument: str, weights: str | Path | None) -> Built:
 
 @register_embedder("lvd", ["lvd:<export dir>"])
 def build_lvd(argument: str, weights: str | Path | None) -> Built:
-    """A backbone exported by `lvd train`/`lvd distill` (`<dir>/backbone.json` + `<dir>/teacher_backbone.pth`).
-
-    `weights` overrides the .pth; `weights='random'` gives the same architecture at random init,
-    the baseline a trained model is compared with.
-    """
-    from training.checkpoint import EXPORT_SPEC, EXPORT_WEIGHTS
-    from training.vision_transformer import vit_from_spec
-
-    directory = location(argument)
-    spec_path = directory / EXPORT_SPEC
-    if not spec_path.is_file():
-        raise CheckpointError(f"{directory} is not a backbone export: {spec_path} is missing")
-    model = vit_from_spec(json.loads(spec_path.read_text()))
-    model = _load_weights(model, f"lvd:{argument}", weights or directory / EXPORT_WEIGHTS)
+    """A backbone exported by `lvd train`/`lvd distill` (see models.backbones); `weights` overrides its
+    .pth, and `weights='random'` gives the same architecture at random init."""
+    model = load_backbone(f"lvd:{argument}", weights)
     crop = model.spec["img_size"]
     return model, model.embed_dim, Preprocess(round(crop * 256 / 224), crop, IMAGENET_MEAN, IMAGENET_STD)

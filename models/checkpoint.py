@@ -9,9 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from curation.errors import LvdError
-from curation.storage import Location, location, open_input
+from foundation.errors import LvdError
+from foundation.storage import Location, location, open_input
 
+RANDOM_WEIGHTS = "random"
+"""`weights="random"`: the architecture at random init, for benchmarks and the baseline a trained
+model is compared with; never a file name."""
 WRAPPER_KEYS = ("state_dict", "model", "teacher")
 STRIPPED_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 

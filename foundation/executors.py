@@ -1,7 +1,7 @@
-"""How a stage's independent pieces of work are spread out: in-process, a local process pool, or Ray.
+"""How a stage's independent pieces of work are spread out: in-process, local processes, or Ray.
 
-Stages in `curation/` take a `map_fn(fn, items)` and never import Ray themselves, so the same
-stage code runs in a unit test on 200 images and as Ray tasks on a cluster (STYLE.md §1).
+Stages take a `map_fn(fn, items)` and never import Ray themselves, so the same stage code runs in
+a unit test on 200 images and as Ray tasks on a cluster, as img2dataset's distributors do.
 Results come back in completion order; stages must not depend on it.
 """
 
@@ -12,14 +12,27 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
-from curation.errors import WorkerCrashed
+from foundation.errors import WorkerCrashed
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+MapFn = Callable[[Callable[[T], R], Iterable[T]], Iterator[R]]
+
+
+class WritesOneFile(Protocol):
+    out: str
+
+
+def run_unfinished(map_fn: MapFn, fn: Callable[[Any], object], tasks: list[WritesOneFile]) -> None:
+    """Run the tasks whose output file (`task.out`, written atomically) does not exist yet, so a
+    killed stage keeps the chunks it finished."""
+    for _ in map_fn(fn, [task for task in tasks if not Path(task.out).exists()]):
+        pass
 
 
 def serial_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
@@ -81,7 +94,7 @@ def ray_map(num_cpus: float = 1.0) -> Callable[[Callable[[T], R], Iterable[T]], 
     import ray
     from ray.exceptions import OutOfMemoryError, WorkerCrashedError
 
-    from pipelines.ray_session import connect_ray
+    from foundation.ray_session import connect_ray
 
     connect_ray()
 

@@ -1,0 +1,122 @@
+"""The stages after dedup (decontam, retrieve, curated), each as a ratio to the bare operation it
+wraps, and the rates `--plan` extrapolates them from.
+
+    python benchmarks/downstream.py [--images 6000] [--clusters 64] [--repeats 3] [--record]
+
+A synthetic crawl is curated once; then each stage is run again alone (forced, same inputs) and
+timed against its bare operation on the same data:
+- decontam: the stage against a bare Faiss index over the pool plus the search of every eval image;
+- retrieve: the stage against bare `faiss.Kmeans` training and assignment with the same clusters and
+  iterations (at scale the cluster rows' k-means is the stage's cost; here the sample rows' search
+  and parquet writing are inside the stage's time too);
+- curated: the stage against bare reading of the selected images from the ingest tars and writing
+  them into one tar.
+Recorded rates: decontam.pool_images_per_s; retrieve.kmeans_point_clusters_per_s, i.e.
+(iterations x training points + pool) x clusters per second, faiss training on at most 256 points
+per centroid; assemble.images_per_s. Each figure is the median of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import pyarrow.parquet as pq
+
+from curation.embed import POOL, read_embeddings
+from curation.knn import build_index, neighbours_above
+from curation.measurements import record
+from curation.pipeline import curate
+from curation.retrieve import Pool
+from curation.run_config import CurationConfig, load_curation_config
+from curation.shards import ShardWriter, read_members
+from curation.synth.crawl import make_crawl
+
+MAX_POINTS_PER_CENTROID = 256  # faiss.Kmeans' default: training samples at most this many per cluster
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def bare_decontam(run: Path, config: CurationConfig) -> None:
+    _, vectors = read_embeddings(run / "embed" / config.decontam.role / POOL)
+    index = build_index(vectors, config.decontam.index)
+    for eval_set in config.decontam.eval_sets:
+        _, queries = read_embeddings(run / "embed" / config.decontam.role / "eval" / eval_set.name)
+        neighbours_above(index, config.decontam.index, vectors, queries, config.decontam.k, config.decontam.threshold)
+
+
+def bare_kmeans(pool: Pool, clusters: int, iterations: int) -> None:
+    kmeans = faiss.Kmeans(pool.vectors.shape[1], clusters, niter=iterations, seed=0, spherical=True)
+    kmeans.train(pool.vectors)
+    kmeans.index.search(pool.vectors, 1)
+
+
+def bare_assemble(run: Path, out: Path) -> None:
+    index = pq.read_table(run / "ingest" / "index.parquet", columns=["key", "shard"]).to_pylist()
+    curated = set(pq.read_table(run / "curated" / "index.parquet", columns=["key"])["key"].to_pylist())
+    by_shard: dict[int, set[str]] = {}
+    for row in index:
+        if row["key"] in curated:
+            by_shard.setdefault(row["shard"], set()).add(f"{row['key']}.jpg")
+    with ShardWriter(out) as writer:
+        for shard, names in sorted(by_shard.items()):
+            for name, data in sorted(read_members(run / "ingest" / f"{shard:06d}.tar", names).items()):
+                writer.write(name.removesuffix(".jpg"), {"jpg": data})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=6000)
+    parser.add_argument("--clusters", type=int, default=64, help="retrieve.clusters (the demo's 16 is too few)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--record", action="store_true", help="append the measured rates to benchmarks/results.jsonl")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        crawl = make_crawl(Path(tmp) / "crawl", images=args.images, seed=0)
+        config = load_curation_config(crawl / "curation.yaml", [f"retrieve.clusters={args.clusters}"])
+        run = Path(tmp) / "run"
+        curate(config, run, executor="local")
+        pool = Pool.load(run / "embed", config.retrieve.role, run / "decontam")
+        stage, bare = {}, {}
+        for name, bare_op in (
+            ("decontam", lambda: bare_decontam(run, config)),
+            ("retrieve", lambda: bare_kmeans(pool, args.clusters, config.retrieve.kmeans_iterations)),
+            ("curated", lambda: bare_assemble(run, Path(tmp) / "bare.tar")),
+        ):
+            runs = [
+                (timed(lambda n=name: curate(config, run, (n,), start_from=n, executor="local")), timed(bare_op))
+                for _ in range(args.repeats)  # interleaved, so drift in machine load hits both sides alike
+            ]
+            stage[name] = statistics.median(s for s, _ in runs)
+            bare[name] = statistics.median(b for _, b in runs)
+        curated = pq.ParquetFile(run / "curated" / "index.parquet").metadata.num_rows
+    points = min(len(pool.keys), MAX_POINTS_PER_CENTROID * args.clusters)
+    kmeans_ops = (config.retrieve.kmeans_iterations * points + len(pool.keys)) * args.clusters
+    print(f"pool {len(pool.keys)} images after dedup and decontam, {curated} curated, {args.clusters} clusters")
+    for name in stage:
+        print(f"{name:<9} stage {stage[name]:7.2f} s   bare {bare[name]:7.2f} s   ratio {bare[name] / stage[name]:.2f}")
+    rates = {  # metric: (value, unit, subject); a subject's @ names the size --plan extrapolates from
+        "decontam.pool_images_per_s": (len(pool.keys) / stage["decontam"], "images/s", f"decontam@{len(pool.keys)}"),
+        "retrieve.kmeans_point_clusters_per_s": (
+            kmeans_ops / stage["retrieve"],
+            "point-clusters/s",
+            f"d@{pool.vectors.shape[1]}",
+        ),
+        "assemble.images_per_s": (curated / stage["curated"], "images/s", "assemble"),
+    }
+    for metric, (value, unit, subject) in rates.items():
+        print(f"{metric} [{subject}]: {value:,.0f} {unit}")
+        if args.record:
+            record("benchmarks/downstream.py", metric, value, unit, subject)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one run (about 5 minutes on one H100/H200), one table at the end.
+#
+#   bash benchmarks/gpu_check.sh [--record]      # on a machine with a CUDA GPU, from the repository root
+#
+# The machine needs torch, torchvision, timm, numpy, pyarrow, PIL, scikit-image, fsspec, typer, rich,
+# yaml, jinja2 and matplotlib; the project's other imports come as wheels in ./wheels (not Ray, not
+# faiss-gpu: these checks run without them), made on a networked machine with
+#
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d wheels \
+#       pydantic pydantic-core annotated-types typing-inspection typing-extensions \
+#       "webdataset<0.3" braceexpand faiss-cpu universal-pathlib pathlib-abc
+#
+# Rows: the vitl14 and vitg14 recipes trained for a few steps under torchrun (FSDP2), finite losses,
+# an export that `lvd:` loads; per recipe the bare step's MFU, the loop's ratio to it unsharded
+# (target >= 0.95) and under FSDP2 (target >= 0.90), and peak memory. With --record every figure goes
+# to benchmarks/results.jsonl under the GPU's name.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+record=""
+[ "${1:-}" = "--record" ] && record="--record"
+out="$(mktemp -d)"
+log="$out/log.txt"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+if [ -d wheels ] && ! python -c "import pydantic, webdataset, faiss, upath" 2>/dev/null; then
+  python -m pip install -q --no-deps --no-index wheels/*.whl
+fi
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name())" \
+  || { echo "gpu_check: no CUDA GPU here; nothing measured"; exit 2; }
+
+python benchmarks/train.py --help >/dev/null || exit 1
+shards="$out/shards"
+python - "$shards" <<'EOF'
+import sys
+from pathlib import Path
+from benchmarks.train import synthetic_shards
+synthetic_shards(Path(sys.argv[1]), 2000)
+EOF
+
+rows=()
+check() {  # name, command...: run it, keep its output, add a row with its status
+  local name="$1"; shift
+  local started=$SECONDS
+  if "$@" >"$out/$name.txt" 2>&1; then status=ok; else status="FAILED (see $out/$name.txt)"; fi
+  cat "$out/$name.txt" >>"$log"
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads' "$out/$name.txt" | tr '\n' ' ' | cut -c1-160)")
+}
+
+for recipe in vitl14 vitg14; do
+  batch=$([ "$recipe" = vitl14 ] && echo 32 || echo 12)
+  common=(data.shards="$shards" data.workers=12 data.batch_size_per_gpu="$batch")
+  check "$recipe-train" bash -c "torchrun --standalone --nproc-per-node 1 -m pipelines.pretrain \
+      configs/training/$recipe.yaml ${common[*]} run.output_dir=$out/$recipe run.max_steps=20 run.log_every=5 \
+    && python -c \"from models.backbones import load_backbone; import sys; \
+      m = load_backbone('lvd:$out/$recipe/export'); print('export loads:', sum(p.numel() for p in m.parameters()), 'params')\""
+  check "$recipe-unsharded" python benchmarks/train.py --config "configs/training/$recipe.yaml" --steps 15 $record \
+      "${common[@]}" run.parallel=ddp
+  check "$recipe-fsdp2" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
+      --config "configs/training/$recipe.yaml" --steps 15 $record "${common[@]}" run.parallel=fsdp
+done
+
+printf '\n%-20s | %-8s | %-6s | %s\n' check status time figures
+for row in "${rows[@]}"; do
+  IFS='|' read -r name status took figures <<<"$row"
+  printf '%-20s | %-8s | %-6s | %s\n' "$name" "$status" "$took" "$figures"
+done
+echo "full log: $log"
