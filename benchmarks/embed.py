@@ -1,6 +1,7 @@
 """Embed-stage throughput as a ratio to a bare loop of `model(x)` on the same preprocessed tensors.
 
     python benchmarks/embed.py [--images 2000] [--model dinov2:vits14] [--batch-size 32] [--gpu]
+        [--executor ray|local] [--decode auto|cpu|device]
 
 Both sides run the same model (random weights: speed does not depend on them) at the same batch
 size. The bare side times only the forward passes over tensors prepared in advance; the stage
@@ -13,6 +14,8 @@ imports and model build, and a first (warm-up) batch, about 5.5 s on 2 cores. Pe
 within 3% of the bare loop (3.0 s against 2.9 s for 32 images of ViT-S/14), so the ratio depends
 on how many images amortise the start-up: 0.73-0.86 over 640 images, 0.91 over 2,000 (default);
 a real shard run lasts hours. With --gpu the model runs on one GPU in fp16 (e.g. timm:vit_huge_patch14_224).
+`--executor local` runs the stage in this process (decode prefetched on threads), as a GPU box
+without Ray does; `--decode device` decodes the JPEGs beside the model (nvjpeg on a GPU).
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ def main() -> None:
     parser.add_argument("--model", default="dinov2:vits14")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--executor", choices=("ray", "local"), default="ray", help="Ray Data, or in this process")
+    parser.add_argument("--decode", choices=("auto", "cpu", "device"), default="auto", help="embed.decode")
     parser.add_argument("--record", action="store_true", help="append the measured rate to benchmarks/results.jsonl")
     args = parser.parse_args()
     device, precision = ("cuda", "fp16") if args.gpu else ("cpu", "fp32")
@@ -78,6 +83,7 @@ def main() -> None:
                     }
                 },
                 "gpus_per_actor": 1.0 if args.gpu else 0.0,
+                "decode": args.decode,
             },
         }
         config = validate_tree(CurationConfig, tree, source="benchmark")
@@ -93,9 +99,10 @@ def main() -> None:
         batches = [np.stack(pixels[i : i + args.batch_size]) for i in range(0, n, args.batch_size)]
         bare = bare_forward(args.model, batches, device, precision)
 
-        connect_ray()
+        if args.executor == "ray":
+            connect_ray()
         started = time.perf_counter()
-        curate(config, run_dir, ("ingest", "embed"), executor="ray")
+        curate(config, run_dir, ("ingest", "embed"), executor=args.executor)
         stage = time.perf_counter() - started
         shutil.rmtree(run_dir)
     print(
@@ -103,7 +110,7 @@ def main() -> None:
         f"{torch.get_num_threads()} torch threads"
     )
     print(f"bare model(x) loop : {n / bare:8.1f} images/s")
-    print(f"embed stage (Ray)  : {n / stage:8.1f} images/s")
+    print(f"embed stage ({args.executor:<5}): {n / stage:8.1f} images/s  (decode {args.decode})")
     print(f"ratio stage/bare   : {bare / stage:.2f}  (target >= 0.90 on CPU)")
     if args.record:
         record("benchmarks/embed.py", "embed.images_per_s", n / stage, "images/s", args.model, gpu=args.gpu)

@@ -14,8 +14,9 @@
 #
 # Rows: the vitl14 and vitg14 recipes trained for a few steps under torchrun (FSDP2), finite losses,
 # an export that `lvd:` loads; per recipe the bare step's MFU, the loop's ratio to it unsharded
-# (target >= 0.95) and under FSDP2 (target >= 0.90), and peak memory. With --record every figure goes
-# to benchmarks/results.jsonl under the GPU's name.
+# (target >= 0.95) and under FSDP2 (target >= 0.90), and peak memory; the embed stage in-process
+# with ViT-H/14 fp16 and GPU JPEG decoding against its bare loop (target >= 0.90). With --record
+# every figure goes to benchmarks/results.jsonl under the GPU's name.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 record=""
@@ -45,7 +46,7 @@ check() {  # name, command...: run it, keep its output, add a row with its statu
   local started=$SECONDS
   if "$@" >"$out/$name.txt" 2>&1; then status=ok; else status="FAILED (see $out/$name.txt)"; fi
   cat "$out/$name.txt" >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads' "$out/$name.txt" | tr '\n' ' ' | cut -c1-160)")
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s' "$out/$name.txt" | tr '\n' ' ' | cut -c1-160)")
 }
 
 for recipe in vitl14 vitg14; do
@@ -60,6 +61,10 @@ for recipe in vitl14 vitg14; do
   check "$recipe-fsdp2" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
       --config "configs/training/$recipe.yaml" --steps 15 $record "${common[@]}" run.parallel=fsdp
 done
+
+# The embed stage in-process (no Ray here) with JPEGs decoded on the GPU, against its bare model(x) loop.
+check "embed-vith14" python benchmarks/embed.py --model timm:vit_huge_patch14_224 --gpu --executor local \
+    --decode device --images 3000 --batch-size 256 $record
 
 printf '\n%-20s | %-8s | %-6s | %s\n' check status time figures
 for row in "${rows[@]}"; do
