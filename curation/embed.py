@@ -140,10 +140,9 @@ class EmbedWorker:
             files = [row["jpegs"][a:b] for a, b in itertools.pairwise(offsets)]
             pixels = decode_batch(files, self.embedder.preprocess, self.embedder.device)
             vectors = self.embedder(pixels).numpy().astype(np.float16)
-        elif json.loads(row["shape"]) == [0]:
+        elif (shape := json.loads(row["shape"])) == [0]:
             vectors = np.zeros((0, self.embedder.dim), np.float16)
         else:
-            shape = json.loads(row["shape"])
             pixels = np.frombuffer(bytearray(row["pixels"]), np.uint8).reshape(shape)  # writable for torch
             vectors = self.embedder(pixels).numpy().astype(np.float16)
         return {key: row[key] for key in ("out", "batch", "batches", "keys")} | {

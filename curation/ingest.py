@@ -153,13 +153,6 @@ def ingest_shard(task: ShardTask, isolated: bool = False) -> tuple[int, int]:
     return len(rows), len(rejected)
 
 
-def ingest_shard_isolated(task: ShardTask) -> tuple[int, int]:
-    """`ingest_shard` with every input decoded in a child process: the input that kills the decoder
-    is quarantined as `crashed_decoder` and the rest of the shard is kept."""
-    log.warning("shard %d killed its worker on every try; decoding its inputs one by one", task.index)
-    return ingest_shard(task, isolated=True)
-
-
 def _sample_meta(key: str, ref: InputRef, image: CleanImage) -> dict[str, object]:
     return {
         "key": key,
@@ -221,9 +214,10 @@ def ingest_collection(
     try:
         for _ in map_fn(ingest_shard, todo):
             progress(1)
-    except WorkerCrashed as crash:
+    except WorkerCrashed as crash:  # the input that kills the decoder becomes `crashed_decoder`; the rest is kept
         for task in crash.items:
-            ingest_shard_isolated(task)
+            log.warning("shard %d killed its worker on every try; decoding its inputs one by one", task.index)
+            ingest_shard(task, isolated=True)
             progress(1)
     counts = _merge_parts(tasks, out_dir)
     counts["inputs"] = len(refs)

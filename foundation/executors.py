@@ -36,12 +36,12 @@ def run_unfinished(map_fn: MapFn, fn: Callable[[Any], object], tasks: list[Write
 
 
 def serial_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-    """Run every item in this process (debugging, and workers=1)."""
+    """Run every item in this process (stages whose work already uses every core, like Faiss searches)."""
     for item in items:
         yield fn(item)
 
 
-def process_map(workers: int, attempts: int = 2) -> Callable[[Callable[[T], R], Iterable[T]], Iterator[R]]:
+def process_map(workers: int, attempts: int = 2) -> MapFn:
     """A map over a pool of `workers` local processes that survives a process dying hard.
 
     A pool that loses a process (a segfault in a native decoder, the OOM killer) breaks as a whole
@@ -118,7 +118,7 @@ def prefetched(fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator
             yield window.popleft().result()
 
 
-def ray_map(num_cpus: float = 1.0) -> Callable[[Callable[[T], R], Iterable[T]], Iterator[R]]:
+def ray_map(num_cpus: float = 1.0) -> MapFn:
     """A map over Ray tasks on whatever cluster `ray.init()` connected to (one task per item).
 
     Ray already runs a task again when its worker process dies (up to `max_retries`); an item
