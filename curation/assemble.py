@@ -64,11 +64,11 @@ def run_assemble(
     lineage = gather_lineage(retrieve_dir, rows)
     order = sorted(lineage)
     order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
-    facts = _ingest_facts(ingest_dir, {collection for collection, _ in order})
+    facts = ingest_facts(ingest_dir, {collection for collection, _ in order})
     index_rows = []
     for shard, start in enumerate(range(0, len(order), config.shard_size)):
         members = order[start : start + config.shard_size]
-        images = _read_images(ingest_dir, members, facts)
+        images = read_images(ingest_dir, members, facts)
         with ShardWriter(work_dir / f"{shard:06d}.tar") as writer:
             for collection, key in members:
                 source = facts[(collection, key)]["source"]
@@ -109,7 +109,8 @@ def run_assemble(
     }
 
 
-def _ingest_facts(ingest_dir: Path, collections: set[str]) -> dict[tuple[str, str], dict]:
+def ingest_facts(ingest_dir: Path, collections: set[str]) -> dict[tuple[str, str], dict]:
+    """(collection, key) -> the ingest index's key, shard and source, for every image of `collections`."""
     facts = {}
     for collection in collections:
         for row in pq.read_table(
@@ -119,7 +120,11 @@ def _ingest_facts(ingest_dir: Path, collections: set[str]) -> dict[tuple[str, st
     return facts
 
 
-def _read_images(ingest_dir: Path, members: list[tuple[str, str]], facts: dict) -> dict[tuple[str, str], bytes]:
+def read_images(
+    ingest_dir: Path, members: list[tuple[str, str]], facts: dict | None = None
+) -> dict[tuple[str, str], bytes]:
+    """The ingested JPEG bytes of `members` ((collection, key) pairs), reading each tar once."""
+    facts = facts or ingest_facts(ingest_dir, {collection for collection, _ in members})
     wanted: dict[Path, dict[str, tuple[str, str]]] = defaultdict(dict)
     for collection, key in members:
         tar = collection_dir(ingest_dir, collection) / f"{facts[(collection, key)]['shard']:06d}.tar"

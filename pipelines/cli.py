@@ -165,8 +165,17 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="where the crawl, the runs and the models go")] = Path("lvd-demo"),
     images: Annotated[int, typer.Option()] = 2000,
     training: Annotated[bool, typer.Option("--train/--no-train", help="also pretrain, distil and evaluate")] = True,
+    ablation: Annotated[
+        bool, typer.Option("--ablation", help="also measure what curation is worth (benchmarks/curation_value.py)")
+    ] = False,
+    seeds: Annotated[int, typer.Option(help="with --ablation: seeds per variant")] = 3,
 ) -> None:
-    """End to end on a synthetic crawl: synth, every curation stage, then pretraining, distillation and kNN eval."""
+    """End to end on a synthetic crawl: synth, every curation stage, then pretraining, distillation and kNN eval.
+
+    With --ablation, the same ViT is also trained on the curated set and on four other variants of a
+    harder crawl's pool (random sample, whole deduplicated pool, raw pool, balanced sample) and each is
+    measured on the concepts the seed sets cover and on the rest: DINOv2's Table 2 in miniature.
+    """
     from curation.synth.crawl import make_crawl
 
     crawl = workdir / "crawl"
@@ -182,6 +191,11 @@ def demo(
         f"demo: curated shards in {run.root / 'curated'}, report {run.root / 'report' / 'index.html'}, "
         f"manifest {run.root / 'manifest.json'}"
     )
+    if ablation:
+        from pipelines.curation_value import run_all, summarise, table
+
+        console.print(table(summarise(run_all(workdir / "curation-value", seeds=seeds))), highlight=False)
+        console.print(f"demo: curation-value runs and results.json in {workdir / 'curation-value'}")
     if not training:
         return
     from pipelines.demo_training import train_distill_evaluate

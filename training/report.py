@@ -1,4 +1,8 @@
-"""`lvd report TRAIN_DIR`: loss parts, schedules and throughput of a training run, from its metrics.jsonl."""
+"""`lvd report TRAIN_DIR`: loss parts, schedules and throughput of a training run, from its metrics.jsonl.
+
+When the run was evaluated (the curation-value benchmark writes TRAIN_DIR/evaluation.json: what it
+trained on and its kNN and linear-probe top-1 per task), the page shows those figures too.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,9 @@ def write_training_report(train_dir: Path, out_dir: Path | None = None) -> dict[
         "grad norm": figures.lines(steps, series("grad_norm"), "Gradient norm", "norm", log=True),
     }
     stats = {"steps": steps[-1], "logged": len(rows), "last": {k: round(v, 6) for k, v in rows[-1].items()}}
+    evaluation = Path(train_dir) / "evaluation.json"
+    if evaluation.is_file():
+        stats["evaluation"] = json.loads(evaluation.read_text())
     out = out_dir or Path(train_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     write_page(

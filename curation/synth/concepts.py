@@ -139,6 +139,42 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 Render = Callable[[np.random.Generator, Size], Image.Image]
 
 
+def rings(rng: np.random.Generator, size: Size) -> Image.Image:
+    """Concentric rings around a point that may lie outside the picture (then they read as arcs)."""
+    x, y = _grid(size)
+    cx, cy, freq = rng.uniform(-0.3, 1.3), rng.uniform(-0.3, 1.3), rng.uniform(2, 6)
+    mask = 0.5 + 0.5 * np.sin(2 * np.pi * freq * np.hypot(x - cx, y - cy) + rng.uniform(0, 2 * np.pi))
+    return _blend(mask, *_two_colours(rng, 0.0, 1.0))
+
+
+def waves(rng: np.random.Generator, size: Size) -> Image.Image:
+    """Gratings bent by a slow sine: stripes' fine-grained neighbour."""
+    x, y = _grid(size)
+    angle, freq, bend = rng.uniform(0, np.pi), rng.uniform(1.5, 5), rng.uniform(0.08, 0.2)
+    u, v = x * np.cos(angle) + y * np.sin(angle), -x * np.sin(angle) + y * np.cos(angle)
+    mask = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (u + bend * np.sin(2 * np.pi * rng.uniform(1, 3) * v)))
+    return _blend(mask, *_two_colours(rng, 0.0, 1.0))
+
+
+def dots(rng: np.random.Generator, size: Size) -> Image.Image:
+    """A rotated lattice of equal discs."""
+    x, y = _grid(size)
+    angle, cells, radius = rng.uniform(0, np.pi / 2), rng.uniform(3, 8), rng.uniform(0.15, 0.35)
+    u = (x * np.cos(angle) - y * np.sin(angle)) * cells + rng.uniform(0, 1)
+    v = (x * np.sin(angle) + y * np.cos(angle)) * cells + rng.uniform(0, 1)
+    mask = (np.hypot(u - np.round(u), v - np.round(v)) < radius).astype(np.float32)
+    return _blend(mask, *_two_colours(rng, 0.0, 1.0))
+
+
+def mosaic(rng: np.random.Generator, size: Size) -> Image.Image:
+    """Voronoi cells, each a flat colour: a stained-glass pattern with straight borders."""
+    x, y = _grid(size)
+    sites = rng.uniform(0, 1, (int(rng.integers(6, 20)), 2))
+    nearest = np.argmin((x[..., None] - sites[:, 0]) ** 2 + (y[..., None] - sites[:, 1]) ** 2, axis=-1)
+    colours = rng.integers(0, 256, (len(sites), 3))
+    return Image.fromarray(colours[nearest].astype(np.uint8))
+
+
 def with_landmarks(render: Render) -> Render:
     """Add 2-4 random shapes: what makes one picture of a pattern unlike another, as objects do in photos.
 
@@ -165,6 +201,15 @@ PROCEDURAL: dict[str, Render] = {
     "bubbles": bubbles,
     "landscape": with_landmarks(landscape),
     "clouds": with_landmarks(clouds),
+}
+# The curation-value benchmark's concepts: the demo's five procedural ones and four more, some
+# pairs deliberately close (stripes/waves, checkerboard/dots/mosaic); the four new ones take any hue.
+TEXTURES: dict[str, Render] = {
+    **PROCEDURAL,
+    "rings": with_landmarks(rings),
+    "waves": with_landmarks(waves),
+    "dots": with_landmarks(dots),
+    "mosaic": mosaic,
 }
 PHOTOS = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "cells": "immunohistochemistry"}
 

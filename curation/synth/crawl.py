@@ -9,7 +9,9 @@
     OUT/curation.yaml          a curation config for this crawl (paths relative to OUT)
     OUT/synth.json             the generation parameters
 
-The same (images, seed) always writes the same bytes.
+The same (images, seed, spec) always writes the same bytes. `spec` says what the crawl holds:
+`DEMO` (the default: the demo's concepts, three seed sets, two small eval sets) or
+`CURATION_VALUE` (the curation-value benchmark's harder crawl, see `CrawlSpec`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 import yaml
 from PIL import Image
 
-from curation.synth.concepts import PROCEDURAL, ConceptExhausted, photo_concepts
+from curation.synth.concepts import PROCEDURAL, TEXTURES, ConceptExhausted, photo_concepts
 
 TRUTH_COLUMNS = {
     "key": pa.string(),
@@ -53,6 +55,57 @@ SEED_SETS = {"seed_cat": ("cat", 8), "seed_stripes": ("stripes", 10), "seed_land
 EVAL_SETS = {"eval_a": ("bubbles", "coffee"), "eval_b": ("checkerboard", "clouds")}
 EVAL_IMAGES_PER_CONCEPT = 10
 SLOW_SECONDS = 8.0  # far past any sane client timeout, so "slow" never passes by luck under load
+
+
+@dataclass(frozen=True)
+class CrawlSpec:
+    """What a crawl holds besides its size and seed: concepts and their shares, seed and eval sets.
+
+    `DEMO` is the crawl every test and `lvd demo` use; `CURATION_VALUE` is the harder one the
+    curation-value benchmark needs (see its docstring).
+    """
+
+    seed_sets: dict[str, tuple[str, int]]
+    eval_sets: dict[str, tuple[str, ...]]
+    eval_images_per_concept: int
+    strategies: dict[str, dict[str, object]]
+    shares: dict[str, float] | None = None  # of pool originals per concept; None: uniform over every concept
+    textures: bool = False  # the nine procedural TEXTURES instead of the demo's concepts and photos
+    copy_fraction: float = 0.12  # of pool files that are exact or near copies of another pool file
+    sizes: tuple[int, int] = (192, 320)  # side lengths drawn per image, inclusive
+
+
+DEMO = CrawlSpec(
+    seed_sets=SEED_SETS,
+    eval_sets=EVAL_SETS,
+    eval_images_per_concept=EVAL_IMAGES_PER_CONCEPT,
+    strategies={
+        "seed_cat": {"kind": "as_is"},
+        "seed_stripes": {"kind": "sample", "n": 4},
+        "seed_landscape": {"kind": "cluster", "images_per_cluster": 20, "min_queries": 4, "max_images": 100},
+    },
+)
+# The curation-value crawl: nine procedural concepts (curation.synth.concepts.TEXTURES); seed
+# sets cover four, which make up a fifth of the pool, and off-target concepts the rest, as on the
+# web. 8% of the pool are copies (App. A: self-dedup removes about that). Evaluation sets are
+# large (60 images per concept, half train, half test) and leak into the pool as near copies.
+COVERED = ("dots", "mosaic", "rings", "stripes")
+UNCOVERED = ("bubbles", "checkerboard", "clouds", "landscape", "waves")
+CURATION_VALUE = CrawlSpec(
+    seed_sets={f"seed_{c}": (c, 12) for c in COVERED},
+    eval_sets={"covered": COVERED, "uncovered": UNCOVERED},
+    eval_images_per_concept=60,
+    strategies={
+        "seed_dots": {"kind": "sample", "n": 8},
+        "seed_rings": {"kind": "sample", "n": 8},
+        "seed_mosaic": {"kind": "cluster", "images_per_cluster": 40, "min_queries": 3, "max_images": 100},
+        "seed_stripes": {"kind": "cluster", "images_per_cluster": 40, "min_queries": 3, "max_images": 100},
+    },
+    shares={**{c: 0.05 for c in COVERED}, **{c: 0.16 for c in UNCOVERED}},
+    textures=True,
+    copy_fraction=0.08,
+    sizes=(80, 128),
+)
 
 
 @dataclass
@@ -81,12 +134,18 @@ class Crawl:
 class Renderer:
     """Renders concept images; a photo concept that runs out of distinct crops falls back to procedural."""
 
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator, spec: CrawlSpec = DEMO):
         self.rng = rng
-        self.concepts = {**PROCEDURAL, **photo_concepts()}
+        self.spec = spec
+        self.concepts = dict(TEXTURES) if spec.textures else {**PROCEDURAL, **photo_concepts()}
+        self.names = sorted(spec.shares or self.concepts)
+        self.shares = (
+            np.array([spec.shares[n] for n in self.names]) / sum(spec.shares.values()) if spec.shares else None
+        )
 
     def render(self, concept: str) -> tuple[str, Image.Image]:
-        size = (int(self.rng.integers(192, 321)), int(self.rng.integers(192, 321)))
+        low, high = self.spec.sizes
+        size = (int(self.rng.integers(low, high + 1)), int(self.rng.integers(low, high + 1)))
         try:
             return concept, self.concepts[concept](self.rng, size)
         except ConceptExhausted:
@@ -94,7 +153,8 @@ class Renderer:
             return fallback, PROCEDURAL[fallback](self.rng, size)
 
     def any_concept(self) -> tuple[str, Image.Image]:
-        return self.render(str(self.rng.choice(sorted(self.concepts))))
+        """A pool image: its concept drawn by the spec's shares."""
+        return self.render(str(self.rng.choice(self.names, p=self.shares)))  # p=None: uniform, as the demo was
 
 
 def jpeg(image: Image.Image, quality: int = 90) -> bytes:
@@ -161,14 +221,20 @@ def broken_file(kind: str, renderer: Renderer) -> bytes:
     return buffer.getvalue()
 
 
-def make_crawl(out: str | Path, images: int = 2000, seed: int = 0, base_url: str = "http://127.0.0.1:8765") -> Path:
+def make_crawl(
+    out: str | Path,
+    images: int = 2000,
+    seed: int = 0,
+    base_url: str = "http://127.0.0.1:8765",
+    spec: CrawlSpec = DEMO,
+) -> Path:
     """Write a synthetic crawl of `images` pool files (plus seed and eval sets) into `out`."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    renderer = Renderer(rng)
+    renderer = Renderer(rng, spec)
     crawl = Crawl(out, base_url.rstrip("/"))
 
     eval_images = _write_eval_sets(crawl, renderer)
@@ -179,7 +245,7 @@ def make_crawl(out: str | Path, images: int = 2000, seed: int = 0, base_url: str
     pq.write_table(truth, out / "truth.parquet")
     pool = truth.filter(pa.compute.equal(truth["role"], "pool"))
     pq.write_table(pa.table({"url": pool["url"], "key": pool["key"]}), out / "urls.parquet")
-    (out / "curation.yaml").write_text(yaml.safe_dump(_curation_config(seed), sort_keys=False))
+    (out / "curation.yaml").write_text(yaml.safe_dump(_curation_config(seed, spec), sort_keys=False))
     (out / "synth.json").write_text(
         json.dumps({"images": images, "seed": seed, "base_url": crawl.base_url, "slow_seconds": SLOW_SECONDS}, indent=2)
     )
@@ -188,12 +254,13 @@ def make_crawl(out: str | Path, images: int = 2000, seed: int = 0, base_url: str
 
 def _write_eval_sets(crawl: Crawl, renderer: Renderer) -> list[tuple[str, str, Image.Image]]:
     written = []
-    for name, concepts in EVAL_SETS.items():
+    per_concept = renderer.spec.eval_images_per_concept
+    for name, concepts in renderer.spec.eval_sets.items():
         for concept in concepts:
-            for i in range(EVAL_IMAGES_PER_CONCEPT):
+            for i in range(per_concept):
                 actual, image = renderer.render(concept)
                 key = f"{name}_{concept}_{i:03d}"
-                split = "train" if i < EVAL_IMAGES_PER_CONCEPT // 2 else "test"
+                split = "train" if i < per_concept // 2 else "test"
                 crawl.add_image(
                     f"eval/{name}/{key}.jpg", image, key=key, role="eval", set=name, split=split, concept=actual
                 )
@@ -202,7 +269,7 @@ def _write_eval_sets(crawl: Crawl, renderer: Renderer) -> list[tuple[str, str, I
 
 
 def _write_seed_sets(crawl: Crawl, renderer: Renderer) -> None:
-    for name, (concept, count) in SEED_SETS.items():
+    for name, (concept, count) in renderer.spec.seed_sets.items():
         for i in range(count):
             actual, image = renderer.render(concept)
             key = f"{name}_{i:03d}"
@@ -214,7 +281,7 @@ def _write_pool(crawl: Crawl, renderer: Renderer, images: int, eval_images: list
     rng = renderer.rng
     n_broken = max(len(BROKEN_KINDS) + 1, round(0.015 * images))
     n_leaks = min(len(eval_images), max(4, round(0.01 * images)))
-    n_copies = round(0.12 * images)
+    n_copies = round(renderer.spec.copy_fraction * images)
     n_unique = images - n_broken - n_leaks - n_copies
     if n_unique < 20:
         raise ValueError(f"--images {images} is too small for a crawl with every kind of case; use at least 100")
@@ -291,13 +358,8 @@ def _http_behaviours(candidates: list[int], images: int, rng: np.random.Generato
     return {int(i): label for i, label in zip(chosen, labels, strict=True)}
 
 
-def _curation_config(seed: int) -> dict[str, object]:
+def _curation_config(seed: int, spec: CrawlSpec) -> dict[str, object]:
     """A config that curates this crawl; paths are relative to the crawl folder."""
-    strategies = {
-        "seed_cat": {"kind": "as_is"},
-        "seed_stripes": {"kind": "sample", "n": 4},
-        "seed_landscape": {"kind": "cluster", "images_per_cluster": 20, "min_queries": 4, "max_images": 100},
-    }
     return {
         "run": {"name": "synth", "seed": seed},
         "ingest": {"sources": [{"kind": "folder", "path": "pool"}], "shard_size": 250},
@@ -305,7 +367,7 @@ def _curation_config(seed: int) -> dict[str, object]:
         # (the paper's 0.6 / 0.45 are for SSCD features).
         "embed": {"models": {"copy": {"name": "tiny"}, "retrieval": {"name": "tiny:semantic"}}},
         "dedup": {"role": "copy", "k": 16, "threshold": 0.92},
-        "decontam": {"eval_sets": [{"name": n, "path": f"eval/{n}"} for n in EVAL_SETS], "threshold": 0.92},
+        "decontam": {"eval_sets": [{"name": n, "path": f"eval/{n}"} for n in spec.eval_sets], "threshold": 0.92},
         "retrieve": {
             "clusters": 16,
             "sources": [
@@ -314,9 +376,9 @@ def _curation_config(seed: int) -> dict[str, object]:
                     "dataset": f"synthetic {concept}",
                     "path": f"seeds/{name}",
                     "images": count,
-                    "strategy": strategies[name],
+                    "strategy": spec.strategies[name],
                 }
-                for name, (concept, count) in SEED_SETS.items()
+                for name, (concept, count) in spec.seed_sets.items()
             ],
         },
     }

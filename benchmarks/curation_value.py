@@ -1,0 +1,57 @@
+"""Does curation pay? The paper's Table 2 in miniature: the same ViT trained on each variant of a
+synthetic crawl's pool, measured on the concepts the seed sets cover and on those they do not.
+
+    python benchmarks/curation_value.py [--work curation-value] [--seeds 3] [--scale 1] [--record]
+
+Variants (pipelines/curation_value.py says how each is drawn): curated, random (same size),
+deduplicated (whole pool), raw (duplicates left in), balanced (hierarchical k-means, same size);
+plus the random-init network. Each cell is top-1 mean ± std over the seeds, for weighted kNN
+(k=20, T=0.07) and a linear probe on frozen CLS features. The default size runs in about twenty
+minutes on 2 CPU cores; `--scale` multiplies the training steps (and `--images` the crawl) for a
+GPU. `--record` appends every mean and std to benchmarks/results.jsonl. A killed run re-run with
+the same --work continues where it stopped.
+
+For comparison, DINOv2 (Table 2, ViT-g/14): LVD-142M vs as many uncurated images, IN-1k linear
+85.8 vs 83.3, iNat2018 82.3 vs 68.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from curation.measurements import record
+from pipelines.curation_value import VARIANTS, Row, run_all, summarise, table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("curation-value"), help="crawl, runs and models go here")
+    parser.add_argument("--images", type=int, default=3000, help="pool files in the synthetic crawl")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the training steps")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--record", action="store_true", help="append means and stds to benchmarks/results.jsonl")
+    args = parser.parse_args()
+
+    def progress(row: Row) -> None:
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in row.scores.items())
+        print(f"{row.variant} seed {row.seed}: {row.images} images, {row.steps} steps, {row.train_s:.0f} s; {scores}")
+
+    started = time.perf_counter()
+    rows = run_all(args.work, args.images, args.seeds, args.scale, tuple(args.variants), progress)
+    summaries = summarise(rows)
+    print(table(summaries))
+    print(f"curation value: {len(rows)} rows over {args.seeds} seeds in {time.perf_counter() - started:.0f} s")
+    if args.record:
+        for s in summaries:
+            for metric, mean in s.mean.items():
+                record("benchmarks/curation_value.py", f"curation_value.{metric}.mean", mean, "top-1", s.variant)
+                record(
+                    "benchmarks/curation_value.py", f"curation_value.{metric}.std", s.std[metric], "top-1", s.variant
+                )
+
+
+if __name__ == "__main__":
+    main()
