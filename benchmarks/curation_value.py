@@ -46,6 +46,8 @@ def main() -> None:
     print(f"curation value: {len(rows)} rows over {args.seeds} seeds in {time.perf_counter() - started:.0f} s")
     if args.record:
         for s in summaries:
+            record("benchmarks/curation_value.py", "curation_value.images", s.images, "images", s.variant)
+            record("benchmarks/curation_value.py", "curation_value.covered_share", s.covered_share, "share", s.variant)
             for metric, mean in s.mean.items():
                 record("benchmarks/curation_value.py", f"curation_value.{metric}.mean", mean, "top-1", s.variant)
                 record(

@@ -22,8 +22,11 @@ with `--record` on new hardware (a GPU's name is recorded as its device), then t
 """
 
 
+CURATION_VALUE = "benchmarks/curation_value.py"
+
+
 def render(results: list[Measurement]) -> str:
-    keys = sorted({(m.benchmark, m.metric, m.subject, m.device) for m in results})
+    keys = sorted({(m.benchmark, m.metric, m.subject, m.device) for m in results if m.benchmark != CURATION_VALUE})
     rows = [latest(results, metric, subject, device) for _, metric, subject, device in keys]
     lines = [
         HEADER,
@@ -35,7 +38,36 @@ def render(results: list[Measurement]) -> str:
             f"| {m.benchmark} | {m.metric} | {m.subject} | {_number(m.value)} {m.unit} | {m.device} ({m.cores} cores) "
             f"| {m.date} | {m.commit[:8]} | `{m.command}` |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + curation_value(results)) + "\n"
+
+
+def curation_value(results: list[Measurement]) -> list[str]:
+    """benchmarks/curation_value.py's newest figures as its own table: top-1 mean ± std per variant."""
+    found = [m for m in results if m.benchmark == CURATION_VALUE]
+    if not found:
+        return []
+    device = max(found, key=lambda m: m.date).device
+    metrics = sorted({m.metric[len("curation_value.") : -len(".mean")] for m in found if m.metric.endswith(".mean")})
+    variants = list(dict.fromkeys(m.subject for m in found if m.device == device))
+    lines = [
+        "",
+        f"## Curation value ({device})",
+        "",
+        "Top-1 mean ± std over seeds of the same ViT trained on each variant of the synthetic crawl's",
+        "pool (`python benchmarks/curation_value.py --record`; README, Benchmarks, says how to read it).",
+        "",
+        "| trained on | images | covered share | " + " | ".join(metrics) + " |",
+        "|---|---|---|" + "---|" * len(metrics),
+    ]
+    for variant in variants:
+        size = [latest(found, f"curation_value.{name}", variant, device) for name in ("images", "covered_share")]
+        cells = [f"{m.value:,.3g}" if m else "—" for m in size]
+        for metric in metrics:
+            mean = latest(found, f"curation_value.{metric}.mean", variant, device)
+            std = latest(found, f"curation_value.{metric}.std", variant, device)
+            cells.append(f"{mean.value:.3f} ± {std.value:.3f}" if mean and std else "—")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _number(value: float) -> str:
