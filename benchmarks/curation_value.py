@@ -1,7 +1,7 @@
 """Does curation pay? The paper's Table 2 in miniature: the same ViT trained on each variant of a
 synthetic crawl's pool, measured on the concepts the seed sets cover and on those they do not.
 
-    python benchmarks/curation_value.py [--work curation-value] [--seeds 3] [--scale 1] [--record]
+    python benchmarks/curation_value.py [--work curation-value] [--seeds 3] [--scale 1] [--workers N] [--record]
 
 Variants (pipelines/curation_value.py says how each is drawn): curated, random (same size),
 deduplicated (whole pool), raw (duplicates left in), balanced (hierarchical k-means, same size);
@@ -21,6 +21,8 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
+
 from curation.measurements import record
 from pipelines.curation_value import VARIANTS, Row, run_all, summarise, table
 
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the training steps")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the config's 0)")
     parser.add_argument("--record", action="store_true", help="append means and stds to benchmarks/results.jsonl")
     args = parser.parse_args()
 
@@ -40,19 +43,19 @@ def main() -> None:
         print(f"{row.variant} seed {row.seed}: {row.images} images, {row.steps} steps, {row.train_s:.0f} s; {scores}")
 
     started = time.perf_counter()
-    rows = run_all(args.work, args.images, args.seeds, args.scale, tuple(args.variants), progress)
+    rows = run_all(args.work, args.images, args.seeds, args.scale, tuple(args.variants), args.workers, progress)
     summaries = summarise(rows)
     print(table(summaries))
     print(f"curation value: {len(rows)} rows over {args.seeds} seeds in {time.perf_counter() - started:.0f} s")
     if args.record:
+        gpu = torch.cuda.is_available()  # where the models trained; curation ran on the CPU either way
         for s in summaries:
-            record("benchmarks/curation_value.py", "curation_value.images", s.images, "images", s.variant)
-            record("benchmarks/curation_value.py", "curation_value.covered_share", s.covered_share, "share", s.variant)
+            figures = {"images": (s.images, "images"), "covered_share": (s.covered_share, "share")}
             for metric, mean in s.mean.items():
-                record("benchmarks/curation_value.py", f"curation_value.{metric}.mean", mean, "top-1", s.variant)
-                record(
-                    "benchmarks/curation_value.py", f"curation_value.{metric}.std", s.std[metric], "top-1", s.variant
-                )
+                figures[f"{metric}.mean"] = (mean, "top-1")
+                figures[f"{metric}.std"] = (s.std[metric], "top-1")
+            for metric, (value, unit) in figures.items():
+                record("benchmarks/curation_value.py", f"curation_value.{metric}", value, unit, s.variant, gpu)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one run (about 5 minutes on one H100/H200), one table at the end.
 #
-#   bash benchmarks/gpu_check.sh [--record]      # on a machine with a CUDA GPU, from the repository root
+#   bash benchmarks/gpu_check.sh [--record] [--curation-value]   # on a CUDA GPU machine, from the repo root
 #
 # The machine needs torch, torchvision, timm, numpy, pyarrow, PIL, scikit-image, fsspec, typer, rich,
 # yaml, jinja2 and matplotlib; the project's other imports come as wheels in ./wheels (not Ray, not
@@ -16,11 +16,21 @@
 # an export that `lvd:` loads; per recipe the bare step's MFU, the loop's ratio to it unsharded
 # (target >= 0.95) and under FSDP2 (target >= 0.90), and peak memory; the embed stage in-process
 # with ViT-H/14 fp16 and GPU JPEG decoding against its bare loop (target >= 0.90). With --record
-# every figure goes to benchmarks/results.jsonl under the GPU's name.
+# every figure goes to benchmarks/results.jsonl under the GPU's name. --curation-value adds the
+# curation-value benchmark at four times its CPU steps, three seeds, eight loader workers (its
+# own several minutes: give it a device call of its own, e.g. with only that flag and --record).
+# --only-curation-value skips every other row.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-record=""
-[ "${1:-}" = "--record" ] && record="--record"
+record="" curation_value="" others=1
+for arg in "$@"; do
+  case "$arg" in
+    --record) record="--record" ;;
+    --curation-value) curation_value=1 ;;
+    --only-curation-value) curation_value=1 others="" ;;
+    *) echo "gpu_check: unknown argument $arg"; exit 2 ;;
+  esac
+done
 out="$(mktemp -d)"
 log="$out/log.txt"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -31,6 +41,16 @@ fi
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name())" \
   || { echo "gpu_check: no CUDA GPU here; nothing measured"; exit 2; }
 
+rows=()
+check() {  # name, command...: run it, keep its output, add a row with its status
+  local name="$1"; shift
+  local started=$SECONDS
+  if "$@" >"$out/$name.txt" 2>&1; then status=ok; else status="FAILED (see $out/$name.txt)"; fi
+  cat "$out/$name.txt" >>"$log"
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|curation value:' "$out/$name.txt" | tr '\n' ' ' | cut -c1-160)")
+}
+
+if [ -n "$others" ]; then
 python benchmarks/train.py --help >/dev/null || exit 1
 shards="$out/shards"
 python - "$shards" <<'EOF'
@@ -39,15 +59,6 @@ from pathlib import Path
 from benchmarks.train import synthetic_shards
 synthetic_shards(Path(sys.argv[1]), 2000)
 EOF
-
-rows=()
-check() {  # name, command...: run it, keep its output, add a row with its status
-  local name="$1"; shift
-  local started=$SECONDS
-  if "$@" >"$out/$name.txt" 2>&1; then status=ok; else status="FAILED (see $out/$name.txt)"; fi
-  cat "$out/$name.txt" >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s' "$out/$name.txt" | tr '\n' ' ' | cut -c1-160)")
-}
 
 for recipe in vitl14 vitg14; do
   batch=$([ "$recipe" = vitl14 ] && echo 32 || echo 12)
@@ -65,6 +76,13 @@ done
 # The embed stage in-process (no Ray here) with JPEGs decoded on the GPU, against its bare model(x) loop.
 check "embed-vith14" python benchmarks/embed.py --model timm:vit_huge_patch14_224 --gpu --executor local \
     --decode device --images 3000 --batch-size 256 $record
+fi
+
+# Does curation pay, with four times the CPU run's steps (the curation itself runs on the CPU).
+if [ -n "$curation_value" ]; then
+  check "curation-value" python benchmarks/curation_value.py --work "$out/curation-value" --seeds 3 --scale 4 \
+      --workers 8 $record
+fi
 
 printf '\n%-20s | %-8s | %-6s | %s\n' check status time figures
 for row in "${rows[@]}"; do

@@ -20,9 +20,11 @@ order and the random and balanced samples). Work directory:
 
     WORK/crawl/                                 the crawl and its truth
     WORK/run/                                   the curation run (every stage)
-    WORK/variants/<variant>/seed<S>/shards/     what that run trains on (members.parquet names it)
-    WORK/variants/<variant>/seed<S>/train/      the training run; evaluation.json when evaluated
-    WORK/results.json                           one row per variant and seed
+    WORK/<N>-steps/<variant>/seed<S>/shards/    what that run trains on (members.parquet names it)
+    WORK/<N>-steps/<variant>/seed<S>/train/     the training run; evaluation.json when evaluated
+    WORK/results.json                           one row per variant and seed, of the latest call
+
+Runs are kept per training length, so a call with another `scale` trains afresh beside them.
 
 Every step is skipped when its output exists, so a killed run re-run continues where it stopped.
 """
@@ -200,16 +202,16 @@ def covered_share(members: list[Member], run: Path, crawl: Path) -> float:
 
 
 def run_variant(
-    work: Path, crawl: Path, run: Path, config: CurationConfig, variant: str, seed: int, scale: float
+    runs: Path, crawl: Path, run: Path, config: CurationConfig, variant: str, seed: int, settings: list[str]
 ) -> Row:
     """Train on `variant` with `seed`, evaluate, and keep the row (a finished row is read back)."""
-    where = work / "variants" / variant / f"seed{seed}"
+    where = runs / variant / f"seed{seed}"
     done = where / "row.json"
     if done.exists():
         return Row(**json.loads(done.read_text()))
     members = members_of(variant, run, config, seed)
     write_shards(run / "ingest", members, where / "shards")
-    train_config = training_config(where, seed, scale)
+    train_config = training_config(where, seed, settings)
     started = time.perf_counter()
     result = train(train_config)
     train_s = time.perf_counter() - started
@@ -226,21 +228,24 @@ def run_variant(
     return row
 
 
-def training_config(where: Path, seed: int, scale: float) -> TrainConfig:
-    base = load_config(TrainConfig, CONFIG)
-    epochs = max(1, round(base.optim.epochs * scale))
-    overrides = [
-        f"data.shards={where / 'shards'}",
-        f"run.output_dir={where / 'train'}",
-        f"run.seed={seed}",
+def run_settings(scale: float, workers: int | None) -> tuple[int, list[str]]:
+    """Steps per run and the overrides every variant shares: `scale` times the config's epochs, the loader's workers."""
+    optim = load_config(TrainConfig, CONFIG).optim
+    epochs = max(1, round(optim.epochs * scale))
+    return epochs * optim.epoch_length, [
         f"optim.epochs={epochs}",
+        *([f"data.workers={workers}"] if workers is not None else []),
     ]
-    return load_config(TrainConfig, CONFIG, overrides)
 
 
-def random_init_row(work: Path, crawl: Path, seed: int) -> Row:
+def training_config(where: Path, seed: int, settings: list[str]) -> TrainConfig:
+    where_and_seed = [f"data.shards={where / 'shards'}", f"run.output_dir={where / 'train'}", f"run.seed={seed}"]
+    return load_config(TrainConfig, CONFIG, [*settings, *where_and_seed])
+
+
+def random_init_row(runs: Path, crawl: Path, seed: int) -> Row:
     """The untrained network of the same architecture: the floor every variant must clear."""
-    export = next((work / "variants").glob(f"*/seed{seed}/train/export"))
+    export = next(runs.glob(f"*/seed{seed}/train/export"))
     scores = evaluate(export, labelled_tasks(crawl), seed, weights="random")
     return Row(RANDOM_INIT, seed, 0, 0.0, 0, 0.0, scores)
 
@@ -251,17 +256,23 @@ def run_all(
     seeds: int = 3,
     scale: float = 1.0,
     variants: tuple[str, ...] = VARIANTS,
+    workers: int | None = None,
     progress: Callable[[Row], None] = lambda row: None,
 ) -> list[Row]:
-    """Every variant with every seed, then the random-init rows; results.json holds them all."""
+    """Every variant with every seed, then the random-init rows; results.json holds them all.
+
+    `workers` overrides the config's in-process loading (right for 2 cores; a GPU host wants several).
+    """
     work = work.resolve()
     crawl, run, config = prepare(work, images)
+    steps, settings = run_settings(scale, workers)
+    runs = work / f"{steps}-steps"
     rows = []
     for seed in range(seeds):
         for variant in variants:
-            rows.append(run_variant(work, crawl, run, config, variant, seed, scale))
+            rows.append(run_variant(runs, crawl, run, config, variant, seed, settings))
             progress(rows[-1])
-        rows.append(random_init_row(work, crawl, seed))
+        rows.append(random_init_row(runs, crawl, seed))
         progress(rows[-1])
     write_text(work / "results.json", json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     return rows

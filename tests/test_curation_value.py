@@ -23,6 +23,7 @@ from pipelines.curation_value import (
     table,
     write_shards,
 )
+from training.report import write_training_report
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +89,19 @@ def test_curated_set_concentrates_on_the_covered_concepts(prepared):
 
 def test_one_variant_end_to_end(prepared):
     work, *_ = prepared
-    rows = run_all(work, images=400, seeds=1, scale=0.1, variants=("curated",))
+    rows = run_all(work, images=400, seeds=1, scale=0.1, variants=("curated",), workers=0)
     assert [r.variant for r in rows] == ["curated", RANDOM_INIT]
     assert rows[0].steps == 20  # scale 0.1 of 5 epochs rounds up to one epoch of 20 steps and rows[0].images > 0
     assert set(rows[0].scores) == {"covered.knn", "covered.linear", "uncovered.knn", "uncovered.linear"}
     assert all(0.0 <= v <= 1.0 for r in rows for v in r.scores.values())
     saved = json.loads((work / "results.json").read_text())
     assert [r["variant"] for r in saved] == ["curated", RANDOM_INIT]
-    evaluation = json.loads((work / "variants" / "curated" / "seed0" / "train" / "evaluation.json").read_text())
+    train_dir = work / "20-steps" / "curated" / "seed0" / "train"
+    evaluation = json.loads((train_dir / "evaluation.json").read_text())
     assert evaluation["top-1 covered.knn"] == rows[0].scores["covered.knn"]
-    again = run_all(work, images=400, seeds=1, scale=0.1, variants=("curated",))
+    report = write_training_report(train_dir)
+    assert report["evaluation"]["trained on"] == "curated"
+    assert 'id="evaluation"' in (train_dir / "report" / "index.html").read_text()
+    again = run_all(work, images=400, seeds=1, scale=0.1, variants=("curated",), workers=0)
     assert again == rows, "a finished run is read back, not trained again"
     assert "| curated |" in table(summarise(rows))
