@@ -54,14 +54,16 @@ def curation_value(results: list[Measurement]) -> list[str]:
         f"## Curation value ({device})",
         "",
         "Top-1 mean ± std over seeds of the same ViT trained on each variant of the synthetic crawl's",
-        "pool (`python benchmarks/curation_value.py --record`; README, Benchmarks, says how to read it).",
+        "pool (`python benchmarks/curation_value.py --record`; the README's 'Does curation pay?' reads it).",
         "",
         "| trained on | images | covered share | " + " | ".join(metrics) + " |",
         "|---|---|---|" + "---|" * len(metrics),
     ]
     for variant in variants:
-        size = [latest(found, f"curation_value.{name}", variant, device) for name in ("images", "covered_share")]
-        cells = [f"{m.value:,.3g}" if m else "—" for m in size]
+        images, share = (
+            latest(found, f"curation_value.{name}", variant, device) for name in ("images", "covered_share")
+        )
+        cells = [f"{images.value:,.0f}" if images else "—", f"{share.value:.2f}" if share else "—"]
         for metric in metrics:
             mean = latest(found, f"curation_value.{metric}.mean", variant, device)
             std = latest(found, f"curation_value.{metric}.std", variant, device)

@@ -358,7 +358,7 @@ def _http_behaviours(candidates: list[int], images: int, rng: np.random.Generato
     return {int(i): label for i, label in zip(chosen, labels, strict=True)}
 
 
-def _curation_config(seed: int, spec: CrawlSpec) -> dict[str, object]:
+def _curation_config(seed: int, spec: CrawlSpec = DEMO) -> dict[str, object]:
     """A config that curates this crawl; paths are relative to the crawl folder."""
     return {
         "run": {"name": "synth", "seed": seed},
