@@ -79,6 +79,8 @@ class Labelled:
 
 @dataclass(frozen=True)
 class Row:
+    """One trained (or random-init) model: what it trained on and its top-1 per task and protocol."""
+
     variant: str
     seed: int
     images: int
@@ -113,7 +115,7 @@ def members_of(variant: str, run: Path, config: CurationConfig, seed: int) -> li
         return sorted(kept[i] for i in rng.choice(len(kept), min(len(curated), len(kept)), replace=False))
     if variant == "balanced":
         pool = Pool.load(run / "embed", config.retrieve.role, run / "decontam")
-        n = len(pool.keys)
+        n = len(pool.keys)  # two levels, ~20 and ~200 images per cluster: the paper's tree shrunk to this pool
         strategy = Balanced(images=len(curated), levels=[max(4, n // 20), max(2, n // 200)])
         selection = balanced(pool, strategy, config.retrieve.kmeans_iterations, seed)
         return sorted((POOL, key) for key in selection.keys)
@@ -280,6 +282,8 @@ def run_all(
 
 @dataclass(frozen=True)
 class Summary:
+    """A variant over its seeds: mean sizes, and mean and std of each score."""
+
     variant: str
     seeds: int
     images: float
