@@ -46,7 +46,7 @@ def run_decontam(
 ) -> dict[str, int]:
     """Drop every dedup component that holds a pool image close to an eval image; returns manifest counts."""
     keys, vectors = read_embeddings(embed_dir / config.role / POOL)
-    component = _component_of(dedup_dir)
+    component = component_of(dedup_dir)
     kept_of_component = {c: k for k, c in zip(*_columns(dedup_dir / "keep.parquet", "key", "component"), strict=True)}
     index = on_device(build_index(vectors, config.index, seed), config.index) if keys else None
     closest: dict[int, tuple[float, str, str, str]] = {}
@@ -86,7 +86,8 @@ def _columns(path: Path, *names: str) -> list[list]:
     return [table.column(n).to_pylist() for n in names]
 
 
-def _component_of(dedup_dir: Path) -> dict[str, int]:
+def component_of(dedup_dir: Path) -> dict[str, int]:
+    """Every deduplicated image's component, kept or removed."""
     keep_keys, keep_components = _columns(dedup_dir / "keep.parquet", "key", "component")
     removed_keys, removed_components = _columns(dedup_dir / "removed.parquet", "key", "component")
     return dict(zip(keep_keys + removed_keys, keep_components + removed_components, strict=True))

@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 import torch
 
 from curation.assemble import read_images
+from curation.decontam import component_of
 from curation.embed import POOL
 from curation.pipeline import curate
 from curation.retrieve import Balanced, Pool, balanced
@@ -128,8 +129,7 @@ def raw_pool(run: Path) -> list[Member]:
     Decontamination removes one kept image per component; here the copies dedup dropped are in
     the set, so a copy of a leaked evaluation image must go with it.
     """
-    component = dict(_columns(run / "dedup" / "keep.parquet", "key", "component"))
-    component.update(_columns(run / "dedup" / "removed.parquet", "key", "component"))
+    component = component_of(run / "dedup")
     contaminated = set(_column(run / "decontam" / "removed.parquet", "component"))
     ingested = sorted(_column(run / "ingest" / "index.parquet", "key"))
     return [(POOL, key) for key in ingested if component[key] not in contaminated]
@@ -195,29 +195,47 @@ def evaluate(export: Path, tasks: dict[str, Labelled], seed: int, weights: str |
     return scores
 
 
-def covered_share(members: list[Member], run: Path, crawl: Path) -> float:
-    """How many of `members` show a covered concept, by the crawl's truth (matched by source path)."""
+def concepts_of(crawl: Path, run: Path) -> dict[str, str | None]:
+    """Ingest key -> the true concept of the pool file it came from (matched by source path)."""
     truth = {(crawl / r["path"]).resolve(): r["concept"] for r in pq.read_table(crawl / "truth.parquet").to_pylist()}
-    sources = dict(_columns(run / "ingest" / "index.parquet", "key", "source"))
-    concepts = [truth.get(Path(sources[key]).resolve()) for collection, key in members if collection == POOL]
-    return round(sum(c in COVERED for c in concepts) / max(1, len(concepts)), 4)
+    return {
+        key: truth.get(Path(source).resolve())
+        for key, source in _columns(run / "ingest" / "index.parquet", "key", "source")
+    }
 
 
-def run_variant(
-    runs: Path, crawl: Path, run: Path, config: CurationConfig, variant: str, seed: int, settings: list[str]
-) -> Row:
+def covered_share(members: list[Member], concepts: dict[str, str | None]) -> float:
+    """How many of `members` (pool images) show a concept the seed sets cover."""
+    pool = [concepts[key] for collection, key in members if collection == POOL]
+    return round(sum(c in COVERED for c in pool) / max(1, len(pool)), 4)
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every run of one call shares: the curated crawl, its eval tasks and truth, the training length."""
+
+    runs: Path  # WORK/<N>-steps
+    crawl: Path
+    run: Path
+    config: CurationConfig
+    tasks: dict[str, Labelled]
+    concepts: dict[str, str | None]
+    settings: list[str]
+
+
+def run_variant(bench: Bench, variant: str, seed: int) -> Row:
     """Train on `variant` with `seed`, evaluate, and keep the row (a finished row is read back)."""
-    where = runs / variant / f"seed{seed}"
+    where = bench.runs / variant / f"seed{seed}"
     done = where / "row.json"
     if done.exists():
         return Row(**json.loads(done.read_text()))
-    members = members_of(variant, run, config, seed)
-    write_shards(run / "ingest", members, where / "shards")
-    train_config = training_config(where, seed, settings)
+    members = members_of(variant, bench.run, bench.config, seed)
+    write_shards(bench.run / "ingest", members, where / "shards")
+    train_config = training_config(where, seed, bench.settings)
     started = time.perf_counter()
     result = train(train_config)
     train_s = time.perf_counter() - started
-    scores = evaluate(result.export.parent, labelled_tasks(crawl), seed)
+    scores = evaluate(result.export.parent, bench.tasks, seed)
     evaluation = {
         "trained on": variant,
         "seed": seed,
@@ -225,7 +243,8 @@ def run_variant(
         **{f"top-1 {k}": v for k, v in scores.items()},
     }
     write_text(where / "train" / "evaluation.json", json.dumps(evaluation, indent=2) + "\n")
-    row = Row(variant, seed, len(members), covered_share(members, run, crawl), result.steps, round(train_s, 1), scores)
+    share = covered_share(members, bench.concepts)
+    row = Row(variant, seed, len(members), share, result.steps, round(train_s, 1), scores)
     write_text(done, json.dumps(asdict(row), indent=2) + "\n")
     return row
 
@@ -245,10 +264,10 @@ def training_config(where: Path, seed: int, settings: list[str]) -> TrainConfig:
     return load_config(TrainConfig, CONFIG, [*settings, *where_and_seed])
 
 
-def random_init_row(runs: Path, crawl: Path, seed: int) -> Row:
+def random_init_row(bench: Bench, seed: int) -> Row:
     """The untrained network of the same architecture: the floor every variant must clear."""
-    export = next(runs.glob(f"*/seed{seed}/train/export"))
-    scores = evaluate(export, labelled_tasks(crawl), seed, weights="random")
+    export = next(bench.runs.glob(f"*/seed{seed}/train/export"))
+    scores = evaluate(export, bench.tasks, seed, weights="random")
     return Row(RANDOM_INIT, seed, 0, 0.0, 0, 0.0, scores)
 
 
@@ -268,13 +287,13 @@ def run_all(
     work = work.resolve()
     crawl, run, config = prepare(work, images)
     steps, settings = run_settings(scale, workers)
-    runs = work / f"{steps}-steps"
+    bench = Bench(work / f"{steps}-steps", crawl, run, config, labelled_tasks(crawl), concepts_of(crawl, run), settings)
     rows = []
     for seed in range(seeds):
         for variant in variants:
-            rows.append(run_variant(runs, crawl, run, config, variant, seed, settings))
+            rows.append(run_variant(bench, variant, seed))
             progress(rows[-1])
-        rows.append(random_init_row(runs, crawl, seed))
+        rows.append(random_init_row(bench, seed))
         progress(rows[-1])
     write_text(work / "results.json", json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     return rows
