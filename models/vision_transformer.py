@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.layers import Block, PatchEmbed
 
@@ -52,6 +53,7 @@ class DinoVisionTransformer(nn.Module):
         num_register_tokens: int = 0,
         init_values: float = 1.0,
         drop_path_rate: float = 0.0,
+        drop_path_uniform: bool = False,
         interpolate_antialias: bool = False,
         interpolate_offset: float = 0.1,
     ):
@@ -74,12 +76,18 @@ class DinoVisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
         self.register_tokens = nn.Parameter(torch.zeros(1, num_register_tokens, dim)) if num_register_tokens else None
         self.mask_token = nn.Parameter(torch.zeros(1, dim))
-        rates = torch.linspace(0, drop_path_rate, arch.depth).tolist()
+        # DINOv2 drops every block at the same rate; timm's ViTs ramp it up linearly from 0.
+        rates = (
+            [drop_path_rate] * arch.depth
+            if drop_path_uniform
+            else torch.linspace(0, drop_path_rate, arch.depth).tolist()
+        )
         self.blocks = nn.ModuleList(
             Block(dim, arch.num_heads, 4.0, init_values, rate, arch.ffn_layer) for rate in rates
         )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Identity()
+        self.activation_checkpointing = False  # training sets it: blocks recompute in backward
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -124,8 +132,9 @@ class DinoVisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         x = self.prepare_tokens(x, masks)
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         x = self.norm(x)
         r = self.num_register_tokens
         return {"x_norm_clstoken": x[:, 0], "x_norm_regtokens": x[:, 1 : r + 1], "x_norm_patchtokens": x[:, r + 1 :]}

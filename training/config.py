@@ -22,6 +22,9 @@ class ModelConfig(Section):
     depth: int | None = None
     num_heads: int | None = None
     drop_path_rate: float = 0.1
+    drop_path_uniform: bool = Field(
+        True, description="every block at drop_path_rate, as DINOv2 (above 0.1 a block computes only the kept samples)"
+    )
     layerscale: float = 1e-5
 
 
@@ -64,6 +67,7 @@ class OptimConfig(Section):
     layerwise_decay: float = 0.9
     patch_embed_lr_mult: float = 0.2
     betas: tuple[float, float] = (0.9, 0.999)
+    fused: bool = Field(True, description="fused AdamW kernels on CUDA (foreach elsewhere)")
 
     @property
     def total_steps(self) -> int:
@@ -96,6 +100,10 @@ class RunConfig(Section):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = 2
     max_steps: int | None = Field(None, description="stop early (the schedules still span optim.epochs)")
+    compile: bool = Field(False, description="torch.compile each transformer block (CUDA; compiles on the first steps)")
+    activation_checkpointing: bool = Field(
+        False, description="recompute each student block in backward: less memory for a larger batch (ViT-g)"
+    )
 
 
 class TrainConfig(Section):

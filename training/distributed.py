@@ -66,9 +66,11 @@ def wrap_student(
         for module in (student, *followers):
             for block in module.backbone.blocks:
                 fully_shard(block, mp_policy=policy)
-            # A follower has no backward to reshard its root after forward; without this its root
-            # parameters would stay gathered and the EMA update would mix DTensors with tensors.
-            fully_shard(module, mp_policy=policy, reshard_after_forward=True)
+            # The student's root (heads, patch embedding, norm) stays gathered from forward into
+            # backward, which starts with the heads: resharding it would gather it again at once.
+            # A follower has no backward to reshard its root, so it must reshard after forward, or
+            # its root parameters would stay gathered and the EMA would mix DTensors with tensors.
+            fully_shard(module, mp_policy=policy, reshard_after_forward=module is not student)
         return student
     if env.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from models.vision_transformer import VIT_ARCHS, DinoVisionTransformer, ViTArch
 from training.config import TrainConfig
@@ -41,6 +42,7 @@ def build_backbone(config: TrainConfig, drop_path_rate: float | None = None) -> 
         num_register_tokens=4 if suffix == "reg" else 0,
         init_values=m.layerscale,
         drop_path_rate=m.drop_path_rate if drop_path_rate is None else drop_path_rate,
+        drop_path_uniform=m.drop_path_uniform,
     )
 
 
@@ -61,6 +63,7 @@ class Student(nn.Module):
     def __init__(self, config: TrainConfig):
         super().__init__()
         self.backbone = build_backbone(config)
+        self.backbone.activation_checkpointing = config.run.activation_checkpointing
         dim = self.backbone.embed_dim
         h = config.dino_head
         self.dino_head = DINOHead(dim, h.prototypes, h.hidden_dim, h.bottleneck_dim, h.nlayers)
@@ -135,11 +138,19 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def update(self, student: nn.Module, momentum: float) -> None:
-        """teacher ← m·teacher + (1−m)·student, over all parameters at once."""
-        mine = [p for _, p in sorted(self.named_parameters())]
-        theirs = [p.detach() for _, p in sorted(student.named_parameters())]
-        torch._foreach_mul_(mine, momentum)
-        torch._foreach_add_(mine, theirs, alpha=1 - momentum)
+        """teacher ← m·teacher + (1−m)·student, over all parameters in one `_foreach` call.
+
+        Under FSDP2 both sides are DTensors sharded alike, so the update runs on the local shards:
+        a DTensor op pays Python dispatch per tensor, hundreds of times a step for a ViT-L.
+        """
+        mine = [_local(p) for _, p in sorted(self.named_parameters())]
+        theirs = [_local(p.detach()) for _, p in sorted(student.named_parameters())]
+        torch._foreach_lerp_(mine, theirs, 1.0 - momentum)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a view: in-place updates reach the DTensor), else the tensor."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 class DinoV2(nn.Module):
@@ -152,6 +163,19 @@ class DinoV2(nn.Module):
         self.teacher = Teacher.ema_of(self.student)
         self.dino_targets = CenteredTargets(config.dino_head.prototypes, config.loss.centering)
         self.ibot_targets = CenteredTargets(ibot_prototypes(config), config.loss.centering)
+
+    def compile_blocks(self) -> None:
+        """`torch.compile` every transformer block of the student and its followers, in place.
+
+        Blocks, not the backbone: the student calls `forward_features`, which compiling the
+        backbone module would not reach. In place, so state-dict keys stay DINOv2's; and before
+        FSDP2 wraps them, so its hooks stay outside the compiled code. Shapes are static: a block
+        sees a few (global crops, local crops, teacher), each compiled once and shared by every
+        block of the same rate.
+        """
+        for module in (self.student, *self.ema_modules()):
+            for block in module.backbone.blocks:
+                block.compile(dynamic=False)
 
     def ema_modules(self) -> list[nn.Module]:
         """Modules that follow the student and so are sharded like it (FSDP2)."""

@@ -62,7 +62,8 @@ def check_resumable(config: TrainConfig, out: Path) -> None:
         return
     before = json.loads(saved.read_text())
     now = json.loads(config.model_dump_json())
-    changed = [f"{s}.{k}" for s in SHAPE_SECTIONS for k in now[s] if before.get(s, {}).get(k) != now[s][k]]
+    # Settings added to the config since the run was saved are not compared: that run could not set them.
+    changed = [f"{s}.{k}" for s in SHAPE_SECTIONS for k in now[s] if before.get(s, {}).get(k, now[s][k]) != now[s][k]]
     if changed:
         raise LvdError(
             f"{out} holds checkpoints of a run with different {', '.join(changed)}; "
@@ -143,6 +144,8 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
     random.seed(run.seed)
 
     model = build_model(config).to(env.device)
+    if run.compile:
+        model.compile_blocks()
     dtype = autocast_dtype(run.precision, env.device)
     student = wrap_student(model.student, model.ema_modules(), run.parallel, env, dtype)
     optimizer = build_optimizer(model.student, config)  # after sharding: FSDP2 replaces the parameters

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from models.layers.attention import Attention
-from models.layers.drop_path import DropPath
+from models.layers.drop_path import SUBSET_MIN_RATE, DropPath, add_on_subset
 from models.layers.layer_scale import LayerScale
 from models.layers.mlp import Mlp, SwiGLUFFNFused
 
@@ -34,5 +34,15 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        rate = self.drop_path1.drop_prob if self.training else 0.0
+        if rate > SUBSET_MIN_RATE:
+            x = add_on_subset(x, self._attention, rate)
+            return add_on_subset(x, self._feed_forward, rate)
+        x = x + self.drop_path1(self._attention(x))
+        return x + self.drop_path2(self._feed_forward(x))
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ls1(self.attn(self.norm1(x)))
+
+    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ls2(self.mlp(self.norm2(x)))

@@ -1,9 +1,20 @@
-"""Stochastic depth (Huang et al. 2016): drop a whole residual branch per sample during training."""
+"""Stochastic depth (Huang et al. 2016): drop a whole residual branch per sample during training.
+
+Two forms with the same expectation. `DropPath` zeroes the branch's output per sample, so the branch
+still runs on the whole batch. `add_on_subset` runs the branch on the kept samples only, as DINOv2's
+`drop_add_residual_stochastic_depth` does: at DINOv2's ViT-L/g rate of 0.4 on every block, each
+block computes 60% of the batch, which is most of what the rate should save.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+SUBSET_MIN_RATE = 0.1
+"""Below this rate the gather and scatter cost more than the skipped rows save (DINOv2's threshold)."""
 
 
 class DropPath(nn.Module):
@@ -17,3 +28,13 @@ class DropPath(nn.Module):
         keep = 1.0 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep
+
+
+def add_on_subset(x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor], drop_prob: float) -> torch.Tensor:
+    """`x + branch(x)` for a random `1 - drop_prob` share of the batch, scaled up to keep the
+    expectation; the other samples pass through unchanged and cost nothing."""
+    batch = x.shape[0]
+    kept = max(int(batch * (1.0 - drop_prob)), 1)
+    rows = torch.randperm(batch, device=x.device)[:kept]
+    residual = branch(x[rows])
+    return torch.index_add(x, 0, rows, residual.to(x.dtype), alpha=batch / kept)

@@ -1,0 +1,156 @@
+"""The trainer's speed levers compute what the plain step computes.
+
+Subset stochastic depth (DINOv2's form), activation checkpointing, compiled blocks, FSDP2 with the
+student root kept gathered into backward and the EMA on local shards: each is checked against the
+plain computation on CPU, so a GPU run only has to measure how fast they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.flop_counter import FlopCounterMode
+
+from foundation.config import validate_tree
+from models.layers import Block
+from models.layers.drop_path import add_on_subset
+from tests.conftest import free_port
+from tests.train_fixtures import tiny_train_tree, write_concept_shards
+from training.config import TrainConfig
+from training.data import loader_for
+from training.distributed import DistEnv, wrap_student
+from training.optim import build_optimizer
+from training.student_teacher import DinoV2, build_backbone, compute_losses
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_concept_shards(tmp_path_factory.mktemp("curated"))
+
+
+def _config(shards, out, **sections) -> TrainConfig:
+    return validate_tree(TrainConfig, tiny_train_tree(shards, out, **sections), "test")
+
+
+def _gradients(model: DinoV2, batch) -> dict[str, torch.Tensor]:
+    parts = compute_losses(model, model.student, batch, teacher_temp=0.05)
+    parts["total"].backward()
+    return {name: p.grad.clone() for name, p in model.student.named_parameters() if p.grad is not None}
+
+
+def test_subset_depth_adds_the_scaled_branch_to_the_kept_samples_only():
+    x = torch.randn(10, 3, 4)
+    out = add_on_subset(x, lambda rows: 2 * rows, drop_prob=0.4)
+    changed = (out != x).flatten(1).any(dim=1)
+    assert int(changed.sum()) == 6  # int(10 · 0.6) samples run the branch
+    torch.testing.assert_close(out[changed], x[changed] * (1 + 2 * 10 / 6))
+    assert torch.equal(out[~changed], x[~changed])
+
+
+def test_a_block_dropping_at_0_4_computes_0_6_of_its_flops():
+    block, x = Block(64, 4, drop_path=0.4), torch.randn(20, 17, 64)
+
+    def flops(training: bool) -> int:
+        block.train(training)
+        with FlopCounterMode(display=False) as counter:
+            block(x).sum().backward()
+        return counter.get_total_flops()
+
+    assert flops(True) / flops(False) == pytest.approx(0.6, abs=0.02)
+
+
+def test_every_block_drops_at_the_recipe_rate_unless_told_to_ramp(shards, tmp_path):
+    model = {"drop_path_rate": 0.4, "depth": 3}
+    uniform = build_backbone(_config(shards, tmp_path, model=model))
+    ramp = build_backbone(_config(shards, tmp_path, model={**model, "drop_path_uniform": False}))
+    assert [b.drop_path1.drop_prob for b in uniform.blocks] == [0.4, 0.4, 0.4]
+    assert [b.drop_path1.drop_prob for b in ramp.blocks] == pytest.approx([0.0, 0.2, 0.4])
+
+
+def test_activation_checkpointing_gives_the_same_gradients(shards, tmp_path):
+    config = _config(shards, tmp_path, model={"drop_path_rate": 0.4})
+    batch = next(loader_for(config, rank=0, start_step=0, workers=0))
+    torch.manual_seed(0)
+    plain = DinoV2(config)
+    recomputing = copy.deepcopy(plain)
+    recomputing.student.backbone.activation_checkpointing = True
+    torch.manual_seed(1)
+    expected = _gradients(plain, batch)
+    torch.manual_seed(1)
+    got = _gradients(recomputing, batch)  # the same samples dropped: checkpoint replays the RNG
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_eager_gradients(shards, tmp_path):
+    config = _config(shards, tmp_path, model={"drop_path_rate": 0.0})
+    batch = next(loader_for(config, rank=0, start_step=0, workers=0))
+    torch.manual_seed(0)
+    eager = DinoV2(config)
+    compiled = copy.deepcopy(eager)
+    compiled.compile_blocks()
+    expected, got = _gradients(eager, batch), _gradients(compiled, batch)
+    for name in expected:  # fused kernels sum in another order; the sharp softmax targets amplify it to ~0.3%
+        error = float((got[name] - expected[name]).abs().max() / expected[name].abs().max())
+        assert error < 0.01, (name, error)
+    assert set(compiled.student.state_dict()) == set(eager.student.state_dict())  # DINOv2's keys
+
+
+def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None:
+    """One of two ranks: both see the same batch, so FSDP2's averaged gradients are the batch's own."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    random.seed(0)  # the crops' randomness, so both ranks draw the same batch
+    torch.manual_seed(0)
+    batch = next(loader_for(config, rank=0, start_step=0, workers=0))
+    torch.manual_seed(0)
+    model = DinoV2(config)
+    reference = copy.deepcopy(model)
+    env = DistEnv(rank, 2, 0, torch.device("cpu"))
+    student = wrap_student(model.student, model.ema_modules(), "fsdp", env, torch.float32)
+    optimizer = build_optimizer(model.student, config)
+    parts = compute_losses(model, student, batch, teacher_temp=0.05)
+    parts["total"].backward()
+    sharded = {name: p.grad.full_tensor() for name, p in model.student.named_parameters() if p.grad is not None}
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-3
+    optimizer.step()
+    model.after_step(0.5)
+    teacher = {name: p.full_tensor() for name, p in model.teacher.named_parameters()}
+    # The unsharded model, the same step, on both ranks: its centring all-reduces too.
+    expected = _gradients(reference, batch)
+    reference_optimizer = build_optimizer(reference.student, config)
+    for group in reference_optimizer.param_groups:
+        group["lr"] = 1e-3
+    reference_optimizer.step()
+    reference.after_step(0.5)
+    reference_teacher = dict(reference.teacher.named_parameters())
+    if rank == 0:
+        results.update(
+            missing=sorted(expected.keys() - sharded.keys()),
+            gradient_error={n: float((sharded[n] - expected[n]).abs().max()) for n in expected},
+            teacher_error={n: float((t - reference_teacher[n]).abs().max()) for n, t in teacher.items()},
+        )
+    dist.destroy_process_group()
+
+
+def test_two_fsdp2_ranks_give_the_unsharded_gradients_and_teacher(shards, tmp_path):
+    """Every parameter's gradient, the root's (heads, patch embedding) included, equals the
+    unsharded model's, and the EMA computed on local shards lands in the sharded teacher."""
+    config = _config(shards, tmp_path, model={"drop_path_rate": 0.0})
+    results = mp.Manager().dict()
+    mp.spawn(_fsdp_rank, args=(free_port(), config, results), nprocs=2)
+    assert results["missing"] == []
+    worst = max(results["gradient_error"].items(), key=lambda item: item[1])
+    assert worst[1] < 1e-5, worst
+    assert any(name.startswith("dino_head.last_layer") for name in results["gradient_error"])
+    worst = max(results["teacher_error"].items(), key=lambda item: item[1])
+    assert worst[1] < 1e-6, worst
