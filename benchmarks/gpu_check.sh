@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one run (about 5 minutes on one H100/H200), one table at the end.
+# Every GPU check of the project, in groups, one table at the end.
 #
-#   bash benchmarks/gpu_check.sh [--record] [--curation-value]   # on a CUDA GPU machine, from the repo root
+#   bash benchmarks/gpu_check.sh [--record] [GROUP ...]   # on a CUDA GPU machine, from the repo root
+#
+# Groups (default: train embed, about 7 minutes on one H100/H200; give each device call at most
+# what fits its 10 minutes):
+#   train           the vitl14 and vitg14 recipes trained for a few steps under torchrun (FSDP2),
+#                   finite losses, an export that `lvd:` loads; per recipe the bare step's MFU, the
+#                   loop's ratio to it unsharded (target >= 0.95) and under FSDP2 (target >= 0.90),
+#                   and peak memory.
+#   embed           the embed stage in-process with ViT-H/14 fp16 and GPU JPEG decoding against its
+#                   bare loop (target >= 0.90).
+#   levers          vitl14's bare step plain, with each speed lever alone and with all of them
+#                   (benchmarks/train.py --levers), then its top operators by device time (--profile):
+#                   about 4 minutes.
+#   curation-value  the curation-value benchmark at four times its CPU steps, three seeds, eight
+#                   loader workers (its own several minutes; the curation itself runs on the CPU).
+# With --record every figure goes to benchmarks/results.jsonl under the GPU's name.
 #
 # The machine needs torch, torchvision, timm, numpy, pyarrow, PIL, scikit-image, fsspec, typer, rich,
 # yaml, jinja2 and matplotlib; the project's other imports come as wheels in ./wheels (not Ray, not
@@ -11,26 +26,18 @@
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d wheels \
 #       pydantic pydantic-core annotated-types typing-inspection typing-extensions \
 #       "webdataset<0.3" braceexpand faiss-cpu universal-pathlib pathlib-abc
-#
-# Rows: the vitl14 and vitg14 recipes trained for a few steps under torchrun (FSDP2), finite losses,
-# an export that `lvd:` loads; per recipe the bare step's MFU, the loop's ratio to it unsharded
-# (target >= 0.95) and under FSDP2 (target >= 0.90), and peak memory; the embed stage in-process
-# with ViT-H/14 fp16 and GPU JPEG decoding against its bare loop (target >= 0.90). With --record
-# every figure goes to benchmarks/results.jsonl under the GPU's name. --curation-value adds the
-# curation-value benchmark at four times its CPU steps, three seeds, eight loader workers (its
-# own several minutes: give it a device call of its own, e.g. with only that flag and --record).
-# --only-curation-value skips every other row.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-record="" curation_value="" others=1
+record="" groups=""
 for arg in "$@"; do
   case "$arg" in
     --record) record="--record" ;;
-    --curation-value) curation_value=1 ;;
-    --only-curation-value) curation_value=1 others="" ;;
-    *) echo "gpu_check: unknown argument $arg"; exit 2 ;;
+    train|embed|levers|curation-value) groups="$groups $arg " ;;
+    *) echo "gpu_check: unknown argument $arg (groups: train embed levers curation-value)"; exit 2 ;;
   esac
 done
+groups="${groups:- train embed }"
+wants() { [[ "$groups" == *" $1 "* ]]; }
 out="$(mktemp -d)"
 log="$out/log.txt"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -47,19 +54,21 @@ check() {  # name, command...: run it, keep its output, add a row with its statu
   local started=$SECONDS
   if "$@" >"$out/$name.txt" 2>&1; then status=ok; else status="FAILED (see $out/$name.txt)"; fi
   cat "$out/$name.txt" >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|curation value:' "$out/$name.txt" | tr '\n' ' ' | cut -c1-160)")
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|curation value:' "$out/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-400)")
 }
 
-if [ -n "$others" ]; then
 python benchmarks/train.py --help >/dev/null || exit 1
 shards="$out/shards"
+if wants train || wants levers; then
 python - "$shards" <<'EOF'
 import sys
 from pathlib import Path
 from benchmarks.train import synthetic_shards
 synthetic_shards(Path(sys.argv[1]), 2000)
 EOF
+fi
 
+if wants train; then
 for recipe in vitl14 vitg14; do
   batch=$([ "$recipe" = vitl14 ] && echo 32 || echo 12)
   common=(data.shards="$shards" data.workers=12 data.batch_size_per_gpu="$batch")
@@ -72,14 +81,24 @@ for recipe in vitl14 vitg14; do
   check "$recipe-fsdp2" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
       --config "configs/training/$recipe.yaml" --steps 15 $record "${common[@]}" run.parallel=fsdp
 done
+fi
 
 # The embed stage in-process (no Ray here) with JPEGs decoded on the GPU, against its bare model(x) loop.
-check "embed-vith14" python benchmarks/embed.py --model timm:vit_huge_patch14_224 --gpu --executor local \
-    --decode device --images 3000 --batch-size 256 $record
+if wants embed; then
+  check "embed-vith14" python benchmarks/embed.py --model timm:vit_huge_patch14_224 --gpu --executor local \
+      --decode device --images 3000 --batch-size 256 $record
+fi
+
+# What each speed lever buys on vitl14's bare step, and where the step's device time goes.
+if wants levers; then
+  check "vitl14-levers" python benchmarks/train.py --config configs/training/vitl14.yaml --levers --steps 10 \
+      $record data.shards="$shards"
+  check "vitl14-profile" python benchmarks/train.py --config configs/training/vitl14.yaml --profile --steps 5 \
+      data.shards="$shards"
 fi
 
 # Does curation pay, with four times the CPU run's steps (the curation itself runs on the CPU).
-if [ -n "$curation_value" ]; then
+if wants curation-value; then
   check "curation-value" python benchmarks/curation_value.py --work "$out/curation-value" --seeds 3 --scale 4 \
       --workers 8 $record
 fi
@@ -88,5 +107,8 @@ printf '\n%-20s | %-8s | %-6s | %s\n' check status time figures
 for row in "${rows[@]}"; do
   IFS='|' read -r name status took figures <<<"$row"
   printf '%-20s | %-8s | %-6s | %s\n' "$name" "$status" "$took" "$figures"
+done
+for name in vitl14-levers vitl14-profile; do  # tables of their own
+  [ -f "$out/$name.txt" ] && { echo; echo "== $name"; grep -vE '^[WIV][0-9]{4} |Warning|warn\(' "$out/$name.txt"; }
 done
 echo "full log: $log"

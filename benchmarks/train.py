@@ -16,6 +16,14 @@ after the first logged window. Targets: loop >= 0.95 of bare, FSDP2 on one GPU >
 FLOPs of one bare step are counted with `torch.utils.flop_counter.FlopCounterMode`; MFU is the
 achieved rate over the GPU's dense bf16 peak (`--peak-tflops`, else the table below by device
 name). Target on H100/H200: bare-step MFU >= 45% for the vitl14 and vitg14 recipes.
+
+    python benchmarks/train.py --config configs/training/vitl14.yaml --levers [--record]
+    python benchmarks/train.py --config configs/training/vitl14.yaml --profile
+
+`--levers` times the bare step alone with each speed lever on its own against the plain step (no
+lever), then all of them, so each lever's share is measured rather than guessed. `--profile`
+prints the operators that take the most device time over a few bare steps (torch.profiler), the
+evidence to choose the next lever by.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import io
 import json
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -75,9 +85,23 @@ def memory_peak(device: torch.device) -> float:
     return peak
 
 
-def bare_steps(config: TrainConfig, steps: int, device: torch.device) -> tuple[float, float]:
-    """Seconds per step of the model alone, batches prepared before the clock starts, and the FLOPs
-    of one step (forward and backward; the optimizer and EMA are elementwise and not counted)."""
+PLAIN = ["model.drop_path_rate=0", "optim.fused=false", "run.compile=false", "run.activation_checkpointing=false"]
+"""The step with no lever: every block computes the whole batch (as per-sample drop-path masks do)."""
+WARMUP_STEPS = 3  # a compiled block compiles a graph per shape on its first steps
+
+
+class Bare(NamedTuple):
+    seconds: float  # per step
+    flops: float  # per step: forward and backward (the optimizer and EMA are elementwise, not counted)
+    memory_gib: float  # peak allocated
+
+
+def bare_steps(config: TrainConfig, steps: int, device: torch.device, profile: bool = False) -> Bare:
+    """The model alone, on multi-crop batches prepared before the clock starts, unsharded.
+
+    FLOPs are counted on an eager first step, before any block is compiled; with `profile`, the
+    timed steps run under torch.profiler and its top operators are printed.
+    """
     loader = loader_for(config, rank=0, start_step=0, workers=0)
     batches = [next(loader).to(device) for _ in range(min(steps, 8))]
     model = DinoV2(config).to(device)
@@ -95,15 +119,57 @@ def bare_steps(config: TrainConfig, steps: int, device: torch.device) -> tuple[f
         model.after_step(values["momentum"])
 
     with FlopCounterMode(display=False) as counter:
-        step_once(0)  # also warms up allocators and kernels
-    timed = 0.0
-    for step in range(1, steps + 1):
-        start = time.perf_counter()
+        step_once(0)
+    if config.run.compile:
+        model.compile_blocks()
+    for step in range(1, WARMUP_STEPS + 1):
         step_once(step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        timed += time.perf_counter() - start
-    return timed / steps, float(counter.get_total_flops())
+    synchronize(device)
+    memory_peak(device)
+    with profiler(device) if profile else nullcontext() as prof:
+        start = time.perf_counter()
+        for step in range(WARMUP_STEPS + 1, WARMUP_STEPS + steps + 1):
+            step_once(step)
+        synchronize(device)
+        seconds = (time.perf_counter() - start) / steps
+    if prof is not None:
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+    return Bare(seconds, float(counter.get_total_flops()), memory_peak(device))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profiler(device: torch.device) -> torch.profiler.profile:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return torch.profiler.profile(activities=activities)
+
+
+def lever_overrides(config: TrainConfig) -> dict[str, list[str]]:
+    """Each speed lever as config overrides on top of `PLAIN`."""
+    return {
+        "drop-path subset": [f"model.drop_path_rate={config.model.drop_path_rate}", "model.drop_path_uniform=true"],
+        "fused AdamW": ["optim.fused=true"],
+        "compiled blocks": ["run.compile=true"],
+    }
+
+
+def lever_table(config_path: str, overrides: list[str], steps: int, device: torch.device) -> list[tuple[str, Bare]]:
+    """The bare step plain, with each lever alone, and with all of them."""
+    each = lever_overrides(load_config(TrainConfig, config_path, overrides))
+    settings = {"plain": PLAIN, **{name: [*PLAIN, *extra] for name, extra in each.items()}}
+    settings["all levers"] = [*PLAIN, *(o for extra in each.values() for o in extra)]
+    rows = []
+    for name, levers in settings.items():
+        torch._dynamo.reset()  # each row compiles (or not) afresh
+        rows.append((name, bare_steps(load_config(TrainConfig, config_path, [*overrides, *levers]), steps, device)))
+        print(f"  {name:20s} {rows[-1][1].seconds * 1000:8.1f} ms/step", flush=True)
+    return rows
 
 
 def loop_steps(config: TrainConfig, steps: int) -> float:
@@ -117,6 +183,16 @@ def loop_steps(config: TrainConfig, steps: int) -> float:
     return config.data.batch_size_per_gpu / images_per_s
 
 
+def rate(bare: Bare, batch: int, peak: float | None) -> str:
+    """One bare step as time, images/s, FLOPs and MFU."""
+    achieved = bare.flops / bare.seconds / 1e12
+    mfu = f"MFU {achieved / peak:.1%} of {peak:.0f}" if peak else "MFU n/a (no peak for this device; --peak-tflops)"
+    return (
+        f"{bare.seconds * 1000:8.1f} ms ({batch / bare.seconds:7.1f} img/s), {bare.flops / 1e12:.2f} TFLOP/step, "
+        f"{achieved:.1f} TFLOP/s, {mfu}, peak {bare.memory_gib:.1f} GiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40)
@@ -124,41 +200,58 @@ def main() -> None:
     parser.add_argument("--config", default=str(Path(__file__).parents[1] / "configs/training/demo.yaml"))
     parser.add_argument("--synthetic-images", type=int, default=0, help="train on N generated 500x375 JPEGs")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
+    parser.add_argument("--levers", action="store_true", help="the bare step with each speed lever, no loop")
+    parser.add_argument("--profile", action="store_true", help="the bare step's top operators, no loop")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = peak_tflops(device, args.peak_tflops)
+    gpu = device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         overrides = [*args.overrides, f"run.output_dir={tmp}/run"]
         if args.synthetic_images:
             overrides.append(f"data.shards={synthetic_shards(Path(tmp) / 'shards', args.synthetic_images)}")
         config = load_config(TrainConfig, args.config, overrides)
-        bare, flops = bare_steps(config, args.steps, device)
-        peaks = {"bare": memory_peak(device)}
-        loop = loop_steps(config, args.steps)
-        peaks["loop"] = memory_peak(device)
-    batch = config.data.batch_size_per_gpu
-    achieved = flops / bare / 1e12
-    peak = peak_tflops(device, args.peak_tflops)
-    mfu = achieved / peak if peak else None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device {name}, {config.model.arch}, batch {batch}, precision {config.run.precision}, {config.run.parallel}")
-    print(f"bare step  {bare * 1000:8.1f} ms   ({batch / bare:7.1f} img/s)")
-    print(f"train loop {loop * 1000:8.1f} ms   ({batch / loop:7.1f} img/s)")
-    print(f"ratio {bare / loop:.2f}  (target >= 0.95; >= 0.90 under FSDP2)")
-    if device.type == "cuda":
-        print(f"peak memory: bare {peaks['bare']:.1f} GiB, loop {peaks['loop']:.1f} GiB")
-    print(
-        f"{flops / 1e12:.2f} TFLOP/step, {achieved:.1f} TFLOP/s achieved, "
-        + (f"MFU {mfu:.1%} of {peak:.0f} TFLOP/s" if mfu else "MFU n/a (no peak for this device; --peak-tflops)")
-    )
-    if args.record:
+        batch = config.data.batch_size_per_gpu
         subject = f"{config.model.arch}/{config.model.embed_dim or 'default'}x{config.model.depth or 'default'}"
+        name = torch.cuda.get_device_name(device) if gpu else "cpu"
+        print(f"device {name}, {config.model.arch}, batch {batch}, precision {config.run.precision}")
+        if args.levers:
+            for lever, bare in lever_table(args.config, overrides, args.steps, device):
+                print(f"lever {lever:20s} {rate(bare, batch, peak)}")
+                if args.record:
+                    record(
+                        "benchmarks/train.py",
+                        "train.bare_images_per_s",
+                        batch / bare.seconds,
+                        "images/s",
+                        f"{subject}/{lever}",
+                        gpu,
+                    )
+            return
+        bare = bare_steps(config, args.steps, device, profile=args.profile)
+        print(f"bare step  {rate(bare, batch, peak)}")
+        if args.profile:
+            return
+        loop = loop_steps(config, args.steps)
+        loop_memory = memory_peak(device)
+    print(
+        f"train loop {loop * 1000:8.1f} ms ({batch / loop:7.1f} img/s), {config.run.parallel}, peak {loop_memory:.1f} GiB"
+    )
+    print(f"ratio {bare.seconds / loop:.2f}  (target >= 0.95; >= 0.90 under FSDP2)")
+    if args.record:
         subject += f"/{config.run.parallel}"
-        gpu = device.type == "cuda"
         record("benchmarks/train.py", "train.images_per_s", batch / loop, "images/s", subject, gpu)
-        record("benchmarks/train.py", "train.loop_ratio", bare / loop, "ratio", subject, gpu)
-        if mfu:
-            record("benchmarks/train.py", "train.bare_mfu", mfu, "fraction", subject, gpu)
+        record("benchmarks/train.py", "train.loop_ratio", bare.seconds / loop, "ratio", subject, gpu)
+        if peak:
+            record(
+                "benchmarks/train.py",
+                "train.bare_mfu",
+                bare.flops / bare.seconds / 1e12 / peak,
+                "fraction",
+                subject,
+                gpu,
+            )
 
 
 if __name__ == "__main__":

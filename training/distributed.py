@@ -8,6 +8,7 @@ gets the same answer, and a plain `python` process runs as world size 1 with no 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,9 @@ def wrap_student(
             raise ConfigError("run.parallel=fsdp needs a process group: launch with torchrun or Ray Train")
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        # The student returns slices of its logits; FSDP2 warns that an in-place op on such a view
+        # would skip its pre-backward hook. The losses only read them, so the warning is noise.
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         for module in (student, *followers):
             for block in module.backbone.blocks:
