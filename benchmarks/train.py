@@ -33,7 +33,10 @@ import io
 import json
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -94,6 +97,7 @@ class Bare(NamedTuple):
     seconds: float  # per step
     flops: float  # per step: forward and backward (the optimizer and EMA are elementwise, not counted)
     memory_gib: float  # peak allocated
+    host_syncs: int | None  # times one step made the host wait for the GPU (None off CUDA)
 
 
 def bare_steps(config: TrainConfig, steps: int, device: torch.device, profile: bool = False) -> Bare:
@@ -124,6 +128,7 @@ def bare_steps(config: TrainConfig, steps: int, device: torch.device, profile: b
         model.compile_blocks()
     for step in range(1, WARMUP_STEPS + 1):
         step_once(step)
+    syncs = count_host_syncs(partial(step_once, WARMUP_STEPS), device)
     synchronize(device)
     memory_peak(device)
     with profiler(device) if profile else nullcontext() as prof:
@@ -135,7 +140,21 @@ def bare_steps(config: TrainConfig, steps: int, device: torch.device, profile: b
     if prof is not None:
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
-    return Bare(seconds, float(counter.get_total_flops()), memory_peak(device))
+    return Bare(seconds, float(counter.get_total_flops()), memory_peak(device), syncs)
+
+
+def count_host_syncs(step: Callable[[], None], device: torch.device) -> int | None:
+    """How often `step` blocks the host on the GPU (CUDA's sync debug mode warns at each)."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def synchronize(device: torch.device) -> None:
@@ -190,6 +209,7 @@ def rate(bare: Bare, batch: int, peak: float | None) -> str:
     return (
         f"{bare.seconds * 1000:8.1f} ms ({batch / bare.seconds:7.1f} img/s), {bare.flops / 1e12:.2f} TFLOP/step, "
         f"{achieved:.1f} TFLOP/s, {mfu}, peak {bare.memory_gib:.1f} GiB"
+        + ("" if bare.host_syncs is None else f", {bare.host_syncs} host syncs/step")
     )
 
 

@@ -9,6 +9,7 @@ import torch
 
 from training.heads import DINOHead
 from training.losses import CenteredTargets, dino_loss, ibot_loss, koleo_loss, sinkhorn_knopp
+from training.masking import masked_rows
 
 
 def test_dino_loss_is_the_sum_of_pairwise_mean_cross_entropies():
@@ -37,8 +38,10 @@ def test_ibot_loss_weighs_every_image_equally_and_divides_by_batch():
     count = int(masks.sum())
     targets = torch.full((count, 2), 0.5)
     logits = torch.zeros(count, 2)  # cross-entropy log 2 per patch
+    rows, weights = masked_rows(masks)
+    assert rows.tolist() == [0, 3, 4, 5]  # flat indices, in masks[masks] order
     # image 0: 1 patch weight 1; image 1: 3 patches weight 1/3 each; image 2 none; / 3 images
-    assert float(ibot_loss(logits, targets, masks)) == pytest.approx(2 * math.log(2) / 3, rel=1e-6)
+    assert float(ibot_loss(logits, targets, weights, len(masks))) == pytest.approx(2 * math.log(2) / 3, rel=1e-6)
 
 
 def test_koleo_is_minus_mean_log_nearest_neighbour_distance():

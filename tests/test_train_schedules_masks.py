@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.masking import BlockMaskGenerator, batch_masks
+from training.masking import BlockMaskGenerator, batch_masks, masked_rows
 from training.optim import Schedules, build_optimizer, layer_id
 from training.schedules import CosineSchedule
 from training.student_teacher import Student
@@ -47,6 +47,17 @@ def test_batch_masks_ratio_and_probability():
     assert len(masked) == 32
     assert float(masked.min()) >= 0.1 - 1 / 256 and float(masked.max()) <= 0.5
     assert float(masked.max()) > 0.4 and float(masked.min()) < 0.2  # spread over the whole range
+
+
+def test_masked_rows_select_what_the_boolean_masks_select():
+    masks = batch_masks(
+        BlockMaskGenerator((6, 6)), num_crops=8, probability=0.5, ratio=(0.1, 0.5), rng=random.Random(1)
+    )
+    tokens = torch.randn(8, 36, 5)
+    rows, weights = masked_rows(masks)
+    assert torch.equal(tokens.flatten(0, 1).index_select(0, rows), tokens[masks])
+    crop_of = rows // 36
+    assert torch.equal(weights, 1.0 / masks.sum(dim=1)[crop_of])  # each masked crop's weights sum to 1
 
 
 def _config(tmp_path, **optim) -> TrainConfig:
@@ -101,7 +112,7 @@ def test_every_tensor_of_the_student_output_is_a_pytree_leaf(tmp_path):
     locals_ = torch.randn(4 * config.crops.local_number, 3, config.crops.local_size, config.crops.local_size)
     masks = torch.zeros(4, (size // config.model.patch_size) ** 2, dtype=torch.bool)
     masks[:, :3] = True
-    out = student(globals_, locals_, masks)
+    out = student(globals_, locals_, masks, masked_rows(masks)[0])
     leaves = torch.utils._pytree.tree_leaves(out)
     assert len(leaves) == 4 and all(torch.is_tensor(leaf) for leaf in leaves)
     assert {id(leaf) for leaf in leaves} == {id(t) for t in out}

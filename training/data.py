@@ -23,7 +23,7 @@ from foundation.errors import ConfigError
 from foundation.storage import Location, location, open_input
 from training.augment import MultiCrop, MultiCropViews
 from training.config import TrainConfig
-from training.masking import BlockMaskGenerator, batch_masks
+from training.masking import BlockMaskGenerator, batch_masks, masked_rows
 
 IMAGE_EXTENSIONS = "jpg;jpeg;png;webp"
 
@@ -90,16 +90,19 @@ class CropBatch:
     global_crops: torch.Tensor  # (2·B)×3×G×G
     local_crops: torch.Tensor  # (L·B)×3×l×l, L may be 0
     masks: torch.Tensor  # (2·B)×N boolean, N = (G / patch)²
+    mask_rows: torch.Tensor  # M flat indices of the masked patches into (2·B)·N, in masks[masks] order
+    mask_weights: torch.Tensor  # M iBOT weights: 1 / masked patches of the patch's crop
     batch_size: int
 
     def pin_memory(self) -> CropBatch:
-        return CropBatch(
-            self.global_crops.pin_memory(), self.local_crops.pin_memory(), self.masks.pin_memory(), self.batch_size
-        )
+        return self._map(torch.Tensor.pin_memory)
 
     def to(self, device: torch.device) -> CropBatch:
-        move = partial(torch.Tensor.to, device=device, non_blocking=True)
-        return CropBatch(move(self.global_crops), move(self.local_crops), move(self.masks), self.batch_size)
+        return self._map(partial(torch.Tensor.to, device=device, non_blocking=True))
+
+    def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> CropBatch:
+        tensors = (self.global_crops, self.local_crops, self.masks, self.mask_rows, self.mask_weights)
+        return CropBatch(*map(move, tensors), self.batch_size)
 
 
 class CollateCrops:
@@ -118,7 +121,7 @@ class CollateCrops:
         else:
             local_crops = torch.empty(0)
         masks = batch_masks(self.generator, len(global_crops), self.probability, self.ratio, rng)
-        return CropBatch(global_crops, local_crops, masks, len(samples))
+        return CropBatch(global_crops, local_crops, masks, *masked_rows(masks), len(samples))
 
 
 def make_loader(

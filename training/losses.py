@@ -20,8 +20,11 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _global_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Rows of `tensor` summed over ranks (ranks may hold different numbers, e.g. of masked patches)."""
-    return _all_reduce(torch.tensor(float(tensor.shape[0]), device=tensor.device))
+    """Rows of `tensor` summed over ranks (ranks may hold different numbers, e.g. of masked patches).
+
+    Made on the device by a fill, not copied from the host, which would make the host wait for it.
+    """
+    return _all_reduce(torch.full((), float(tensor.shape[0]), device=tensor.device))
 
 
 @torch.no_grad()
@@ -83,17 +86,21 @@ def dino_loss(
 
 
 def ibot_loss(
-    student_logits: torch.Tensor, teacher_targets: torch.Tensor, masks: torch.Tensor, student_temp: float = 0.1
+    student_logits: torch.Tensor,
+    teacher_targets: torch.Tensor,
+    weights: torch.Tensor,
+    num_crops: int,
+    student_temp: float = 0.1,
 ) -> torch.Tensor:
-    """Masked-patch cross-entropy, each image weighted equally whatever its number of masked patches.
+    """Masked-patch cross-entropy, each crop weighted equally whatever its number of masked patches.
 
     `student_logits` and `teacher_targets` hold the masked patches only (M×K, in `masks[masks]`
-    order); `masks` is the B×N boolean mask. The sum is divided by B, as DINOv2 does, so images
-    without masks dilute the loss.
+    order); `weights` is each patch's 1 / (masked patches of its crop), from
+    `masking.masked_rows`. The sum is divided by the number of global crops, as DINOv2 does, so
+    crops without masks dilute the loss.
     """
     per_patch = cross_entropy(teacher_targets, student_logits, student_temp)
-    weights = (1.0 / masks.sum(dim=-1).clamp(min=1)).unsqueeze(-1).expand_as(masks)[masks]
-    return (per_patch * weights).sum() / masks.shape[0]
+    return (per_patch * weights).sum() / num_crops
 
 
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

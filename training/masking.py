@@ -80,3 +80,17 @@ def batch_masks(
     masks += [torch.zeros(n, dtype=torch.bool)] * (num_crops - num_masked)
     rng.shuffle(masks)
     return torch.stack(masks)
+
+
+def masked_rows(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the masked patches are, for the loader to compute on the CPU.
+
+    Returns their flat indices into the crops' patch tokens (crops × N, in `masks[masks]` order)
+    and each one's iBOT weight, 1 / (masked patches of its crop). On a GPU, selecting patches by a
+    boolean mask, or summing a mask to weigh them, makes the host wait for the device (the result's
+    size lives there); these come with the batch instead.
+    """
+    rows = masks.flatten().nonzero().squeeze(1)
+    per_crop = masks.sum(dim=1, keepdim=True).clamp(min=1)
+    weights = (1.0 / per_crop).expand_as(masks)[masks]
+    return rows, weights

@@ -73,10 +73,12 @@ class Student(nn.Module):
         else:
             self.ibot_head = None
 
-    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor, masks: torch.Tensor) -> StudentOutput:
+    def forward(
+        self, global_crops: torch.Tensor, local_crops: torch.Tensor, masks: torch.Tensor, mask_rows: torch.Tensor
+    ) -> StudentOutput:
         features = self.backbone.forward_features(global_crops, masks)
         global_cls = features["x_norm_clstoken"]
-        masked = features["x_norm_patchtokens"][masks]
+        masked = features["x_norm_patchtokens"].flatten(0, 1).index_select(0, mask_rows)
         parts = [global_cls]
         if local_crops.numel():
             parts.append(self.backbone.forward_features(local_crops)["x_norm_clstoken"])
@@ -119,18 +121,19 @@ class Teacher(nn.Module):
         return cls(copy.deepcopy(student.backbone), copy.deepcopy(student.dino_head), copy.deepcopy(student.ibot_head))
 
     @torch.no_grad()
-    def forward(self, global_crops: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """CLS logits with the two crops' halves swapped, and patch logits at the student's masked positions."""
+    def forward(self, global_crops: torch.Tensor, mask_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLS logits with the two crops' halves swapped, and patch logits at the student's masked
+        positions (`mask_rows`: flat indices into the crops' patch tokens)."""
         if self.autocast_dtype is None:
-            return self._logits(global_crops, masks)
+            return self._logits(global_crops, mask_rows)
         with torch.autocast(global_crops.device.type, self.autocast_dtype):
-            return self._logits(global_crops, masks)
+            return self._logits(global_crops, mask_rows)
 
-    def _logits(self, global_crops: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _logits(self, global_crops: torch.Tensor, mask_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone.forward_features(global_crops)
         cls = features["x_norm_clstoken"]
         cls = torch.cat(cls.chunk(NUM_GLOBAL_CROPS)[::-1])
-        masked = features["x_norm_patchtokens"][masks]
+        masked = features["x_norm_patchtokens"].flatten(0, 1).index_select(0, mask_rows)
         if self.ibot_head is None:
             logits = self.dino_head(torch.cat([cls, masked]))
             return logits[: cls.shape[0]], logits[cls.shape[0] :]
@@ -196,10 +199,10 @@ def ibot_prototypes(config: TrainConfig) -> int:
 def compute_losses(model: DinoV2, student: nn.Module, batch: CropBatch, teacher_temp: float) -> dict[str, torch.Tensor]:
     """Loss parts and their weighted `total`; `student` is `model.student` or its DDP/FSDP wrapper."""
     loss = model.config.loss
-    teacher_cls, teacher_masked = model.teacher(batch.global_crops, batch.masks)
+    teacher_cls, teacher_masked = model.teacher(batch.global_crops, batch.mask_rows)
     cls_targets = model.dino_targets(teacher_cls, teacher_temp)
     masked_targets = model.ibot_targets(teacher_masked, teacher_temp)
-    out: StudentOutput = student(batch.global_crops, batch.local_crops, batch.masks)
+    out: StudentOutput = student(batch.global_crops, batch.local_crops, batch.masks, batch.mask_rows)
 
     n_local = out.local_logits.shape[0] // batch.batch_size
     global_pairs, local_pairs = NUM_GLOBAL_CROPS, max(n_local * NUM_GLOBAL_CROPS, 1)
@@ -214,7 +217,7 @@ def compute_losses(model: DinoV2, student: nn.Module, batch: CropBatch, teacher_
     parts = {
         "dino_global": dino_global / (global_pairs + local_pairs),
         "dino_local": dino_local / (global_pairs + local_pairs),
-        "ibot": ibot_loss(out.masked_logits, masked_targets, batch.masks, loss.student_temp),
+        "ibot": ibot_loss(out.masked_logits, masked_targets, batch.mask_weights, len(batch.masks), loss.student_temp),
         "koleo": sum(koleo_loss(chunk) for chunk in out.global_cls.chunk(NUM_GLOBAL_CROPS)),
     }
     parts["total"] = (
