@@ -240,20 +240,37 @@ def plan(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measur
 
 
 def decode_cores(rows: list[PlanRow], pool: float, fleet: Fleet, results: list[Measurement]) -> str:
-    """How many CPU cores keep the GPUs fed with decoded JPEGs through the fastest embed pass (the
-    copy model's, usually), from the measured decode rate per core."""
-    rate = latest(results, "decode.images_per_s_per_core", "decode", "cpu")
+    """How many CPU cores keep the GPUs fed through the fastest embed pass (the copy model's,
+    usually): decoding on the CPU, from the measured decode rate per core; decoding on the GPU
+    (`embed.decode=device`), from the CPU core-seconds per image the embed stage kept busy on this
+    GPU kind (reading tars, the decode's host side, batching)."""
     passes = [r.wall_hours for r in rows if r.stage.startswith("embed") and r.on_gpu and r.wall_hours]
     if not fleet.gpu or not passes:
         return ""
+    images_per_s = pool / (min(passes) * 3600)
+    rate = latest(results, "decode.images_per_s_per_core", "decode", "cpu")
     if rate is None:
-        return "decode cores: no measurement; run python benchmarks/ingest.py --record"
-    cores = pool / (min(passes) * 3600) / rate.value
-    return (
-        f"decode cores: {cores:,.0f} CPU cores ({cores / fleet.gpus:.1f} per GPU) to decode JPEGs on CPU as fast as "
-        f"the fastest embed pass reads them, at {rate.value:,.0f} images/s per core [{rate.cite()}; the synthetic "
-        "crawl's 200-320 px images: web-size JPEGs decode several times slower]; embed.decode=device needs none"
-    )
+        on_cpu = "decode cores, embed.decode=cpu: no measurement; run python benchmarks/ingest.py --record"
+    else:
+        cores = images_per_s / rate.value
+        on_cpu = (
+            f"decode cores, embed.decode=cpu: {cores:,.0f} CPU cores ({cores / fleet.gpus:.1f} per GPU) to decode "
+            f"JPEGs as fast as the fastest embed pass reads them, at {rate.value:,.0f} images/s per core "
+            f"[{rate.cite()}; the synthetic crawl's 200-320 px images: web-size JPEGs decode several times slower]"
+        )
+    busy = latest(results, "embed.core_seconds_per_image", "decode=device", fleet.device)
+    if busy is None:
+        on_gpu = (
+            f"decode cores, embed.decode=device: no measurement on {fleet.device}; "
+            "run bash benchmarks/gpu_check.sh --record embed there"
+        )
+    else:
+        cores = images_per_s * busy.value
+        on_gpu = (
+            f"decode cores, embed.decode=device: {cores:,.0f} CPU cores ({cores / fleet.gpus:.1f} per GPU) busy "
+            f"beside the GPUs, at {busy.value * 1000:.2f} core-ms per image [{busy.cite()}]"
+        )
+    return f"{on_cpu}\n{on_gpu}"
 
 
 def render(rows: list[PlanRow], pool: float, fleet: Fleet, results: list[Measurement] | None = None) -> str:

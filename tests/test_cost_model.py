@@ -63,6 +63,22 @@ def test_plan_arithmetic_follows_the_measured_rates(config):
     assert "unmeasured stages: curated" in text
 
 
+def test_decode_cores_follow_the_fastest_embed_pass_and_the_measured_rates(config):
+    fleet = cost_model.Fleet(8, "H100", 96)
+    copy_model = config.embed.models["copy"].name
+    results = [
+        _m("embed.images_per_s", 4000, copy_model),  # the fastest pass: 4,000 images/s per GPU
+        _m("decode.images_per_s_per_core", 500, "decode", device="cpu", cores=2),
+        _m("embed.core_seconds_per_image", 0.0004, "decode=device"),
+    ]
+    rows = cost_model.plan(config, 1.2e9, fleet, results)
+    on_cpu, on_gpu = cost_model.decode_cores(rows, 1.2e9, fleet, results).splitlines()
+    assert "64 CPU cores (8.0 per GPU)" in on_cpu  # 8 × 4,000 images/s over 500 per core
+    assert "13 CPU cores (1.6 per GPU)" in on_gpu and "0.40 core-ms per image" in on_gpu
+    without = cost_model.decode_cores(rows, 1.2e9, fleet, results[:2]).splitlines()[1]
+    assert "no measurement on H100" in without and "gpu_check.sh --record embed" in without
+
+
 def test_without_a_gpu_record_a_stage_is_estimated_from_its_flops(config):
     rows = {r.stage: r for r in cost_model.plan(config, 1.2e9, cost_model.Fleet(8, "H100", 96), [])}
     embed = rows["embed (retrieval)"]  # timm:vit_huge_patch14_224: 323.8 GFLOPs an image
@@ -101,4 +117,4 @@ def test_plan_from_the_command_line(capsys):
     assert "plan: 1.2e+09 pool images on 8 x H100 GPUs" in out and "kNN graph (k=64)" in out
     figures = [line for line in out.splitlines() if line.strip().startswith("[")]
     assert len(figures) == 7 and all("device-h" in line for line in figures), out  # every stage has hours
-    assert "total:" in out and "GPU-hours" in out and "decode cores:" in out
+    assert "total:" in out and "GPU-hours" in out and "decode cores, embed.decode=device:" in out
