@@ -12,8 +12,8 @@
 #   embed           the embed stage in-process with ViT-H/14 fp16 and GPU JPEG decoding against its
 #                   bare loop (target >= 0.90).
 #   levers          vitl14's bare step plain, with each speed lever alone and with all of them
-#                   (benchmarks/train.py --levers), then its top operators by device time (--profile):
-#                   about 4 minutes.
+#                   (benchmarks/train.py --levers), then its top operators by device time and its
+#                   host time per step (--profile), unsharded and under FSDP2: about 5 minutes.
 #   curation-value  the curation-value benchmark at four times its CPU steps, three seeds, eight
 #                   loader workers (its own several minutes; the curation itself runs on the CPU).
 # With --record every figure goes to benchmarks/results.jsonl under the GPU's name.
@@ -95,6 +95,8 @@ if wants levers; then
       $record data.shards="$shards"
   check "vitl14-profile" python benchmarks/train.py --config configs/training/vitl14.yaml --profile --steps 5 \
       data.shards="$shards"
+  check "vitl14-fsdp-profile" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
+      --config configs/training/vitl14.yaml --profile --steps 5 data.shards="$shards" run.parallel=fsdp
 fi
 
 # Does curation pay, with four times the CPU run's steps (the curation itself runs on the CPU).
@@ -108,7 +110,7 @@ for row in "${rows[@]}"; do
   IFS='|' read -r name status took figures <<<"$row"
   printf '%-20s | %-8s | %-6s | %s\n' "$name" "$status" "$took" "$figures"
 done
-for name in vitl14-levers vitl14-profile; do  # tables of their own
+for name in vitl14-levers vitl14-profile vitl14-fsdp-profile; do  # tables of their own
   [ -f "$out/$name.txt" ] && { echo; echo "== $name"; grep -vE '^[WIV][0-9]{4} |Warning|warn\(' "$out/$name.txt"; }
 done
 echo "full log: $log"

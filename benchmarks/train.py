@@ -22,8 +22,10 @@ name). Target on H100/H200: bare-step MFU >= 45% for the vitl14 and vitg14 recip
 
 `--levers` times the bare step alone with each speed lever on its own against the plain step (no
 lever), then all of them, so each lever's share is measured rather than guessed. `--profile`
-prints the operators that take the most device time over a few bare steps (torch.profiler), the
-evidence to choose the next lever by.
+prints the operators that take the most device time over a few bare steps (torch.profiler) and
+the host's time per step, the evidence to choose the next lever by; under torchrun with
+run.parallel=fsdp it profiles the FSDP2-sharded step, where hooks and DTensor dispatch cost host
+time.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from curation.synth.concepts import PROCEDURAL
 from foundation.config import load_config
 from training.config import TrainConfig
 from training.data import loader_for
+from training.distributed import init, wrap_student
 from training.optim import Schedules, build_optimizer
 from training.student_teacher import DinoV2, compute_losses
 from training.train_loop import autocast_dtype, autocast_for, train
@@ -100,23 +103,28 @@ class Bare(NamedTuple):
     host_syncs: int | None  # times one step made the host wait for the GPU (None off CUDA)
 
 
-def bare_steps(config: TrainConfig, steps: int, device: torch.device, profile: bool = False) -> Bare:
-    """The model alone, on multi-crop batches prepared before the clock starts, unsharded.
+def bare_steps(
+    config: TrainConfig, steps: int, device: torch.device, profile: bool = False, shard: bool = False
+) -> Bare:
+    """The model alone, on multi-crop batches prepared before the clock starts, unsharded unless
+    `shard` (FSDP2, as `train()` wraps it; under torchrun).
 
-    FLOPs are counted on an eager first step, before any block is compiled; with `profile`, the
-    timed steps run under torch.profiler and its top operators are printed.
+    FLOPs are counted on an eager, unsharded first step, before any block is compiled; with
+    `profile`, the timed steps run under torch.profiler and its top operators are printed, with the
+    host's time per step: when that nears the step's wall time, the host sets the pace.
     """
     loader = loader_for(config, rank=0, start_step=0, workers=0)
     batches = [next(loader).to(device) for _ in range(min(steps, 8))]
     model = DinoV2(config).to(device)
-    optimizer = build_optimizer(model.student, config)
+    student, optimizer = model.student, build_optimizer(model.student, config)
     schedules = Schedules.from_config(config, 1)
-    autocast = autocast_for(autocast_dtype(config.run.precision, device), device)
+    dtype = autocast_dtype(config.run.precision, device)
+    autocast = autocast_for(dtype, device)
 
     def step_once(step: int) -> None:
         values = schedules.apply(optimizer, step)
         with autocast:
-            parts = compute_losses(model, model.student, batches[step % len(batches)], values["teacher_temp"])
+            parts = compute_losses(model, student, batches[step % len(batches)], values["teacher_temp"])
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
         optimizer.step()
@@ -126,6 +134,9 @@ def bare_steps(config: TrainConfig, steps: int, device: torch.device, profile: b
         step_once(0)
     if config.run.compile:
         model.compile_blocks()
+    if shard:
+        student = wrap_student(model.student, model.ema_modules(), "fsdp", init(), dtype)
+        optimizer = build_optimizer(model.student, config)  # FSDP2 replaced the parameters
     for step in range(1, WARMUP_STEPS + 1):
         step_once(step)
     syncs = count_host_syncs(partial(step_once, WARMUP_STEPS), device)
@@ -138,8 +149,13 @@ def bare_steps(config: TrainConfig, steps: int, device: torch.device, profile: b
         synchronize(device)
         seconds = (time.perf_counter() - start) / steps
     if prof is not None:
+        events = prof.key_averages()
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+        print(events.table(sort_by=sort, row_limit=25, max_name_column_width=60))
+        host = events.self_cpu_time_total / 1000 / steps
+        print(
+            f"host time {host:.1f} ms/step against {seconds * 1000:.1f} ms/step wall ({'sharded' if shard else 'unsharded'})"
+        )
     return Bare(seconds, float(counter.get_total_flops()), memory_peak(device), syncs)
 
 
@@ -221,7 +237,9 @@ def main() -> None:
     parser.add_argument("--synthetic-images", type=int, default=0, help="train on N generated 500x375 JPEGs")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak")
     parser.add_argument("--levers", action="store_true", help="the bare step with each speed lever, no loop")
-    parser.add_argument("--profile", action="store_true", help="the bare step's top operators, no loop")
+    parser.add_argument(
+        "--profile", action="store_true", help="the bare step's top operators (FSDP2-sharded under torchrun), no loop"
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -249,7 +267,9 @@ def main() -> None:
                         gpu,
                     )
             return
-        bare = bare_steps(config, args.steps, device, profile=args.profile)
+        bare = bare_steps(
+            config, args.steps, device, profile=args.profile, shard=args.profile and config.run.parallel == "fsdp"
+        )
         print(f"bare step  {rate(bare, batch, peak)}")
         if args.profile:
             return
