@@ -23,7 +23,7 @@ from models.layers.drop_path import add_on_subset
 from tests.conftest import free_port
 from tests.train_fixtures import tiny_train_tree, write_concept_shards
 from training.config import TrainConfig
-from training.data import loader_for
+from training.data import CropBatch, loader_for
 from training.distributed import DistEnv, wrap_student
 from training.optim import build_optimizer
 from training.student_teacher import DinoV2, build_backbone, compute_losses
@@ -73,12 +73,17 @@ def test_every_block_drops_at_the_recipe_rate_unless_told_to_ramp(shards, tmp_pa
     assert [b.drop_path1.drop_prob for b in ramp.blocks] == pytest.approx([0.0, 0.2, 0.4])
 
 
-def test_activation_checkpointing_gives_the_same_gradients(shards, tmp_path):
-    config = _config(shards, tmp_path, model={"drop_path_rate": 0.4})
+def _twins(shards, tmp_path, drop_path_rate: float) -> tuple[CropBatch, DinoV2, DinoV2]:
+    """A batch, a model, and a copy of the model to turn one lever on in."""
+    config = _config(shards, tmp_path, model={"drop_path_rate": drop_path_rate})
     batch = next(loader_for(config, rank=0, start_step=0, workers=0))
     torch.manual_seed(0)
-    plain = DinoV2(config)
-    recomputing = copy.deepcopy(plain)
+    model = DinoV2(config)
+    return batch, model, copy.deepcopy(model)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(shards, tmp_path):
+    batch, plain, recomputing = _twins(shards, tmp_path, drop_path_rate=0.4)
     recomputing.student.backbone.activation_checkpointing = True
     torch.manual_seed(1)
     expected = _gradients(plain, batch)
@@ -91,11 +96,7 @@ def test_activation_checkpointing_gives_the_same_gradients(shards, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_blocks_give_the_eager_gradients(shards, tmp_path):
-    config = _config(shards, tmp_path, model={"drop_path_rate": 0.0})
-    batch = next(loader_for(config, rank=0, start_step=0, workers=0))
-    torch.manual_seed(0)
-    eager = DinoV2(config)
-    compiled = copy.deepcopy(eager)
+    batch, eager, compiled = _twins(shards, tmp_path, drop_path_rate=0.0)
     compiled.compile_blocks()
     expected, got = _gradients(eager, batch), _gradients(compiled, batch)
     for name in expected:  # fused kernels sum in another order; the sharp softmax targets amplify it to ~0.3%
