@@ -94,3 +94,11 @@ def masked_rows(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     per_crop = masks.sum(dim=1, keepdim=True).clamp(min=1)
     weights = (1.0 / per_crop).expand_as(masks)[masks]
     return rows, weights
+
+
+def select_masked(patch_tokens: torch.Tensor, mask_rows: torch.Tensor) -> torch.Tensor:
+    """The masked patches' tokens (M×D, `masks[masks]` order) from crops × N × D patch tokens, by
+    the flat indices `masked_rows` gives: no host sync, and no copy of every crop's tokens (which
+    flattening the strided patch-token view would make)."""
+    n = patch_tokens.shape[1]
+    return patch_tokens[mask_rows // n, mask_rows % n]

@@ -23,6 +23,7 @@ from training.config import TrainConfig
 from training.data import CropBatch
 from training.heads import DINOHead
 from training.losses import CenteredTargets, dino_loss, ibot_loss, koleo_loss
+from training.masking import select_masked
 
 NUM_GLOBAL_CROPS = 2
 
@@ -78,7 +79,7 @@ class Student(nn.Module):
     ) -> StudentOutput:
         features = self.backbone.forward_features(global_crops, masks)
         global_cls = features["x_norm_clstoken"]
-        masked = features["x_norm_patchtokens"].flatten(0, 1).index_select(0, mask_rows)
+        masked = select_masked(features["x_norm_patchtokens"], mask_rows)
         parts = [global_cls]
         if local_crops.numel():
             parts.append(self.backbone.forward_features(local_crops)["x_norm_clstoken"])
@@ -133,7 +134,7 @@ class Teacher(nn.Module):
         features = self.backbone.forward_features(global_crops)
         cls = features["x_norm_clstoken"]
         cls = torch.cat(cls.chunk(NUM_GLOBAL_CROPS)[::-1])
-        masked = features["x_norm_patchtokens"].flatten(0, 1).index_select(0, mask_rows)
+        masked = select_masked(features["x_norm_patchtokens"], mask_rows)
         if self.ibot_head is None:
             logits = self.dino_head(torch.cat([cls, masked]))
             return logits[: cls.shape[0]], logits[cls.shape[0] :]
