@@ -22,10 +22,11 @@ name). Target on H100/H200: bare-step MFU >= 45% for the vitl14 and vitg14 recip
 
 `--levers` times the bare step alone with each speed lever on its own against the plain step (no
 lever), then all of them, so each lever's share is measured rather than guessed. `--profile`
-prints the operators that take the most device time over a few bare steps (torch.profiler) and
-the host's time per step, the evidence to choose the next lever by; under torchrun with
-run.parallel=fsdp it profiles the FSDP2-sharded step, where hooks and DTensor dispatch cost host
-time.
+prints the operators that take the most device time over a few bare steps (torch.profiler), the
+evidence to choose the next lever by; under torchrun with run.parallel=fsdp it profiles the
+FSDP2-sharded step, where hooks and DTensor dispatch cost host time. On CUDA every bare figure
+also says how long the host takes to issue a step: when that nears the step's time, the host, not
+the GPU, sets the pace (or the launch queue is full).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class Bare(NamedTuple):
     flops: float  # per step: forward and backward (the optimizer and EMA are elementwise, not counted)
     memory_gib: float  # peak allocated
     host_syncs: int | None  # times one step made the host wait for the GPU (None off CUDA)
+    issue_seconds: float  # per step, for the host to issue its work: near `seconds`, the host sets the pace
 
 
 def bare_steps(
@@ -110,8 +112,7 @@ def bare_steps(
     `shard` (FSDP2, as `train()` wraps it; under torchrun).
 
     FLOPs are counted on an eager, unsharded first step, before any block is compiled; with
-    `profile`, the timed steps run under torch.profiler and its top operators are printed, with the
-    host's time per step: when that nears the step's wall time, the host sets the pace.
+    `profile`, the timed steps run under torch.profiler and its top operators are printed.
     """
     loader = loader_for(config, rank=0, start_step=0, workers=0)
     batches = [next(loader).to(device) for _ in range(min(steps, 8))]
@@ -146,17 +147,13 @@ def bare_steps(
         start = time.perf_counter()
         for step in range(WARMUP_STEPS + 1, WARMUP_STEPS + steps + 1):
             step_once(step)
+        issued = (time.perf_counter() - start) / steps
         synchronize(device)
         seconds = (time.perf_counter() - start) / steps
     if prof is not None:
-        events = prof.key_averages()
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(events.table(sort_by=sort, row_limit=25, max_name_column_width=60))
-        host = events.self_cpu_time_total / 1000 / steps
-        print(
-            f"host time {host:.1f} ms/step against {seconds * 1000:.1f} ms/step wall ({'sharded' if shard else 'unsharded'})"
-        )
-    return Bare(seconds, float(counter.get_total_flops()), memory_peak(device), syncs)
+        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+    return Bare(seconds, float(counter.get_total_flops()), memory_peak(device), syncs, issued)
 
 
 def count_host_syncs(step: Callable[[], None], device: torch.device) -> int | None:
@@ -226,6 +223,7 @@ def rate(bare: Bare, batch: int, peak: float | None) -> str:
         f"{bare.seconds * 1000:8.1f} ms ({batch / bare.seconds:7.1f} img/s), {bare.flops / 1e12:.2f} TFLOP/step, "
         f"{achieved:.1f} TFLOP/s, {mfu}, peak {bare.memory_gib:.1f} GiB"
         + ("" if bare.host_syncs is None else f", {bare.host_syncs} host syncs/step")
+        + (f", host issues it in {bare.issue_seconds * 1000:.1f} ms" if bare.host_syncs is not None else "")
     )
 
 
