@@ -12,8 +12,8 @@
 #   embed           the embed stage in-process with ViT-H/14 fp16 and GPU JPEG decoding against its
 #                   bare loop (target >= 0.90).
 #   levers          vitl14's bare step plain, with each speed lever alone and with all of them
-#                   (benchmarks/train.py --levers), then its top operators by device time and its
-#                   host time per step (--profile), unsharded and under FSDP2: about 5 minutes.
+#                   (benchmarks/train.py --levers), then its top operators by device time
+#                   (--profile), unsharded and under FSDP2: about 5 minutes.
 #   curation-value  the curation-value benchmark at four times its CPU steps, three seeds, eight
 #                   loader workers (its own several minutes; the curation itself runs on the CPU).
 # With --record every figure goes to benchmarks/results.jsonl under the GPU's name.
