@@ -21,6 +21,9 @@ class ModelConfig(Section):
     embed_dim: int | None = Field(None, description="override the arch's width (small demo models)")
     depth: int | None = None
     num_heads: int | None = None
+    ffn_layer: Literal["mlp", "swiglufused"] | None = Field(
+        None, description="override the arch's feed-forward (DINOv2 trains its ViT-L from scratch with SwiGLU)"
+    )
     drop_path_rate: float = 0.1
     drop_path_uniform: bool = Field(
         True, description="every block at drop_path_rate, as DINOv2 (above 0.1 a block computes only the kept samples)"
