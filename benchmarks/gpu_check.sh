@@ -2,15 +2,16 @@
 # Every GPU check of the project, in groups, one table at the end.
 #
 #   bash benchmarks/gpu_check.sh [--record] [GROUP ...]   # on a CUDA GPU machine, from the repo root
+#   GPU_CHECK_OUT=$OUT bash benchmarks/gpu_check.sh ...    # keep every check's output there
 #
-# Groups (default: train embed, about 7 minutes on one H100/H200; give each device call at most
-# what fits its 10 minutes):
-#   train           the vitl14 and vitg14 recipes trained for a few steps under torchrun (FSDP2),
-#                   finite losses, an export that `lvd:` loads; per recipe the bare step's MFU, the
-#                   loop's ratio to it unsharded (target >= 0.95) and under FSDP2 (target >= 0.90),
-#                   and peak memory.
+# Groups, with rough times on one H100/H200 (not yet timed on one; a device call has 10 minutes,
+# so split them: e.g. `vitl14 embed` in one call, `levers` in the next, `vitg14` in a third):
+#   vitl14, vitg14  the recipe trained for a few steps under torchrun (FSDP2), finite losses, an
+#                   export that `lvd:` loads; the bare step's MFU, the loop's ratio to it unsharded
+#                   (target >= 0.95) and under FSDP2 (target >= 0.90), and peak memory: about 4 and
+#                   5 minutes. `train` is both.
 #   embed           the embed stage in-process with ViT-H/14 fp16 and GPU JPEG decoding against its
-#                   bare loop (target >= 0.90).
+#                   bare loop (target >= 0.90), and the CPU cores busy meanwhile: about 2 minutes.
 #   levers          vitl14's bare step plain, with each speed lever alone and with all of them
 #                   (benchmarks/train.py --levers), then its top operators by device time
 #                   (--profile), unsharded and under FSDP2: about 5 minutes.
@@ -32,13 +33,16 @@ record="" groups=""
 for arg in "$@"; do
   case "$arg" in
     --record) record="--record" ;;
-    train|embed|levers|curation-value) groups="$groups $arg " ;;
-    *) echo "gpu_check: unknown argument $arg (groups: train embed levers curation-value)"; exit 2 ;;
+    train) groups="$groups vitl14 vitg14 " ;;
+    vitl14|vitg14|embed|levers|curation-value) groups="$groups $arg " ;;
+    *) echo "gpu_check: unknown argument $arg (groups: vitl14 vitg14 train embed levers curation-value)"; exit 2 ;;
   esac
 done
-groups="${groups:- train embed }"
+groups="${groups:- vitl14 embed }"
 wants() { [[ "$groups" == *" $1 "* ]]; }
-out="$(mktemp -d)"
+work=/tmp/gpu_check                  # shards (a later call on the same machine reuses them) and runs
+out="${GPU_CHECK_OUT:-$work}"        # each check's output and the log
+mkdir -p "$work" "$out"
 log="$out/log.txt"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
@@ -54,12 +58,13 @@ check() {  # name, command...: run it, keep its output, add a row with its statu
   local started=$SECONDS
   if "$@" >"$out/$name.txt" 2>&1; then status=ok; else status="FAILED (see $out/$name.txt)"; fi
   cat "$out/$name.txt" >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|curation value:' "$out/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-400)")
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|cores busy|curation value:' "$out/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-400)")
+  echo "gpu_check: ${rows[-1]}"  # as it finishes, so a call cut short still shows what ran
 }
 
 python benchmarks/train.py --help >/dev/null || exit 1
-shards="$out/shards"
-if wants train || wants levers; then
+shards="$work/shards"
+if { wants vitl14 || wants vitg14 || wants levers; } && [ ! -f "$shards/000003.tar" ]; then
 python - "$shards" <<'EOF'
 import sys
 from pathlib import Path
@@ -68,20 +73,20 @@ synthetic_shards(Path(sys.argv[1]), 2000)
 EOF
 fi
 
-if wants train; then
 for recipe in vitl14 vitg14; do
+  wants "$recipe" || continue
   batch=$([ "$recipe" = vitl14 ] && echo 32 || echo 12)
   common=(data.shards="$shards" data.workers=12 data.batch_size_per_gpu="$batch")
+  rm -rf "${work:?}/$recipe"  # a fresh run, not a resume of the last call's
   check "$recipe-train" bash -c "torchrun --standalone --nproc-per-node 1 -m pipelines.pretrain \
-      configs/training/$recipe.yaml ${common[*]} run.output_dir=$out/$recipe run.max_steps=20 run.log_every=5 \
+      configs/training/$recipe.yaml ${common[*]} run.output_dir=$work/$recipe run.max_steps=20 run.log_every=5 \
     && python -c \"from models.backbones import load_backbone; import sys; \
-      m = load_backbone('lvd:$out/$recipe/export'); print('export loads:', sum(p.numel() for p in m.parameters()), 'params')\""
+      m = load_backbone('lvd:$work/$recipe/export'); print('export loads:', sum(p.numel() for p in m.parameters()), 'params')\""
   check "$recipe-unsharded" python benchmarks/train.py --config "configs/training/$recipe.yaml" --steps 15 $record \
       "${common[@]}" run.parallel=ddp
   check "$recipe-fsdp2" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
       --config "configs/training/$recipe.yaml" --steps 15 $record "${common[@]}" run.parallel=fsdp
 done
-fi
 
 # The embed stage in-process (no Ray here) with JPEGs decoded on the GPU, against its bare model(x) loop.
 if wants embed; then
@@ -101,7 +106,7 @@ fi
 
 # Does curation pay, with four times the CPU run's steps (the curation itself runs on the CPU).
 if wants curation-value; then
-  check "curation-value" python benchmarks/curation_value.py --work "$out/curation-value" --seeds 3 --scale 4 \
+  check "curation-value" python benchmarks/curation_value.py --work "$work/curation-value" --seeds 3 --scale 4 \
       --workers 8 $record
 fi
 
