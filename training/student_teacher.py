@@ -36,7 +36,10 @@ def build_backbone(config: TrainConfig, drop_path_rate: float | None = None) -> 
         raise ValueError(f"model.arch {m.arch!r}: choose from {sorted(VIT_ARCHS)} with an optional '_reg'")
     arch = VIT_ARCHS[base]
     arch = ViTArch(
-        m.embed_dim or arch.embed_dim, m.depth or arch.depth, m.num_heads or arch.num_heads, m.ffn_layer or arch.ffn_layer
+        m.embed_dim or arch.embed_dim,
+        m.depth or arch.depth,
+        m.num_heads or arch.num_heads,
+        m.ffn_layer or arch.ffn_layer,
     )
     return DinoVisionTransformer(
         arch,
