@@ -219,11 +219,14 @@ def rate(bare: Bare, batch: int, peak: float | None) -> str:
     """One bare step as time, images/s, FLOPs and MFU."""
     achieved = bare.flops / bare.seconds / 1e12
     mfu = f"MFU {achieved / peak:.1%} of {peak:.0f}" if peak else "MFU n/a (no peak for this device; --peak-tflops)"
+    host = (
+        ""
+        if bare.host_syncs is None  # only counted on CUDA, where the host can run ahead of the device
+        else f", {bare.host_syncs} host syncs/step, host issues it in {bare.issue_seconds * 1000:.1f} ms"
+    )
     return (
         f"{bare.seconds * 1000:8.1f} ms ({batch / bare.seconds:7.1f} img/s), {bare.flops / 1e12:.2f} TFLOP/step, "
-        f"{achieved:.1f} TFLOP/s, {mfu}, peak {bare.memory_gib:.1f} GiB"
-        + ("" if bare.host_syncs is None else f", {bare.host_syncs} host syncs/step")
-        + (f", host issues it in {bare.issue_seconds * 1000:.1f} ms" if bare.host_syncs is not None else "")
+        f"{achieved:.1f} TFLOP/s, {mfu}, peak {bare.memory_gib:.1f} GiB{host}"
     )
 
 
