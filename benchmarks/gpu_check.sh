@@ -21,7 +21,8 @@
 #
 # The machine needs torch, torchvision, timm, numpy, pyarrow, PIL, scikit-image, fsspec, typer, rich,
 # yaml, jinja2 and matplotlib; the project's other imports come as wheels in ./wheels (not Ray, not
-# faiss-gpu: these checks run without them), made on a networked machine with
+# faiss-gpu, not img2dataset or pandas: these checks run without them, and
+# tests/test_gpu_machine_imports.py keeps it so), made on a networked machine with
 #
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d wheels \
@@ -99,7 +100,7 @@ if wants levers; then
   check "vitl14-levers" python benchmarks/train.py --config configs/training/vitl14.yaml --levers --steps 10 \
       $record data.shards="$shards"
   check "vitl14-profile" python benchmarks/train.py --config configs/training/vitl14.yaml --profile --steps 5 \
-      data.shards="$shards"
+      data.shards="$shards" run.parallel=ddp
   check "vitl14-fsdp-profile" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
       --config configs/training/vitl14.yaml --profile --steps 5 data.shards="$shards" run.parallel=fsdp
 fi

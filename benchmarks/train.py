@@ -18,7 +18,7 @@ achieved rate over the GPU's dense bf16 peak (`--peak-tflops`, else the table be
 name). Target on H100/H200: bare-step MFU >= 45% for the vitl14 and vitg14 recipes.
 
     python benchmarks/train.py --config configs/training/vitl14.yaml --levers [--record]
-    python benchmarks/train.py --config configs/training/vitl14.yaml --profile
+    python benchmarks/train.py --config configs/training/vitl14.yaml --profile run.parallel=ddp
 
 `--levers` times the bare step alone with each speed lever on its own against the plain step (no
 lever), then all of them, so each lever's share is measured rather than guessed. `--profile`

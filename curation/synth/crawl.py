@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 from PIL import Image
@@ -243,7 +244,7 @@ def make_crawl(
 
     truth = pa.Table.from_pylist(crawl.rows, pa.schema(TRUTH_COLUMNS))
     pq.write_table(truth, out / "truth.parquet")
-    pool = truth.filter(pa.compute.equal(truth["role"], "pool"))
+    pool = truth.filter(pc.equal(truth["role"], "pool"))
     pq.write_table(pa.table({"url": pool["url"], "key": pool["key"]}), out / "urls.parquet")
     (out / "curation.yaml").write_text(yaml.safe_dump(_curation_config(seed, spec), sort_keys=False))
     (out / "synth.json").write_text(
