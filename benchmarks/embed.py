@@ -1,39 +1,53 @@
 """Embed-stage throughput as a ratio to a bare loop of `model(x)` on the same preprocessed tensors.
 
     python benchmarks/embed.py [--images 2000] [--model dinov2:vits14] [--batch-size 32] [--gpu]
-        [--executor ray|local] [--decode auto|cpu|device]
+        [--executor ray|local] [--decode auto|cpu|device ...] [--repeat 1]
 
 Both sides run the same model (random weights: speed does not depend on them) at the same batch
 size. The bare side times only the forward passes over tensors prepared in advance; the stage
-side is the real embed stage through Ray Data (shard reading, JPEG decoding, preprocessing,
-the actor pool, parquet writing), timed after Ray has started. Target (issue 4): >= 0.90 on CPU
-with a ViT-S-sized model.
+side is the embed stage's own machinery (`embed_runner.run_role`: shard reading, JPEG decoding,
+preprocessing, the Ray Data actor pool or the in-process prefetch, parquet writing). Ingest shards
+hold two batches each, so the stage's batches are as full as the bare loop's.
 
-The stage pays a fixed start-up the bare loop does not: Ray Data planning, the actor's process,
-imports and model build, and a first (warm-up) batch, about 5.5 s on 2 cores. Per batch it runs
-within 3% of the bare loop (3.0 s against 2.9 s for 32 images of ViT-S/14), so the ratio depends
-on how many images amortise the start-up: 0.73-0.86 over 640 images, 0.91 over 2,000 (default);
-a real shard run lasts hours. With --gpu the model runs on one GPU in fp16 (e.g. timm:vit_huge_patch14_224).
-`--executor local` runs the stage in this process (decode prefetched on threads), as a GPU box
-without Ray does; `--decode device` decodes the JPEGs beside the model (nvjpeg on a GPU).
+The stage pays a start-up the bare loop does not: Ray Data planning, the actor's process, imports,
+the model's build, the first shards' reading (about 5.5 s on 2 cores with ViT-S/14). A real run
+lasts hours, so the figures that count, and the ones recorded, leave it out: the stage runs once
+over every shard and once over the first third, and the difference in time (and in CPU busy
+time) is what the images in between cost. That gives images/s, the ratio to the bare loop
+(targets: >= 0.90 on CPU with a ViT-S-sized model, issue 4; >= 0.90 for ViT-H/14 fp16 on one GPU,
+issue 18), the CPU cores busy, and the start-up itself. The end-to-end figures are printed beside
+them: on a GPU, 3,000 ViT-H images are 2.5 s of bare work, so end to end would measure little but
+the start-up. (Records before 2026-11-26 are end to end, over 2,000 images on CPU.) For enough
+work between the two passes on a GPU without a long synthetic crawl, `--repeat R` has the stage
+read the ingested shards R times over (the bare rate does not depend on the image count).
+Several `--decode` values each get their passes, in order; with --record the last one's rate is
+what `--plan` reads.
 
-It also prints how many CPU cores the whole machine kept busy during the stage. With --gpu and
---record that is recorded per image (`embed.core_seconds_per_image`), which `--plan` turns into
-cores per GPU for its fleet (target, issue 18: at most 2 per GPU with ViT-H/14).
+With --gpu the model runs on one GPU in fp16 (e.g. timm:vit_huge_patch14_224). `--executor local`
+runs the stage in this process, as a GPU box without Ray does: its prefetch threads read and decode
+the next shards while the model works; `--decode device` decodes the JPEGs with the model's device
+(nvjpeg on a GPU). The CPU cores busy are counted over the whole machine (/proc/stat), so Ray's
+workers and the prefetch threads count; with --gpu and --record they are recorded per image
+(`embed.core_seconds_per_image`), which `--plan` turns into cores per GPU for its fleet (target,
+issue 18: at most 2 per GPU with ViT-H/14).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from curation.embed import EmbedConfig, ShardCollector, pending_jobs
+from curation.embed_runner import run_role
 from curation.measurements import record
 from curation.pipeline import curate
 from curation.run_config import CurationConfig
@@ -41,7 +55,7 @@ from curation.shards import iter_samples
 from curation.synth.crawl import make_crawl
 from foundation.config import validate_tree
 from foundation.ray_session import connect_ray
-from models.embedders import create_embedder
+from models.embedders import Preprocess, create_embedder
 
 
 def bare_forward(model_name: str, batches: list[np.ndarray], device: str, precision: str) -> float:
@@ -62,6 +76,47 @@ def bare_forward(model_name: str, batches: list[np.ndarray], device: str, precis
     return time.perf_counter() - started
 
 
+class Pass(NamedTuple):
+    seconds: float
+    busy: float  # CPU core-seconds over the whole machine
+    images: int
+
+
+class Stage(NamedTuple):
+    images_per_s: float  # end to end, start-up included
+    steady_images_per_s: float  # start-up excluded
+    steady_cores: float  # CPU cores busy, start-up excluded
+    startup_seconds: float
+
+
+def one_pass(config: EmbedConfig, run_dir: Path, name: str, shards: int, use_ray: bool, preprocess: Preprocess) -> Pass:
+    """The copy role's model over the first `shards` ingested shards, through the stage's own
+    runner, into `run_dir/embed/<name>`."""
+    spec = config.models["copy"]
+    jobs, _ = pending_jobs(run_dir / "ingest", run_dir / "embed" / name, spec.batch_size)
+    collector = ShardCollector()
+    started, busy = time.perf_counter(), cpu_busy_seconds()
+    with tqdm(total=shards, desc=f"embed {name}", unit="shard", file=sys.stderr) as progress:
+        run_role(jobs[:shards], spec, config, use_ray, collector, preprocess, progress)
+    return Pass(time.perf_counter() - started, cpu_busy_seconds() - busy, collector.images)
+
+
+def time_stage(config: EmbedConfig, run_dir: Path, use_ray: bool, preprocess: Preprocess) -> Stage:
+    """The stage's rate without its fixed start-up: a pass over every shard, then one over the
+    first third; the difference is the marginal cost of the images in between. The whole pass
+    runs first, so one-time costs (nvjpeg's set-up, say) count against the stage."""
+    shards = len(list((run_dir / "ingest").glob("*.tar")))
+    if shards < 3:
+        raise SystemExit(f"{shards} ingested shards are too few to separate start-up from rate: raise --images")
+    whole = one_pass(config, run_dir, f"{config.decode}-all", shards, use_ray, preprocess)
+    part = one_pass(config, run_dir, f"{config.decode}-third", shards // 3, use_ray, preprocess)
+    seconds = whole.seconds - part.seconds
+    steady = (whole.images - part.images) / seconds
+    return Stage(
+        whole.images / whole.seconds, steady, (whole.busy - part.busy) / seconds, whole.seconds - whole.images / steady
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -69,14 +124,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--executor", choices=("ray", "local"), default="ray", help="Ray Data, or in this process")
-    parser.add_argument("--decode", choices=("auto", "cpu", "device"), default="auto", help="embed.decode")
-    parser.add_argument("--record", action="store_true", help="append the measured rate to benchmarks/results.jsonl")
+    parser.add_argument(
+        "--decode", choices=("auto", "cpu", "device"), nargs="+", default=["auto"], help="embed.decode, one pass each"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="the stage reads the ingested shards this many times")
+    parser.add_argument("--record", action="store_true", help="append the measured rates to benchmarks/results.jsonl")
     args = parser.parse_args()
     device, precision = ("cuda", "fp16") if args.gpu else ("cpu", "fp32")
     with tempfile.TemporaryDirectory() as tmp:
         crawl = make_crawl(Path(tmp) / "crawl", images=args.images + 40, seed=0)
         tree = {
-            "ingest": {"sources": [{"kind": "folder", "path": str(crawl / "pool")}], "shard_size": 128},
+            "ingest": {"sources": [{"kind": "folder", "path": str(crawl / "pool")}], "shard_size": 2 * args.batch_size},
             "retrieve": {"role": "copy"},
             "embed": {
                 "models": {
@@ -88,7 +146,6 @@ def main() -> None:
                     }
                 },
                 "gpus_per_actor": 1.0 if args.gpu else 0.0,
-                "decode": args.decode,
             },
         }
         config = validate_tree(CurationConfig, tree, source="benchmark")
@@ -102,33 +159,57 @@ def main() -> None:
         ]
         n = len(pixels)
         batches = [np.stack(pixels[i : i + args.batch_size]) for i in range(0, n, args.batch_size)]
-        bare = bare_forward(args.model, batches, device, precision)
-
+        bare = n / bare_forward(args.model, batches, device, precision)
+        repeat_shards(run_dir / "ingest", args.repeat)
+        print(
+            f"model {args.model} on {device} ({precision}), batch {args.batch_size}, {n} images, "
+            f"{torch.get_num_threads()} torch threads, {args.executor} executor, the stage reads them {args.repeat}x"
+        )
+        print(f"bare model(x) loop : {bare:8.1f} images/s")
         if args.executor == "ray":
             connect_ray()
-        started, busy_before = time.perf_counter(), cpu_busy_seconds()
-        curate(config, run_dir, ("ingest", "embed"), executor=args.executor)
-        stage, busy = time.perf_counter() - started, cpu_busy_seconds() - busy_before
-        shutil.rmtree(run_dir)
+        for decode in args.decode:
+            embed = config.embed.model_copy(update={"decode": decode})
+            stage = time_stage(embed, run_dir, args.executor == "ray", preprocess)
+            report(stage, bare, decode, args)
+
+
+def repeat_shards(ingest_dir: Path, times: int) -> None:
+    """Link every ingested pool shard `times - 1` more times under new names, for the stage to read."""
+    for shard in sorted(ingest_dir.glob("*.tar")):
+        for copy in range(1, times):
+            (ingest_dir / f"{shard.stem}-{copy}.tar").symlink_to(shard)
+
+
+def report(stage: Stage, bare: float, decode: str, args: argparse.Namespace) -> None:
+    """Print one pass's figures; with --record, append them (the last pass's rate is what --plan reads)."""
     print(
-        f"model {args.model} on {device} ({precision}), batch {args.batch_size}, {n} images, "
-        f"{torch.get_num_threads()} torch threads"
+        f"embed stage        : {stage.steady_images_per_s:8.1f} images/s without its start-up of "
+        f"{stage.startup_seconds:.1f} s; {stage.images_per_s:.1f} end to end  (decode {decode})"
     )
-    print(f"bare model(x) loop : {n / bare:8.1f} images/s")
-    print(f"embed stage ({args.executor:<5}): {n / stage:8.1f} images/s  (decode {args.decode})")
-    print(f"ratio stage/bare   : {bare / stage:.2f}  (target >= 0.90)")
-    print(f"CPU cores busy     : {busy / stage:8.1f}  ({busy / n * 1000:.2f} core-ms per image, whole machine)")
-    if args.record:
-        record("benchmarks/embed.py", "embed.images_per_s", n / stage, "images/s", args.model, gpu=args.gpu)
-        if args.gpu:  # what --plan counts cores per GPU from (on CPU the model's own compute is in it)
-            record(
-                "benchmarks/embed.py",
-                "embed.core_seconds_per_image",
-                busy / n,
-                "core-s/image",
-                f"decode={args.decode}",
-                gpu=True,
-            )
+    print(
+        f"ratio stage/bare   : {stage.steady_images_per_s / bare:.2f}  (target >= 0.90; "
+        f"{stage.images_per_s / bare:.2f} end to end, start-up included)"
+    )
+    print(
+        f"CPU cores busy     : {stage.steady_cores:8.1f}  "
+        f"({stage.steady_cores / stage.steady_images_per_s * 1000:.2f} core-ms per image, whole machine)"
+    )
+    if not args.record:
+        return
+    ratio = stage.steady_images_per_s / bare
+    record("benchmarks/embed.py", "embed.images_per_s", stage.steady_images_per_s, "images/s", args.model, args.gpu)
+    record("benchmarks/embed.py", "embed.stage_ratio", ratio, "ratio", f"{args.model} decode={decode}", args.gpu)
+    if args.gpu:  # what --plan counts cores per GPU from (on CPU the model's own compute is in it)
+        core_seconds = stage.steady_cores / stage.steady_images_per_s
+        record(
+            "benchmarks/embed.py",
+            "embed.core_seconds_per_image",
+            core_seconds,
+            "core-s/image",
+            f"decode={decode}",
+            True,
+        )
 
 
 def cpu_busy_seconds() -> float:

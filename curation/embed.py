@@ -133,13 +133,33 @@ class EmbedWorker:
         if threads:
             torch.set_num_threads(threads)
         self.embedder = spec.build(device)
+        # On a GPU, decoding goes to a stream of its own, so the prefetch threads' many small
+        # resize kernels run beside the model's instead of queueing between them.
+        on_gpu = self.embedder.device.type == "cuda"
+        self.decode_stream = torch.cuda.Stream(self.embedder.device) if on_gpu else None
+
+    def decoded(self, row: dict[str, object]) -> dict[str, object]:
+        """The row with its JPEG files decoded beside the model into a uint8 batch (`decoded`); a
+        row read as pixels comes back as it is.
+
+        The in-process stage calls this on its prefetch threads, so decoding the next shard
+        overlaps the model's forward on this one (torch's ops and nvjpeg release the GIL). On a
+        GPU the row also carries the decode stream's event (`ready`) for the forward to wait on.
+        """
+        if "jpegs" not in row:
+            return row
+        offsets = np.cumsum([0, *json.loads(row["lengths"])])
+        files = [row["jpegs"][a:b] for a, b in itertools.pairwise(offsets)]
+        with torch.cuda.stream(self.decode_stream):  # a no-op without one
+            pixels = decode_batch(files, self.embedder.preprocess, self.embedder.device)
+        ready = self.decode_stream.record_event() if self.decode_stream else None
+        rest = {key: value for key, value in row.items() if key not in ("jpegs", "lengths")}
+        return rest | {"decoded": pixels, "ready": ready}
 
     def __call__(self, row: dict[str, object]) -> dict[str, object]:
-        if "jpegs" in row:
-            offsets = np.cumsum([0, *json.loads(row["lengths"])])
-            files = [row["jpegs"][a:b] for a, b in itertools.pairwise(offsets)]
-            pixels = decode_batch(files, self.embedder.preprocess, self.embedder.device)
-            vectors = self.embedder(pixels).numpy().astype(np.float16)
+        row = self.decoded(row)
+        if "decoded" in row:
+            vectors = self.embedder(on_current_stream(row["decoded"], row["ready"])).numpy().astype(np.float16)
         elif (shape := json.loads(row["shape"])) == [0]:
             vectors = np.zeros((0, self.embedder.dim), np.float16)
         else:
@@ -149,6 +169,16 @@ class EmbedWorker:
             "embedding": vectors.tobytes(),
             "dim": self.embedder.dim,
         }
+
+
+def on_current_stream(pixels: torch.Tensor, ready: torch.cuda.Event | None) -> torch.Tensor:
+    """`pixels`, decoded on another stream, made safe to read on the current one: it waits for the
+    decode, and the allocator keeps their memory until this stream is done with it."""
+    if ready is not None:
+        current = torch.cuda.current_stream(pixels.device)
+        current.wait_event(ready)
+        pixels.record_stream(current)
+    return pixels
 
 
 class ShardCollector:

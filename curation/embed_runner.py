@@ -52,7 +52,7 @@ def run_role(
     jpegs = config.decode_on_device
     if not use_ray:
         worker = embed.EmbedWorker(spec, device, threads)
-        read = lambda job: list(embed.read_batches(job, preprocess, jpegs))  # noqa: E731
+        read = lambda job: [worker.decoded(row) for row in embed.read_batches(job, preprocess, jpegs)]  # noqa: E731
         for rows in prefetched(read, jobs, config.prefetch):
             for row in rows:
                 collector.add(worker(row))

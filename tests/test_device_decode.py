@@ -57,11 +57,21 @@ def test_a_file_the_decoder_refuses_takes_the_cpu_path_not_the_batch_down(crawl_
     assert torch.equal(pixels[1], torch.from_numpy(embedder.preprocess.from_jpeg(files[1])))
 
 
-def test_the_stage_decoding_on_the_device_agrees_with_the_cpu_stage(crawl, tmp_path):
+def test_the_stage_decoding_on_the_device_agrees_with_the_cpu_stage(crawl, tmp_path, monkeypatch):
+    """...and in-process, it decodes on the prefetch threads, so decoding overlaps the model."""
     on_cpu = tmp_path / "cpu"
     curate(load_curation_config(crawl / "curation.yaml", ["embed.decode=cpu"]), on_cpu, ("ingest", "embed"))
     on_device = run_dir_with(on_cpu, tmp_path / "device", ("ingest",))
-    curate(load_curation_config(crawl / "curation.yaml", ["embed.decode=device"]), on_device, ("embed",))
+    on_main_thread = []
+
+    def noting_the_thread(*args):
+        on_main_thread.append(threading.current_thread() is threading.main_thread())
+        return decode_batch(*args)
+
+    monkeypatch.setattr("curation.embed.decode_batch", noting_the_thread)
+    config = load_curation_config(crawl / "curation.yaml", ["embed.decode=device"])
+    curate(config, on_device, ("embed",), executor="local")
+    assert on_main_thread and not any(on_main_thread)
     keys, cpu = read_embeddings(on_cpu / "embed" / "retrieval" / "pool")
     device_keys, device = read_embeddings(on_device / "embed" / "retrieval" / "pool")
     assert keys == device_keys

@@ -45,7 +45,17 @@ def test_the_refusal_works():
 
 def test_embed_benchmark_runs_without_them():
     out = run_without_them(
-        "benchmarks/embed.py", "--model", "tiny", "--executor", "local", "--decode", "device", "--images", "64"
+        "benchmarks/embed.py",
+        "--model",
+        "tiny",
+        "--executor",
+        "local",
+        "--decode",
+        "device",
+        "--images",
+        "64",
+        "--batch-size",
+        "16",
     )
     assert "ratio stage/bare" in out and "CPU cores busy" in out
 
