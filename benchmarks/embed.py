@@ -7,7 +7,7 @@ Both sides run the same model (random weights: speed does not depend on them) at
 size. The bare side times only the forward passes over tensors prepared in advance; the stage
 side is the embed stage's own machinery (`embed_runner.run_role`: shard reading, JPEG decoding,
 preprocessing, the Ray Data actor pool or the in-process prefetch, parquet writing). Ingest shards
-hold two batches each, so the stage's batches are as full as the bare loop's.
+hold four batches each, so the stage's batches are as full as the bare loop's.
 
 The stage pays a start-up the bare loop does not: Ray Data planning, the actor's process, imports,
 the model's build, the first shards' reading (about 5.5 s on 2 cores with ViT-S/14). A real run
@@ -134,7 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         crawl = make_crawl(Path(tmp) / "crawl", images=args.images + 40, seed=0)
         tree = {
-            "ingest": {"sources": [{"kind": "folder", "path": str(crawl / "pool")}], "shard_size": 2 * args.batch_size},
+            "ingest": {"sources": [{"kind": "folder", "path": str(crawl / "pool")}], "shard_size": 4 * args.batch_size},
             "retrieve": {"role": "copy"},
             "embed": {
                 "models": {

@@ -60,7 +60,7 @@ check() {  # name, command...: run it, keep its output, add a row with its statu
   local started=$SECONDS
   if "$@" >"$out/$name.txt" 2>&1; then status=ok; else status="FAILED (see $out/$name.txt)"; fi
   cat "$out/$name.txt" >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|cores busy|curation value:' "$out/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-400)")
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|cores busy|curation value:|^loader' "$out/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
   echo "gpu_check: ${rows[-1]}"  # as it finishes, so a call cut short still shows what ran
 }
 

@@ -12,6 +12,9 @@ multi-crop batches already in memory, with the model unsharded; the loop side is
 itself (WebDataset reading, JPEG decoding and multi-crop in loader workers, schedules, NaN checks,
 metrics, one checkpoint at the end, FSDP2 when the config asks for it), timed from its metrics log
 after the first logged window. Targets: loop >= 0.95 of bare, FSDP2 on one GPU >= 0.90 of bare.
+Between the two it prints how many images per second one loader worker (one core) turns into the
+recipe's multi-crop views, JPEG decoding included, and so how many workers the bare step needs:
+with fewer than that in `data.workers`, the loop cannot keep up with the bare step.
 
 FLOPs of one bare step are counted with `torch.utils.flop_counter.FlopCounterMode`; MFU is the
 achieved rate over the GPU's dense bf16 peak (`--peak-tflops`, else the table below by device
@@ -37,7 +40,7 @@ import json
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -45,12 +48,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from curation.measurements import record
 from curation.shards import ShardWriter
 from curation.synth.concepts import PROCEDURAL
 from foundation.config import load_config
+from training.augment import MultiCrop
 from training.config import TrainConfig
 from training.data import loader_for
 from training.distributed import init, wrap_student
@@ -69,18 +74,42 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
-def synthetic_shards(out: Path, images: int, size: tuple[int, int] = (500, 375), per_shard: int = 500) -> Path:
-    """Web-sized procedural JPEGs (500x375, as a typical crawled photo) in WebDataset shards."""
+def web_jpegs(images: int, size: tuple[int, int] = (500, 375)) -> Iterator[bytes]:
+    """Web-sized procedural JPEGs (500x375, as a typical crawled photo)."""
     rng = np.random.default_rng(0)
     concepts = sorted(PROCEDURAL)
+    for i in range(images):
+        buffer = io.BytesIO()
+        PROCEDURAL[concepts[i % len(concepts)]](rng, size).save(buffer, format="JPEG", quality=90)
+        yield buffer.getvalue()
+
+
+def synthetic_shards(out: Path, images: int, per_shard: int = 500) -> Path:
+    """`web_jpegs` in WebDataset shards."""
     out.mkdir(parents=True, exist_ok=True)
+    jpegs = web_jpegs(images)
     for shard in range(0, images, per_shard):
         with ShardWriter(out / f"{shard // per_shard:06d}.tar") as writer:
             for i in range(shard, min(shard + per_shard, images)):
-                buffer = io.BytesIO()
-                PROCEDURAL[concepts[i % len(concepts)]](rng, size).save(buffer, format="JPEG", quality=90)
-                writer.write(f"{i:08d}", {"jpg": buffer.getvalue(), "json": b"{}"})
+                writer.write(f"{i:08d}", {"jpg": next(jpegs), "json": b"{}"})
     return out
+
+
+def crops_per_worker_second(config: TrainConfig, images: int = 32) -> float:
+    """Images one loader worker (one core) turns into the recipe's multi-crop views per second,
+    JPEG decoding included: beside the bare step's images/s, how many workers keep a GPU fed."""
+    c = config.crops
+    multi_crop = MultiCrop(c.global_size, c.local_size, c.local_number, c.global_scale, c.local_scale)
+    jpegs = list(web_jpegs(images))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a loader worker
+    try:
+        started = time.perf_counter()
+        for jpeg in jpegs:
+            multi_crop(Image.open(io.BytesIO(jpeg)))
+        return images / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def memory_peak(device: torch.device) -> float:
@@ -274,6 +303,11 @@ def main() -> None:
         print(f"bare step  {rate(bare, batch, peak)}")
         if args.profile:
             return
+        per_worker = crops_per_worker_second(config)
+        print(
+            f"loader     {per_worker:.1f} img/s per worker (multi-crop on one core): the bare step needs "
+            f"{batch / bare.seconds / per_worker:.1f} workers, data.workers={config.data.workers}"
+        )
         loop = loop_steps(config, args.steps)
         loop_memory = memory_peak(device)
     print(
