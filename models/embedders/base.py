@@ -74,7 +74,9 @@ class Embedder:
         pixels = torch.as_tensor(images)
         if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != torch.uint8:
             raise ValueError(f"{self.name}: expected a B×H×W×3 uint8 batch, got {tuple(pixels.shape)} {pixels.dtype}")
-        if pixels.device != self.device:  # already there when decoded on the device
+        # Compare types: a batch decoded on the device is on "cuda:0", while `self.device` may be
+        # "cuda", and the two devices compare unequal (pinning a CUDA tensor would then fail).
+        if pixels.device.type != self.device.type:
             pixels = pixels.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else pixels
         x = (pixels.permute(0, 3, 1, 2).float() - self._mean) / self._std
         use_amp = self.amp_dtype is not None and self.device.type == "cuda"
