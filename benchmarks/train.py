@@ -63,8 +63,18 @@ from training.optim import Schedules, build_optimizer
 from training.student_teacher import DinoV2, compute_losses
 from training.train_loop import autocast_dtype, autocast_for, train
 
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "GH200": 989.4, "B200": 2250.0, "A100": 312.0, "L40S": 362.1}
-"""Dense bf16 tensor-core peaks (vendor data sheets, no sparsity), matched against the device name."""
+PEAK_BF16_TFLOPS = {
+    "H100 PCIe": 756.5,
+    "H100 NVL": 835.5,
+    "H200": 989.4,
+    "H100": 989.4,
+    "GH200": 989.4,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "L40S": 362.1,
+}
+"""Dense bf16 tensor-core peaks (vendor data sheets, no sparsity), matched in this order against the
+device name: the PCIe and NVL H100s are slower than the SXM one ("NVIDIA H100 80GB HBM3")."""
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
