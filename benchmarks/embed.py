@@ -187,21 +187,20 @@ def report(stage: Stage, bare: float, decode: str, args: argparse.Namespace) -> 
         f"embed stage        : {stage.steady_images_per_s:8.1f} images/s without its start-up of "
         f"{stage.startup_seconds:.1f} s; {stage.images_per_s:.1f} end to end  (decode {decode})"
     )
+    ratio = stage.steady_images_per_s / bare
+    core_seconds = stage.steady_cores / stage.steady_images_per_s  # per image
     print(
-        f"ratio stage/bare   : {stage.steady_images_per_s / bare:.2f}  (target >= 0.90; "
+        f"ratio stage/bare   : {ratio:.2f}  (target >= 0.90; "
         f"{stage.images_per_s / bare:.2f} end to end, start-up included)"
     )
     print(
-        f"CPU cores busy     : {stage.steady_cores:8.1f}  "
-        f"({stage.steady_cores / stage.steady_images_per_s * 1000:.2f} core-ms per image, whole machine)"
+        f"CPU cores busy     : {stage.steady_cores:8.1f}  ({core_seconds * 1000:.2f} core-ms per image, whole machine)"
     )
     if not args.record:
         return
-    ratio = stage.steady_images_per_s / bare
     record("benchmarks/embed.py", "embed.images_per_s", stage.steady_images_per_s, "images/s", args.model, args.gpu)
     record("benchmarks/embed.py", "embed.stage_ratio", ratio, "ratio", f"{args.model} decode={decode}", args.gpu)
     if args.gpu:  # what --plan counts cores per GPU from (on CPU the model's own compute is in it)
-        core_seconds = stage.steady_cores / stage.steady_images_per_s
         record(
             "benchmarks/embed.py",
             "embed.core_seconds_per_image",

@@ -55,9 +55,8 @@ from curation.measurements import record
 from curation.shards import ShardWriter
 from curation.synth.concepts import PROCEDURAL
 from foundation.config import load_config
-from training.augment import MultiCrop
 from training.config import TrainConfig
-from training.data import loader_for
+from training.data import loader_for, multi_crop_for
 from training.distributed import init, wrap_student
 from training.optim import Schedules, build_optimizer
 from training.student_teacher import DinoV2, compute_losses
@@ -108,8 +107,7 @@ def synthetic_shards(out: Path, images: int, per_shard: int = 500) -> Path:
 def crops_per_worker_second(config: TrainConfig, images: int = 32) -> float:
     """Images one loader worker (one core) turns into the recipe's multi-crop views per second,
     JPEG decoding included: beside the bare step's images/s, how many workers keep a GPU fed."""
-    c = config.crops
-    multi_crop = MultiCrop(c.global_size, c.local_size, c.local_number, c.global_scale, c.local_scale)
+    multi_crop = multi_crop_for(config)
     jpegs = list(web_jpegs(images))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in a loader worker

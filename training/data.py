@@ -151,6 +151,12 @@ def make_loader(
     return iter(loader)
 
 
+def multi_crop_for(config: TrainConfig) -> MultiCrop:
+    """The multi-crop augmentation a training config describes."""
+    c = config.crops
+    return MultiCrop(c.global_size, c.local_size, c.local_number, c.global_scale, c.local_scale)
+
+
 def loader_for(
     config: TrainConfig,
     rank: int,
@@ -160,11 +166,10 @@ def loader_for(
     pin_memory: bool = False,
 ) -> Iterator[CropBatch]:
     """The loader a training config describes (crops, masks, batch size, workers, seed)."""
-    c = config.crops
-    grid = (c.global_size // config.model.patch_size,) * 2
+    grid = (config.crops.global_size // config.model.patch_size,) * 2
     return make_loader(
         config.data.shards,
-        MultiCrop(c.global_size, c.local_size, c.local_number, c.global_scale, c.local_scale),
+        multi_crop_for(config),
         CollateCrops(grid, config.loss.mask_probability, config.loss.mask_ratio),
         config.data.batch_size_per_gpu,
         config.data.workers if workers is None else workers,
