@@ -57,6 +57,26 @@ def test_a_file_the_decoder_refuses_takes_the_cpu_path_not_the_batch_down(crawl_
     assert torch.equal(pixels[1], torch.from_numpy(embedder.preprocess.from_jpeg(files[1])))
 
 
+@pytest.mark.parametrize("group", [2, 32])
+def test_images_resized_together_match_those_resized_alone(group):
+    """On a GPU same-size images share one resize call (in groups of `GPU_GROUP`); each crop must be
+    what it would be alone, whatever the mix of sizes, orders and refused files in its batch."""
+    rng = np.random.default_rng(0)
+    sizes = [(500, 375)] * 3 + [(375, 500), (1024, 768), (500, 375), (2100, 1600), (1024, 768), (375, 500)]
+    files = []
+    for width, height in sizes:
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+        files.append(buffer.getvalue())
+    png = io.BytesIO()
+    Image.new("RGB", (90, 60), (200, 10, 30)).save(png, format="PNG")
+    files.insert(4, png.getvalue())
+    preprocess = create_embedder("tiny").preprocess
+    together = decode_batch(files, preprocess, torch.device("cpu"), group=group)
+    alone = torch.cat([decode_batch([data], preprocess, torch.device("cpu"), group=1) for data in files])
+    assert torch.equal(together, alone)
+
+
 def test_the_stage_decoding_on_the_device_agrees_with_the_cpu_stage(crawl, tmp_path, monkeypatch):
     """...and in-process, it decodes on the prefetch threads, so decoding overlaps the model."""
     on_cpu = tmp_path / "cpu"
