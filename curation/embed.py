@@ -157,18 +157,44 @@ class EmbedWorker:
         return rest | {"decoded": pixels, "ready": ready}
 
     def __call__(self, row: dict[str, object]) -> dict[str, object]:
+        return self.launch(row).result()
+
+    def launch(self, row: dict[str, object]) -> Launched:
+        """Start embedding one batch. On a GPU this returns with the forward and the copy of its
+        vectors to pinned host memory queued, not done: the in-process stage queues the next batch
+        before it reads this one, so the GPU does not wait on the host's bookkeeping between them."""
         row = self.decoded(row)
+        batch = {key: row[key] for key in ("out", "batch", "batches", "keys")}
         if "decoded" in row:
-            vectors = self.embedder(on_current_stream(row["decoded"], row["ready"])).numpy().astype(np.float16)
-        elif (shape := json.loads(row["shape"])) == [0]:
-            vectors = np.zeros((0, self.embedder.dim), np.float16)
-        else:
-            pixels = np.frombuffer(bytearray(row["pixels"]), np.uint8).reshape(shape)  # writable for torch
-            vectors = self.embedder(pixels).numpy().astype(np.float16)
-        return {key: row[key] for key in ("out", "batch", "batches", "keys")} | {
-            "embedding": vectors.tobytes(),
-            "dim": self.embedder.dim,
-        }
+            return Launched(batch, *self._vectors(on_current_stream(row["decoded"], row["ready"])))
+        if (shape := json.loads(row["shape"])) == [0]:  # a shard without images
+            return Launched(batch, torch.zeros((0, self.embedder.dim), dtype=torch.float16), None)
+        pixels = np.frombuffer(bytearray(row["pixels"]), np.uint8).reshape(shape)  # writable for torch
+        return Launched(batch, *self._vectors(pixels))
+
+    def _vectors(self, pixels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """fp16 vectors on the host, and on a GPU the event after which they are there."""
+        vectors = self.embedder.on_device(pixels).half()
+        if vectors.device.type != "cuda":
+            return vectors, None
+        host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
+        host.copy_(vectors, non_blocking=True)
+        return host, torch.cuda.current_stream(vectors.device).record_event()
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A batch whose embedding is queued: its row's identity, and its vectors once `done` fires."""
+
+    row: dict[str, object]
+    vectors: torch.Tensor
+    done: torch.cuda.Event | None
+
+    def result(self) -> dict[str, object]:
+        """The embedded row (`embedding`: fp16 bytes, `dim`), waiting for the device if it must."""
+        if self.done is not None:
+            self.done.synchronize()
+        return self.row | {"embedding": self.vectors.numpy().tobytes(), "dim": self.vectors.shape[1]}
 
 
 def on_current_stream(pixels: torch.Tensor, ready: torch.cuda.Event | None) -> torch.Tensor:

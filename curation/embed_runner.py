@@ -53,10 +53,16 @@ def run_role(
     if not use_ray:
         worker = embed.EmbedWorker(spec, device, threads)
         read = lambda job: [worker.decoded(row) for row in embed.read_batches(job, preprocess, jpegs)]  # noqa: E731
+        queued = None
         for rows in prefetched(read, jobs, config.prefetch):
             for row in rows:
-                collector.add(worker(row))
-            progress.update(1)
+                # Queue this batch before reading the last one's vectors and writing its shard,
+                # so the device always has a forward to run while the host does that.
+                queued, previous = worker.launch(row), queued
+                if previous:
+                    collect(previous.result(), collector, progress)
+        if queued:
+            collect(queued.result(), collector, progress)
         return
     import ray
 
@@ -82,9 +88,14 @@ def run_role(
         )
     )
     for row in dataset.iter_rows():
-        before = collector.written
-        collector.add(row)
-        progress.update(collector.written - before)
+        collect(row, collector, progress)
+
+
+def collect(row: dict, collector: embed.ShardCollector, progress: tqdm) -> None:
+    """Hand an embedded batch to `collector`; the bar counts the shards it has written."""
+    before = collector.written
+    collector.add(row)
+    progress.update(collector.written - before)
 
 
 def embed_all(config: embed.EmbedConfig, ingest_dir: Path, out_dir: Path, use_ray: bool) -> dict[str, int]:

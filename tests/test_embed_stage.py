@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from curation import embed
 from curation.embed import read_embeddings
 from curation.pipeline import curate
 from curation.run_config import load_curation_config
@@ -80,6 +81,41 @@ def test_planted_near_duplicates_are_nearest_neighbours(embedded_run, crawl, poo
     copies = [i for i, k in enumerate(keys) if group[k]]
     hits = sum(group[keys[nearest[i]]] == group[keys[i]] for i in copies)
     assert hits / len(copies) >= 0.99
+
+
+def test_in_process_the_next_batch_is_queued_before_the_last_ones_vectors_are_read(
+    embedded_run, crawl, tmp_path, monkeypatch
+):
+    """On a GPU, reading a batch's vectors waits for its forward; queueing the next forward first
+    keeps the device busy through that wait and the shard writes that follow it."""
+    events = []
+    launch, result = embed.EmbedWorker.launch, embed.Launched.result
+
+    def noting_launch(self, row):
+        events.append(("launch", row["out"], row["batch"]))
+        return launch(self, row)
+
+    def noting_result(self):
+        events.append(("result", self.row["out"], self.row["batch"]))
+        return result(self)
+
+    monkeypatch.setattr(embed.EmbedWorker, "launch", noting_launch)
+    monkeypatch.setattr(embed.Launched, "result", noting_result)
+    run_dir = run_dir_with(embedded_run, tmp_path / "queued", ("ingest",))
+    config = load_curation_config(crawl / "curation.yaml", ["embed.models.copy.batch_size=16"])
+    curate(config, run_dir, ("embed",), executor="local")
+    launches = [event[1:] for event in events if event[0] == "launch"]
+    assert len(launches) > 10 and len(launches) == len(set(launches))
+    role = lambda batch: Path(batch[0]).relative_to(run_dir).parts[1]  # noqa: E731 (embed/<role>/...)
+    for index, event in enumerate(events):
+        if event[0] == "result":  # the role's next batch was launched just before (but for its last)
+            position = launches.index(event[1:])
+            following = launches[position + 1 : position + 2]
+            if following and role(following[0]) == role(event[1:]):
+                assert events[index - 1] == ("launch", *following[0])
+            else:
+                assert events[index - 1][0] == "result"
+    assert stage_files(run_dir, "embed").keys() == stage_files(embedded_run, "embed").keys()
 
 
 def test_ray_data_actor_pool_with_one_and_two_actors(embedded_run, crawl, tmp_path):

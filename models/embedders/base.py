@@ -69,8 +69,13 @@ class Embedder:
         self._mean = torch.tensor(preprocess.mean, device=self.device).view(1, 3, 1, 1) * 255
         self._std = torch.tensor(preprocess.std, device=self.device).view(1, 3, 1, 1) * 255
 
-    @torch.inference_mode()
     def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.on_device(images).cpu()
+
+    @torch.inference_mode()
+    def on_device(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The unit vectors left where the model ran: on a GPU the call returns once the forward is
+        queued, so a caller can queue the next batch before it waits for this one's vectors."""
         pixels = torch.as_tensor(images)
         if pixels.ndim != 4 or pixels.shape[-1] != 3 or pixels.dtype != torch.uint8:
             raise ValueError(f"{self.name}: expected a B×H×W×3 uint8 batch, got {tuple(pixels.shape)} {pixels.dtype}")
@@ -82,4 +87,4 @@ class Embedder:
         use_amp = self.amp_dtype is not None and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=use_amp):
             features = self.model(x)
-        return F.normalize(features.float(), dim=-1).cpu()
+        return F.normalize(features.float(), dim=-1)
