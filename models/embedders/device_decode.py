@@ -46,8 +46,20 @@ def decode_batch(
                 batch = torch.stack([_on_cpu(jpegs[i], preprocess, device) for i in chosen])
             else:
                 batch = _resize_crop(torch.stack([images[i] for i in chosen]), preprocess)
-            crops[torch.tensor(chosen, device=device)] = batch
+            _put(crops, chosen, batch)
     return crops.permute(0, 2, 3, 1).contiguous()
+
+
+def _put(crops: torch.Tensor, indices: list[int], batch: torch.Tensor) -> None:
+    """`crops[indices] = batch` without stalling the host: an index list would go to the GPU in a
+    blocking copy that waits for every decode kernel queued before it."""
+    if len(indices) == 1:
+        crops[indices[0]] = batch[0]
+        return
+    index = torch.tensor(indices)
+    if crops.is_cuda:
+        index = index.pin_memory().to(crops.device, non_blocking=True)
+    crops.index_copy_(0, index, batch)
 
 
 def _by_size(images: list[torch.Tensor | None]) -> dict[tuple[int, ...] | None, list[int]]:
