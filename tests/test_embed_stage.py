@@ -24,11 +24,31 @@ from tests.stage_output import curate_command, run_dir_with, stage_files
 
 
 @pytest.fixture(scope="module")
-def embedded_run(crawl, tmp_path_factory):
+def embedded_run_and_calls(crawl, tmp_path_factory):
+    """An in-process ingest + embed run, and the model loop's calls in order: ("launch" | "result",
+    shard's parquet, batch)."""
     run_dir = tmp_path_factory.mktemp("embed") / "run"
-    config = load_curation_config(crawl / "curation.yaml")
-    curate(config, run_dir, ("ingest", "embed"), executor="local")
-    return run_dir
+    calls = []
+    launch, result = embed.EmbedWorker.launch, embed.Launched.result
+
+    def noting_launch(self, row):
+        calls.append(("launch", row["out"], row["batch"]))
+        return launch(self, row)
+
+    def noting_result(self):
+        calls.append(("result", self.row["out"], self.row["batch"]))
+        return result(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(embed.EmbedWorker, "launch", noting_launch)
+        patch.setattr(embed.Launched, "result", noting_result)
+        curate(load_curation_config(crawl / "curation.yaml"), run_dir, ("ingest", "embed"), executor="local")
+    return run_dir, calls
+
+
+@pytest.fixture(scope="module")
+def embedded_run(embedded_run_and_calls):
+    return embedded_run_and_calls[0]
 
 
 def direct_vectors(run_dir: Path, collection: str = "pool") -> dict[str, np.ndarray]:
@@ -83,39 +103,19 @@ def test_planted_near_duplicates_are_nearest_neighbours(embedded_run, crawl, poo
     assert hits / len(copies) >= 0.99
 
 
-def test_in_process_the_next_batch_is_queued_before_the_last_ones_vectors_are_read(
-    embedded_run, crawl, tmp_path, monkeypatch
-):
+def test_in_process_the_next_batch_is_queued_before_the_last_ones_vectors_are_read(embedded_run_and_calls):
     """On a GPU, reading a batch's vectors waits for its forward; queueing the next forward first
     keeps the device busy through that wait and the shard writes that follow it."""
-    events = []
-    launch, result = embed.EmbedWorker.launch, embed.Launched.result
-
-    def noting_launch(self, row):
-        events.append(("launch", row["out"], row["batch"]))
-        return launch(self, row)
-
-    def noting_result(self):
-        events.append(("result", self.row["out"], self.row["batch"]))
-        return result(self)
-
-    monkeypatch.setattr(embed.EmbedWorker, "launch", noting_launch)
-    monkeypatch.setattr(embed.Launched, "result", noting_result)
-    run_dir = run_dir_with(embedded_run, tmp_path / "queued", ("ingest",))
-    config = load_curation_config(crawl / "curation.yaml", ["embed.models.copy.batch_size=16"])
-    curate(config, run_dir, ("embed",), executor="local")
-    launches = [event[1:] for event in events if event[0] == "launch"]
-    assert len(launches) > 10 and len(launches) == len(set(launches))
+    run_dir, calls = embedded_run_and_calls
+    launches = [call[1:] for call in calls if call[0] == "launch"]
+    assert len(launches) >= 8 and len(launches) == len(set(launches))
     role = lambda batch: Path(batch[0]).relative_to(run_dir).parts[1]  # noqa: E731 (embed/<role>/...)
-    for index, event in enumerate(events):
-        if event[0] == "result":  # the role's next batch was launched just before (but for its last)
-            position = launches.index(event[1:])
+    for index, call in enumerate(calls):
+        if call[0] == "result":  # the role's next batch was launched just before (but for its last)
+            position = launches.index(call[1:])
             following = launches[position + 1 : position + 2]
-            if following and role(following[0]) == role(event[1:]):
-                assert events[index - 1] == ("launch", *following[0])
-            else:
-                assert events[index - 1][0] == "result"
-    assert stage_files(run_dir, "embed").keys() == stage_files(embedded_run, "embed").keys()
+            if following and role(following[0]) == role(call[1:]):
+                assert calls[index - 1] == ("launch", *following[0])
 
 
 def test_ray_data_actor_pool_with_one_and_two_actors(embedded_run, crawl, tmp_path):
