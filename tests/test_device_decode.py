@@ -58,7 +58,7 @@ def test_a_file_the_decoder_refuses_takes_the_cpu_path_not_the_batch_down(crawl_
 
 
 @pytest.mark.parametrize("group", [2, 32])
-def test_images_resized_together_match_those_resized_alone(group):
+def test_images_resized_together_match_those_resized_alone(group, monkeypatch):
     """On a GPU same-size images share one resize call (in groups of `GPU_GROUP`); each crop must be
     what it would be alone, whatever the mix of sizes, orders and refused files in its batch."""
     rng = np.random.default_rng(0)
@@ -75,6 +75,8 @@ def test_images_resized_together_match_those_resized_alone(group):
     together = decode_batch(files, preprocess, torch.device("cpu"), group=group)
     alone = torch.cat([decode_batch([data], preprocess, torch.device("cpu"), group=1) for data in files])
     assert torch.equal(together, alone)
+    monkeypatch.setattr("models.embedders.device_decode.GROUP_PIXELS", 2 * 1024 * 768)  # large ones go 2 at a time
+    assert torch.equal(decode_batch(files, preprocess, torch.device("cpu"), group=group), alone)
 
 
 def test_the_stage_decoding_on_the_device_agrees_with_the_cpu_stage(crawl, tmp_path, monkeypatch):
