@@ -118,15 +118,15 @@ def test_in_process_the_next_batch_is_queued_before_the_last_ones_vectors_are_re
                 assert calls[index - 1] == ("launch", *following[0])
 
 
-def test_ray_data_actor_pool_with_one_and_two_actors(embedded_run, crawl, tmp_path):
+@pytest.mark.parametrize("actors", [pytest.param(1, marks=pytest.mark.slow), 2])  # 2 cores: keep the default run short
+def test_ray_data_actor_pool(embedded_run, crawl, tmp_path, actors):
     direct = direct_vectors(embedded_run)
     try:
-        for actors in (1, 2):
-            run_dir = run_dir_with(embedded_run, tmp_path / f"actors{actors}", ("ingest",))
-            config = load_curation_config(crawl / "curation.yaml", [f"embed.actors={actors}"])
-            curate(config, run_dir, ("embed",), executor="ray")
-            check_against_direct(run_dir, direct)
-            assert stage_files(run_dir, "embed") == stage_files(embedded_run, "embed")
+        run_dir = run_dir_with(embedded_run, tmp_path / f"actors{actors}", ("ingest",))
+        config = load_curation_config(crawl / "curation.yaml", [f"embed.actors={actors}"])
+        curate(config, run_dir, ("embed",), executor="ray")
+        check_against_direct(run_dir, direct)
+        assert stage_files(run_dir, "embed") == stage_files(embedded_run, "embed")
     finally:
         ray.shutdown()
 
