@@ -7,7 +7,12 @@ Results come back in completion order; stages must not depend on it.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
+import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed, wait
@@ -53,7 +58,7 @@ def process_map(workers: int, attempts: int = 2) -> MapFn:
 
     def run(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         unfinished = dict(enumerate(items))
-        with ProcessPoolExecutor(max_workers=max(workers, 1)) as pool:
+        with worker_pool(max(workers, 1)) as pool:
             futures = {pool.submit(fn, item): index for index, item in unfinished.items()}
             try:
                 for future in as_completed(futures):
@@ -79,7 +84,7 @@ def isolated(fn: Callable[[T], R], items: list[T], workers: int, attempts: int) 
         while waiting or running:
             while waiting and len(running) < max(workers, 1):
                 index, item = waiting.popleft()
-                child = ProcessPoolExecutor(max_workers=1)
+                child = worker_pool(1)
                 running[child.submit(fn, item)] = (index, item, child)
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
@@ -99,6 +104,27 @@ def isolated(fn: Callable[[T], R], items: list[T], workers: int, attempts: int) 
             child.shutdown(wait=False, cancel_futures=True)
     if crashed:
         raise WorkerCrashed(crashed, "its process died on every try")
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers die with the process that started them. A forked worker holds
+    its own copy of the pool's task pipe, so after a SIGKILL of the driver it would wait on that
+    pipe forever, holding its memory, and a re-run would start beside it."""
+    parent = os.getpid() if multiprocessing.get_start_method() == "fork" else None
+    return ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(parent,))
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """Pool initializer: ask Linux to SIGKILL this worker when its parent dies (elsewhere, a no-op).
+    Linux sends it when the thread that started the worker ends; stages start pools from their own."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
 
 
 def prefetched(fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:

@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
+
 from curation.rundir import RunDir
 from tests.stage_output import curate_command, stage_files
 
@@ -29,6 +31,7 @@ def test_sigkill_mid_ingest_then_rerun_is_byte_identical(crawl, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(done_parts) >= 5, "the ingest finished or never started before the kill"
+    assert not outliving(str(killed)), "ingest's worker processes outlived the killed command"
     assert RunDir(killed).stage_record("ingest")["status"] == "running"
     assert not (killed / "ingest").exists()
     finished_tars = [p.parent.parent / (p.name.split(".")[0] + ".tar") for p in done_parts]
@@ -42,6 +45,19 @@ def test_sigkill_mid_ingest_then_rerun_is_byte_identical(crawl, tmp_path):
     for name, mtime in mtimes.items():
         assert (killed / "ingest" / name).stat().st_mtime_ns == mtime, f"shard {name} was written again"
     assert not list(killed.glob("*.partial"))
+
+
+def outliving(marker: str, seconds: float = 10) -> list[psutil.Process]:
+    """Processes whose command line names `marker` still alive (not zombies) after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = []
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            if marker in " ".join(proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
 
 
 def test_second_run_skips_a_finished_stage(crawl, tmp_path):
