@@ -110,8 +110,9 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     """A process pool whose workers die with the process that started them. A forked worker holds
     its own copy of the pool's task pipe, so after a SIGKILL of the driver it would wait on that
     pipe forever, holding its memory, and a re-run would start beside it."""
-    parent = os.getpid() if multiprocessing.get_start_method() == "fork" else None
-    return ProcessPoolExecutor(max_workers=workers, initializer=_die_with_parent, initargs=(parent,))
+    context = multiprocessing.get_context()  # what ProcessPoolExecutor would pick by itself
+    parent = os.getpid() if context.get_start_method() == "fork" else None  # else a fork server starts them
+    return ProcessPoolExecutor(workers, context, initializer=_die_with_parent, initargs=(parent,))
 
 
 PR_SET_PDEATHSIG = 1
