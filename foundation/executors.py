@@ -24,6 +24,8 @@ from foundation.errors import WorkerCrashed
 
 log = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
 T = TypeVar("T")
 R = TypeVar("R")
 MapFn = Callable[[Callable[[T], R], Iterable[T]], Iterator[R]]
@@ -113,9 +115,6 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context()  # what ProcessPoolExecutor would pick by itself
     parent = os.getpid() if context.get_start_method() == "fork" else None  # else a fork server starts them
     return ProcessPoolExecutor(workers, context, initializer=_die_with_parent, initargs=(parent,))
-
-
-PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent(parent: int | None) -> None:

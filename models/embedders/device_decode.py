@@ -41,15 +41,13 @@ def decode_batch(
     except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
         images = [_decode_or_none(tensor, device) for tensor in data]
     crops = torch.empty((len(jpegs), 3, preprocess.crop, preprocess.crop), dtype=torch.uint8, device=device)
-    for shape, indices in _by_size(images).items():
-        step = max(1, min(group, GROUP_PIXELS // (shape[1] * shape[2]))) if shape else group
+    for index in (i for i, image in enumerate(images) if image is None):
+        crops[index] = _on_cpu(jpegs[index], preprocess, device)
+    for (_, h, w), indices in _by_size(images).items():
+        step = max(1, min(group, GROUP_PIXELS // (h * w)))
         for start in range(0, len(indices), step):
             chosen = indices[start : start + step]
-            if shape is None:
-                batch = torch.stack([_on_cpu(jpegs[i], preprocess, device) for i in chosen])
-            else:
-                batch = _resize_crop(torch.stack([images[i] for i in chosen]), preprocess)
-            _put(crops, chosen, batch)
+            _put(crops, chosen, _resize_crop(torch.stack([images[i] for i in chosen]), preprocess))
     return crops.permute(0, 2, 3, 1).contiguous()
 
 
@@ -65,11 +63,12 @@ def _put(crops: torch.Tensor, indices: list[int], batch: torch.Tensor) -> None:
     crops.index_copy_(0, index, batch)
 
 
-def _by_size(images: list[torch.Tensor | None]) -> dict[tuple[int, ...] | None, list[int]]:
-    """Indices of the images of each shape (None: the files the decoder refused)."""
-    groups: dict[tuple[int, ...] | None, list[int]] = {}
+def _by_size(images: list[torch.Tensor | None]) -> dict[tuple[int, ...], list[int]]:
+    """Indices of the decoded images of each shape (the files the decoder refused are left out)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
-        groups.setdefault(None if image is None else tuple(image.shape), []).append(index)
+        if image is not None:
+            groups.setdefault(tuple(image.shape), []).append(index)
     return groups
 
 
