@@ -10,9 +10,10 @@
 #                   export that `lvd:` loads; the bare step's MFU, the loop's ratio to it unsharded
 #                   (target >= 0.95) and under FSDP2 (target >= 0.90), and peak memory: about 4 and
 #                   5 minutes. `train` is both.
-#   embed           the embed stage in-process with ViT-H/14 fp16, JPEGs decoded on the CPU and then
-#                   on the GPU, against its bare loop (target >= 0.90 with GPU decoding), and the CPU
-#                   cores busy meanwhile: about 3 minutes.
+#   embed           GPU decoding's tests (nvjpeg must not overwrite memory queued kernels still read),
+#                   then the embed stage in-process with ViT-H/14 fp16, JPEGs decoded on the CPU and
+#                   then on the GPU, against its bare loop (target >= 0.90 with GPU decoding), and the
+#                   CPU cores busy meanwhile: about 3 minutes.
 #   levers          vitl14's bare step plain, with each speed lever alone and with all of them
 #                   (benchmarks/train.py --levers), then its top operators by device time
 #                   (--profile), unsharded and under FSDP2: about 5 minutes.
@@ -28,7 +29,8 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d wheels \
 #       pydantic pydantic-core annotated-types typing-inspection typing-extensions \
-#       "webdataset<0.3" braceexpand faiss-cpu universal-pathlib pathlib-abc
+#       "webdataset<0.3" braceexpand faiss-cpu universal-pathlib pathlib-abc \
+#       pytest pluggy iniconfig packaging pygments pytest-timeout
 set -uo pipefail
 cd "$(dirname "$0")/.."
 record="" groups=""
@@ -48,7 +50,7 @@ mkdir -p "$work" "$out"
 log="$out/log.txt"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
-if [ -d wheels ] && ! python -c "import pydantic, webdataset, faiss, upath" 2>/dev/null; then
+if [ -d wheels ] && ! python -c "import pydantic, webdataset, faiss, upath, pytest, pytest_timeout" 2>/dev/null; then
   python -m pip install -q --no-deps --no-index wheels/*.whl
 fi
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name())" \
@@ -60,7 +62,7 @@ check() {  # name, command...: run it, keep its output, add a row with its statu
   local started=$SECONDS
   if "$@" >"$out/$name.txt" 2>&1; then status=ok; else status="FAILED (see $out/$name.txt)"; fi
   cat "$out/$name.txt" >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|cores busy|curation value:|^loader' "$out/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|cores busy|curation value:|^loader|passed|failed' "$out/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
   echo "gpu_check: ${rows[-1]}"  # as it finishes, so a call cut short still shows what ran
 }
 
@@ -94,6 +96,7 @@ done
 # decoded by the prefetch threads on the CPU, then on the GPU (nvjpeg). The stage reads the 3,000
 # ingested images 8 times, so the passes it compares hold seconds of GPU work.
 if wants embed; then
+  check "decode-tests" python -m pytest -p no:cacheprovider -q -rxX tests/test_device_decode.py -k overwrites
   check "embed-vith14" python benchmarks/embed.py --model timm:vit_huge_patch14_224 --gpu --executor local \
       --decode cpu device --images 3000 --repeat 8 --batch-size 256 $record
 fi

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.io import decode_jpeg
 
 from curation.embed import read_embeddings
 from curation.pipeline import curate
@@ -116,3 +118,57 @@ def test_prefetched_reads_ahead_while_the_consumer_works():
         release.wait(0.01)
     assert {0, 1, 2} <= set(started) and 4 not in started
     assert list(items) == [1, 2, 3, 4]
+
+
+def corrupted_reads(decode: Callable[[], object], shape: tuple[int, int, int], rounds: int = 10) -> int:
+    """How many reads of freed memory, still queued on the current stream behind a spinning kernel,
+    see other bytes than were written there once `decode()` has run: what nvjpeg overwrote."""
+    value, bad = 7, 0
+    for _ in range(rounds):
+        blocks = [torch.full(shape, value, dtype=torch.uint8, device="cuda") for _ in range(8)]
+        torch.cuda._sleep(100_000_000)  # tens of milliseconds: the reads below wait behind it
+        sums = torch.stack([block.sum(dtype=torch.int64) for block in blocks])
+        del blocks  # the allocator may hand these blocks out again at once, their reads still queued
+        decode()
+        bad += int((sums != value * np.prod(shape)).sum())
+    return bad
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="nvjpeg needs a CUDA GPU")
+
+
+@pytest.fixture
+def web_size_jpegs() -> list[bytes]:
+    """Eight baseline 500×375 JPEGs: the files nvjpeg's hardware engine decodes."""
+    rng = np.random.default_rng(0)
+    files = []
+    for _ in range(8):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+        files.append(buffer.getvalue())
+    return files
+
+
+@needs_cuda
+@pytest.mark.xfail(reason="the hazard decode_batch guards against (pytorch/vision#9606)")
+def test_torchvisions_gpu_decode_overwrites_memory_that_queued_kernels_still_read(web_size_jpegs):
+    """Whether this GPU and torchvision have the hazard at all: if this passes (XPASS), the test
+    below cannot tell a guarded decode from an unguarded one here."""
+    data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in web_size_jpegs]
+    with torch.cuda.stream(torch.cuda.Stream()):  # as the embed worker's decode stream
+        decode_jpeg(data, device="cuda")  # nvjpeg's start-up, outside the measured rounds
+        assert corrupted_reads(lambda: decode_jpeg(data, device="cuda"), (3, 375, 500)) == 0
+
+
+@needs_cuda
+def test_gpu_decoding_never_overwrites_memory_that_queued_kernels_still_read(web_size_jpegs):
+    """torchvision's nvjpeg writes its output from a stream that does not wait for the caller's, into
+    blocks the caller's stream may have freed with reads still queued. `decode_batch` must leave
+    those reads their bytes, and give the pixels it gives when nothing else is queued."""
+    preprocess, device = create_embedder("tiny").preprocess, torch.device("cuda")
+    with torch.cuda.stream(torch.cuda.Stream()):
+        expected = decode_batch(web_size_jpegs, preprocess, device).cpu()
+        decoded = []
+        decode = lambda: decoded.append(decode_batch(web_size_jpegs, preprocess, device))  # noqa: E731
+        assert corrupted_reads(decode, (3, 375, 500)) == 0
+    assert all(torch.equal(pixels.cpu(), expected) for pixels in decoded)

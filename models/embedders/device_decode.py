@@ -9,10 +9,14 @@ RGB JPEG; one the decoder still refuses goes through `Preprocess.from_jpeg` on t
 of failing its batch.
 
 torchvision deprecated its image decoders in 0.29 in favour of TorchCodec; they still work, and
-this module is the one place to change when they go.
+this module is the one place to change when they go. On a GPU they need one guard (`_decode`):
+torchvision allocates nvjpeg's output on the caller's stream but writes it from a stream of its
+own that waits for nothing, so it can overwrite memory the caller's queued kernels still read.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +41,7 @@ def decode_batch(
     group = group or (GPU_GROUP if device.type == "cuda" else 1)
     data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
     try:
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        images = _decode(data, device)
     except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
         images = [_decode_or_none(tensor, device) for tensor in data]
     crops = torch.empty((len(jpegs), 3, preprocess.crop, preprocess.crop), dtype=torch.uint8, device=device)
@@ -74,9 +78,38 @@ def _by_size(images: list[torch.Tensor | None]) -> dict[tuple[int, ...], list[in
 
 def _decode_or_none(tensor: torch.Tensor, device: torch.device) -> torch.Tensor | None:
     try:
-        return decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device)
+        return _decode([tensor], device)[0]
     except RuntimeError:
         return None
+
+
+def _decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """`decode_jpeg` of a batch, with its outputs in memory no queued kernel still reads.
+
+    On a GPU torchvision allocates each output on the current stream, then nvjpeg writes it from a
+    pool stream that does not wait for the current one (and nvjpeg's hardware engine does not wait
+    for its own stream either; pytorch/vision#9606, meta-pytorch/torchcodec#1634). The caching
+    allocator hands out a block as soon as it is freed on its stream, so on the decode stream,
+    with the last batch's resize still queued, nvjpeg would be given (and overwrite) memory that
+    resize has yet to read. So the outputs are allocated on a stream that never runs a kernel, whose
+    free blocks are truly free, and each is marked as used by the caller's stream, so its block
+    is not handed to nvjpeg again before the caller's kernels are done with it. torchvision waits
+    for the decode to finish before it returns, so the pixels are there for any stream to read.
+    """
+    if device.type != "cuda":
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    caller = torch.cuda.current_stream(device)
+    with torch.cuda.stream(_idle_stream(caller.device)):
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    for image in images:
+        image.record_stream(caller)
+    return images
+
+
+@functools.cache
+def _idle_stream(device: torch.device) -> torch.cuda.Stream:
+    """A stream of `device` on which no kernel is ever queued: only nvjpeg's outputs are allocated on it."""
+    return torch.cuda.Stream(device)
 
 
 def _on_cpu(jpeg: bytes, preprocess: Preprocess, device: torch.device) -> torch.Tensor:
