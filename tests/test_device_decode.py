@@ -20,7 +20,7 @@ from curation.embed import read_embeddings
 from curation.pipeline import curate
 from curation.run_config import load_curation_config
 from foundation.executors import prefetched
-from models.embedders import create_embedder
+from models.embedders import create_embedder, device_decode
 from models.embedders.device_decode import decode_batch
 from tests.stage_output import run_dir_with
 
@@ -79,6 +79,22 @@ def test_images_resized_together_match_those_resized_alone(group, monkeypatch):
     assert torch.equal(together, alone)
     monkeypatch.setattr("models.embedders.device_decode.GROUP_PIXELS", 2 * 1024 * 768)  # large ones go 2 at a time
     assert torch.equal(decode_batch(files, preprocess, torch.device("cpu"), group=group), alone)
+
+    # Decoded a part at a time, each part at most DECODE_BYTES of full-size pixels (or one image).
+    budget = 3 * (2 * 1024 * 768 + 500 * 375)
+    monkeypatch.setattr("models.embedders.device_decode.DECODE_BYTES", budget)
+    parts, decode = [], device_decode._decode
+
+    def noting_the_part(data, device):
+        images = decode(data, device)
+        parts.append([image.numel() for image in images])
+        return images
+
+    monkeypatch.setattr("models.embedders.device_decode._decode", noting_the_part)
+    assert torch.equal(decode_batch(files, preprocess, torch.device("cpu"), group=group), alone)
+    assert all(sum(part) <= budget or len(part) == 1 for part in parts), parts
+    assert [3 * 2100 * 1600] in parts  # over the budget alone
+    assert sum(len(part) for part in parts) == len(files) - 1  # each JPEG once; the PNG is refused
 
 
 def test_the_stage_decoding_on_the_device_agrees_with_the_cpu_stage(crawl, tmp_path, monkeypatch):

@@ -17,9 +17,12 @@ own that waits for nothing, so it can overwrite memory the caller's queued kerne
 from __future__ import annotations
 
 import functools
+import io
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from models.embedders.base import Preprocess
@@ -31,6 +34,10 @@ from models.embedders.base import Preprocess
 # On a CPU the arithmetic dominates and one image at a time stays in cache: grouping was slower.
 GPU_GROUP = 32
 GROUP_PIXELS = 40_000_000
+# nvjpeg has no draft mode: it decodes every image at full size. Ingest keeps images up to 50 MP, so
+# a batch of 256 photos could decode to tens of GB; a batch is decoded a part of at most
+# `DECODE_BYTES` at a time (256 web-size images are about 150 MB, one part; 12 MP photos go 29 at a time).
+DECODE_BYTES = 1 << 30
 
 
 def decode_batch(
@@ -39,12 +46,48 @@ def decode_batch(
     """B×crop×crop×3 uint8 on `device` from B JPEG files, resized `group` same-size images at a time
     (default: `GPU_GROUP` on a GPU, 1 elsewhere)."""
     group = group or (GPU_GROUP if device.type == "cuda" else 1)
+    crops = torch.empty((len(jpegs), 3, preprocess.crop, preprocess.crop), dtype=torch.uint8, device=device)
+    start = 0
+    for part in _parts(jpegs):
+        _decode_into(crops[start : start + len(part)], part, preprocess, group)
+        start += len(part)
+    return crops.permute(0, 2, 3, 1).contiguous()
+
+
+def _parts(jpegs: list[bytes]) -> Iterator[list[bytes]]:
+    """`jpegs` in consecutive runs that decode to at most `DECODE_BYTES` (or to one larger image)."""
+    part: list[bytes] = []
+    size = 0
+    for jpeg in jpegs:
+        decoded = _decoded_bytes(jpeg)
+        if part and size + decoded > DECODE_BYTES:
+            yield part
+            part, size = [], 0
+        part.append(jpeg)
+        size += decoded
+    if part:
+        yield part
+
+
+def _decoded_bytes(jpeg: bytes) -> int:
+    """The RGB bytes `jpeg` decodes to, read from its header; 0 for a file without a readable one,
+    which the decoder refuses and the CPU path decodes (at draft size) instead."""
+    try:
+        width, height = Image.open(io.BytesIO(jpeg)).size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 0
+    return 3 * width * height
+
+
+def _decode_into(crops: torch.Tensor, jpegs: list[bytes], preprocess: Preprocess, group: int) -> None:
+    """Fill `crops` (N×3×crop×crop uint8) from N JPEG files: one batched decode, then a resize per
+    `group` same-size images; a file the decoder refuses goes through the CPU path."""
+    device = crops.device
     data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
     try:
         images = _decode(data, device)
     except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
         images = [_decode_or_none(tensor, device) for tensor in data]
-    crops = torch.empty((len(jpegs), 3, preprocess.crop, preprocess.crop), dtype=torch.uint8, device=device)
     for index in (i for i, image in enumerate(images) if image is None):
         crops[index] = _on_cpu(jpegs[index], preprocess, device)
     for (_, h, w), indices in _by_size(images).items():
@@ -52,7 +95,6 @@ def decode_batch(
         for start in range(0, len(indices), step):
             chosen = indices[start : start + step]
             _put(crops, chosen, _resize_crop(torch.stack([images[i] for i in chosen]), preprocess))
-    return crops.permute(0, 2, 3, 1).contiguous()
 
 
 def _put(crops: torch.Tensor, indices: list[int], batch: torch.Tensor) -> None:
