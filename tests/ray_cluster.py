@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from tests.processes import alive_with
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -36,15 +38,11 @@ class LoopbackCluster:
     dashboard: str  # http://127.0.0.1:PORT, what `ray job submit --address` takes
     temp_dir: str
     env: dict[str, str] = field(repr=False)
+    sessions: list[int] = field(default_factory=list, repr=False)  # one per node: its `ray start`'s pid
 
     def processes(self, title: str) -> list[psutil.Process]:
-        """This cluster's processes whose command line contains `title` (e.g. `ray::ingest_shard`)."""
-        found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            if title in cmdline and proc.pid != os.getpid():
-                found.append(proc)
-        return found
+        """This cluster's live processes whose command line contains `title` (e.g. `ray::ingest_shard`)."""
+        return alive_with(title, self.sessions)
 
 
 @contextmanager
@@ -67,10 +65,12 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
     ]
     started = [_start(head, env)]
     cluster = LoopbackCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", temp_dir, env)
+    cluster.sessions.append(started[0].pid)
     try:
         _wait_for(f"{cluster.dashboard}/api/version", started[0])
         for _ in range(nodes - 1):
             started.append(_start(["ray", "start", f"--address={cluster.gcs_address}", *common], env))
+            cluster.sessions.append(started[-1].pid)
         _wait_for_nodes(cluster, nodes, started)
         yield cluster
     finally:

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from curation.rundir import RunDir
+from tests.processes import alive_with
 from tests.stage_output import curate_command, stage_files
 
 OVERRIDES = ["ingest.shard_size=40", "ingest.workers=1"]
@@ -48,16 +49,11 @@ def test_sigkill_mid_ingest_then_rerun_is_byte_identical(crawl, tmp_path):
 
 
 def outliving(marker: str, seconds: float = 10) -> list[psutil.Process]:
-    """Processes whose command line names `marker` still alive (not zombies) after `seconds`."""
+    """Processes whose command line names `marker` still alive after `seconds`."""
     deadline = time.monotonic() + seconds
-    while True:
-        alive = []
-        for proc in psutil.process_iter(["cmdline", "status"]):
-            if marker in " ".join(proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        if not alive or time.monotonic() > deadline:
-            return alive
+    while (alive := alive_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
+    return alive
 
 
 def test_second_run_skips_a_finished_stage(crawl, tmp_path):
