@@ -5,7 +5,7 @@
 
 Both sides run the same model (random weights: speed does not depend on them) at the same batch
 size. The bare side times only the forward passes over tensors prepared in advance; the stage
-side is the embed stage's own machinery (`embed_runner.run_role`: shard reading, JPEG decoding,
+side is the embed stage's own machinery (`embed_runner.run_in_process` or `run_on_ray`: shard reading, JPEG decoding,
 preprocessing, the Ray Data actor pool or the in-process prefetch, parquet writing). Ingest shards
 hold four batches each, so the stage's batches are as full as the bare loop's.
 
@@ -47,7 +47,7 @@ import torch
 from tqdm import tqdm
 
 from curation.embed import EmbedConfig, ShardCollector, pending_jobs
-from curation.embed_runner import run_role
+from curation.embed_runner import local_worker, run_in_process, run_on_ray
 from curation.measurements import record
 from curation.pipeline import curate
 from curation.run_config import CurationConfig
@@ -97,7 +97,10 @@ def one_pass(config: EmbedConfig, run_dir: Path, name: str, shards: int, use_ray
     collector = ShardCollector()
     started, busy = time.perf_counter(), cpu_busy_seconds()
     with tqdm(total=shards, desc=f"embed {name}", unit="shard", file=sys.stderr) as progress:
-        run_role(jobs[:shards], spec, config, use_ray, collector, preprocess, progress)
+        if use_ray:
+            run_on_ray(jobs[:shards], spec, config, collector, preprocess, progress)
+        else:
+            run_in_process(jobs[:shards], local_worker(spec, config), config, collector, progress)
     return Pass(time.perf_counter() - started, cpu_busy_seconds() - busy, collector.images)
 
 

@@ -37,33 +37,39 @@ def read_job(row: dict, preprocess: embed.Preprocess, jpegs: bool):
     yield from embed.read_batches(embed.ShardJob(**row), preprocess, jpegs)
 
 
-def run_role(
+def run_in_process(
+    jobs: list[embed.ShardJob],
+    worker: embed.EmbedWorker,
+    config: embed.EmbedConfig,
+    collector: embed.ShardCollector,
+    progress: tqdm,
+) -> None:
+    """Embed every job with `worker` in this process, handing each finished batch to `collector`;
+    `config.prefetch` threads read (and decode) the next shards meanwhile."""
+    jpegs = config.decode_on_device
+    read = lambda job: [worker.decoded(row) for row in embed.read_batches(job, worker.embedder.preprocess, jpegs)]  # noqa: E731
+    queued = None
+    for rows in prefetched(read, jobs, config.prefetch):
+        for row in rows:
+            # Queue this batch before reading the last one's vectors and writing its shard,
+            # so the device always has a forward to run while the host does that.
+            queued, previous = worker.launch(row), queued
+            if previous:
+                collect(previous.result(), collector, progress)
+    if queued:
+        collect(queued.result(), collector, progress)
+
+
+def run_on_ray(
     jobs: list[embed.ShardJob],
     spec: embed.EmbedderSpec,
     config: embed.EmbedConfig,
-    use_ray: bool,
     collector: embed.ShardCollector,
     preprocess: embed.Preprocess,
     progress: tqdm,
 ) -> None:
-    """Embed every job with `spec`, handing each finished batch to `collector`."""
-    threads = config.threads_per_actor or max(1, (os.cpu_count() or 1) // config.actors)
-    device = "cuda" if config.gpus_per_actor > 0 else "cpu"
-    jpegs = config.decode_on_device
-    if not use_ray:
-        worker = embed.EmbedWorker(spec, device, threads)
-        read = lambda job: [worker.decoded(row) for row in embed.read_batches(job, preprocess, jpegs)]  # noqa: E731
-        queued = None
-        for rows in prefetched(read, jobs, config.prefetch):
-            for row in rows:
-                # Queue this batch before reading the last one's vectors and writing its shard,
-                # so the device always has a forward to run while the host does that.
-                queued, previous = worker.launch(row), queued
-                if previous:
-                    collect(previous.result(), collector, progress)
-        if queued:
-            collect(queued.result(), collector, progress)
-        return
+    """Embed every job on a Ray Data actor pool (read tasks make batches with `preprocess`), handing
+    each finished batch to `collector`."""
     import ray
 
     from foundation.ray_session import connect_ray
@@ -74,6 +80,8 @@ def run_role(
     actor_cpus = min(1.0, (ray.cluster_resources().get("CPU", 1.0) - READ_TASK_CPUS) / config.actors)
     if actor_cpus <= 0:
         raise StageError(f"embed.actors={config.actors} leaves no CPU for reading shards; use fewer actors")
+    device, threads = placement(config)
+    jpegs = config.decode_on_device
     dataset = (
         ray.data.from_items([asdict(job) for job in jobs], override_num_blocks=max(1, len(jobs)))
         .flat_map(read_job, fn_kwargs={"preprocess": preprocess, "jpegs": jpegs}, num_cpus=READ_TASK_CPUS)
@@ -91,6 +99,17 @@ def run_role(
         collect(row, collector, progress)
 
 
+def local_worker(spec: embed.EmbedderSpec, config: embed.EmbedConfig) -> embed.EmbedWorker:
+    """The model replica an in-process run embeds with."""
+    return embed.EmbedWorker(spec, *placement(config))
+
+
+def placement(config: embed.EmbedConfig) -> tuple[str, int]:
+    """Each model replica's device, and its torch CPU threads (the cores shared among the actors)."""
+    threads = config.threads_per_actor or max(1, (os.cpu_count() or 1) // config.actors)
+    return ("cuda" if config.gpus_per_actor > 0 else "cpu"), threads
+
+
 def collect(row: dict, collector: embed.ShardCollector, progress: tqdm) -> None:
     """Hand an embedded batch to `collector`; the bar counts the shards it has written."""
     before = collector.written
@@ -102,15 +121,27 @@ def embed_all(config: embed.EmbedConfig, ingest_dir: Path, out_dir: Path, use_ra
     """Embed the pool and every reference set with each role's model into `out_dir/<role>/`."""
     counts: dict[str, int] = {}
     for role, spec in config.models.items():
-        role_dir = out_dir / role
-        jobs, done = embed.pending_jobs(ingest_dir, role_dir, spec.batch_size)
-        card_model = spec.build("cpu")
-        embed.write_embedder_card(role_dir, spec, card_model)
-        collector = embed.ShardCollector()
-        with tqdm(total=len(jobs) + done, initial=done, desc=f"embed {role}", unit="shard", file=sys.stderr) as bar:
-            run_role(jobs, spec, config, use_ray, collector, card_model.preprocess, bar)
-        counts.update(check_complete(ingest_dir, role_dir, role))
+        embed_role(role, spec, config, ingest_dir, out_dir / role, use_ray)
+        counts.update(check_complete(ingest_dir, out_dir / role, role))
     return counts
+
+
+def embed_role(
+    role: str, spec: embed.EmbedderSpec, config: embed.EmbedConfig, ingest_dir: Path, role_dir: Path, use_ray: bool
+) -> None:
+    """One role's model over every shard not yet embedded (its model is freed before the next role's is built)."""
+    jobs, done = embed.pending_jobs(ingest_dir, role_dir, spec.batch_size)
+    # In process, the model that embeds describes itself. A Ray driver builds a CPU copy to do
+    # that (and to fail on bad weights in one line here, not in every actor).
+    worker = None if use_ray else local_worker(spec, config)
+    embedder = worker.embedder if worker else spec.build("cpu")
+    embed.write_embedder_card(role_dir, spec, embedder)
+    collector = embed.ShardCollector()
+    with tqdm(total=len(jobs) + done, initial=done, desc=f"embed {role}", unit="shard", file=sys.stderr) as bar:
+        if worker:
+            run_in_process(jobs, worker, config, collector, bar)
+        else:
+            run_on_ray(jobs, spec, config, collector, embedder.preprocess, bar)
 
 
 def check_complete(ingest_dir: Path, role_dir: Path, role: str) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -26,10 +27,14 @@ from tests.stage_output import curate_command, run_dir_with, stage_files
 @pytest.fixture(scope="module")
 def embedded_run_and_calls(crawl, tmp_path_factory):
     """An in-process ingest + embed run, and the model loop's calls in order: ("launch" | "result",
-    shard's parquet, batch)."""
+    shard's parquet, batch), and ("build", model name) for each model built."""
     run_dir = tmp_path_factory.mktemp("embed") / "run"
     calls = []
-    launch, result = embed.EmbedWorker.launch, embed.Launched.result
+    launch, result, build = embed.EmbedWorker.launch, embed.Launched.result, embed.EmbedderSpec.build
+
+    def noting_build(self, device="cpu"):
+        calls.append(("build", self.name))
+        return build(self, device)
 
     def noting_launch(self, row):
         calls.append(("launch", row["out"], row["batch"]))
@@ -42,6 +47,7 @@ def embedded_run_and_calls(crawl, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(embed.EmbedWorker, "launch", noting_launch)
         patch.setattr(embed.Launched, "result", noting_result)
+        patch.setattr(embed.EmbedderSpec, "build", noting_build)
         curate(load_curation_config(crawl / "curation.yaml"), run_dir, ("ingest", "embed"), executor="local")
     return run_dir, calls
 
@@ -107,6 +113,7 @@ def test_in_process_the_next_batch_is_queued_before_the_last_ones_vectors_are_re
     """On a GPU, reading a batch's vectors waits for its forward; queueing the next forward first
     keeps the device busy through that wait and the shard writes that follow it."""
     run_dir, calls = embedded_run_and_calls
+    calls = [call for call in calls if call[0] != "build"]
     launches = [call[1:] for call in calls if call[0] == "launch"]
     assert len(launches) >= 8 and len(launches) == len(set(launches))
     role = lambda batch: Path(batch[0]).relative_to(run_dir).parts[1]  # noqa: E731 (embed/<role>/...)
@@ -116,6 +123,17 @@ def test_in_process_the_next_batch_is_queued_before_the_last_ones_vectors_are_re
             following = launches[position + 1 : position + 2]
             if following and role(following[0]) == role(call[1:]):
                 assert calls[index - 1] == ("launch", *following[0])
+
+
+def test_in_process_each_roles_model_is_built_once(embedded_run_and_calls):
+    """The model that embeds also writes the role's card: no second copy is built for it (a ViT-H
+    takes 15 s and 3 GB of CPU memory to build), and one role's model is built after the last's run."""
+    run_dir, calls = embedded_run_and_calls
+    steps = [
+        f"build {call[1]}" if call[0] == "build" else Path(call[1]).relative_to(run_dir).parts[1] for call in calls
+    ]
+    assert steps.count("build tiny") == steps.count("build tiny:semantic") == 1
+    assert [step for step, _ in itertools.groupby(steps)] == ["build tiny", "copy", "build tiny:semantic", "retrieval"]
 
 
 @pytest.mark.parametrize("actors", [pytest.param(1, marks=pytest.mark.slow), 2])  # 2 cores: keep the default run short
