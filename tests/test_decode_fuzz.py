@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from curation.decode import CleanImage, DecodeLimits, Rejection, clean_image
+from models.embedders.device_decode import _decoded_bytes
 
 LIMITS = DecodeLimits(min_side=8)
 SECONDS_PER_INPUT = 2.0
@@ -116,3 +117,12 @@ def test_mutated_images_end_as_an_image_or_a_rejection(data):
 @given(mutated_images())
 def test_ten_thousand_mutated_images_end_as_an_image_or_a_rejection(data):
     check_one_fate(data)
+
+
+@settings(FUZZ, max_examples=600, derandomize=True)
+@given(mutated_images())
+def test_a_mutated_files_decoded_size_is_a_number_never_an_exception(data):
+    """GPU decoding sizes its parts from each file's header before nvjpeg sees the file: a broken
+    header counts as 0 bytes (the decoder then refuses the file), never an exception."""
+    size = _decoded_bytes(data)
+    assert isinstance(size, int) and size >= 0
