@@ -15,11 +15,13 @@ lasts hours, so the figures that count, and the ones recorded, leave it out: the
 over every shard and once over the first third, and the difference in time (and in CPU busy
 time) is what the images in between cost. That gives images/s, the ratio to the bare loop
 (targets: >= 0.90 on CPU with a ViT-S-sized model, issue 4; >= 0.90 for ViT-H/14 fp16 on one GPU,
-issue 18), the CPU cores busy, and the start-up itself. The end-to-end figures are printed beside
-them: on a GPU, 3,000 ViT-H images are 2.5 s of bare work, so end to end would measure little but
-the start-up. (Records before 2026-11-26 are end to end, over 2,000 images on CPU.) For enough
-work between the two passes on a GPU without a long synthetic crawl, `--repeat R` has the stage
-read the ingested shards R times over (the bare rate does not depend on the image count).
+issue 18), the model's FLOP utilisation (one image's forward counted by torch's FlopCounterMode,
+over `foundation/gpus.py`'s dense fp16 peak for the GPU), the CPU cores busy, and the start-up
+itself. The end-to-end figures are printed beside them: on a GPU, 3,000 ViT-H images are 2.5 s
+of bare work, so end to end would measure little but the start-up. (Records before 2026-11-26 are
+end to end, over 2,000 images on CPU.) For enough work between the two passes on a GPU without a
+long synthetic crawl, `--repeat R` has the stage read the ingested shards R times over (the bare
+rate does not depend on the image count).
 Several `--decode` values each get their passes, in order; with --record the last one's rate is
 what `--plan` reads.
 
@@ -44,6 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from curation.embed import EmbedConfig, ShardCollector, pending_jobs
@@ -54,17 +57,33 @@ from curation.run_config import CurationConfig
 from curation.shards import iter_samples
 from curation.synth.crawl import make_crawl
 from foundation.config import validate_tree
+from foundation.gpus import gpu_peak
 from foundation.ray_session import connect_ray
 from models.embedders import Preprocess, create_embedder
 
 
-def bare_forward(model_name: str, batches: list[np.ndarray], device: str, precision: str) -> float:
-    """Seconds for `model(x)` over already-normalised float tensors (one warm-up batch excluded)."""
+class Bare(NamedTuple):
+    images_per_s: float
+    flops_per_image: float  # one image's forward, as torch's FlopCounterMode counts it
+    peak_tflops: float | None  # the device's dense fp16/bf16 peak, where known
+
+    def mfu(self, images_per_s: float) -> str:
+        """The model's FLOP utilisation at `images_per_s`, as printed."""
+        achieved = images_per_s * self.flops_per_image / 1e12
+        if not self.peak_tflops:
+            return f"{achieved:.1f} TFLOP/s (MFU n/a: no peak for this device)"
+        return f"{achieved:.1f} TFLOP/s, MFU {achieved / self.peak_tflops:.1%} of {self.peak_tflops:.0f}"
+
+
+def bare_forward(model_name: str, batches: list[np.ndarray], device: str, precision: str) -> Bare:
+    """`model(x)` over already-normalised float tensors (one warm-up batch excluded), and its FLOPs."""
     embedder = create_embedder(model_name, weights="random", device=device, precision=precision)
     mean, std = embedder._mean, embedder._std
     tensors = [((torch.as_tensor(b).permute(0, 3, 1, 2).float().to(device) - mean) / std) for b in batches]
     amp = torch.autocast(device, dtype=torch.float16, enabled=device == "cuda")
     with torch.inference_mode(), amp:
+        with FlopCounterMode(display=False) as counter:
+            embedder.model(tensors[0][:1])
         embedder.model(tensors[0])
         if device == "cuda":
             torch.cuda.synchronize()
@@ -73,7 +92,9 @@ def bare_forward(model_name: str, batches: list[np.ndarray], device: str, precis
             embedder.model(x)
         if device == "cuda":
             torch.cuda.synchronize()
-    return time.perf_counter() - started
+    images = sum(len(x) for x in tensors)
+    peak = gpu_peak(torch.cuda.get_device_name()) if device == "cuda" else None
+    return Bare(images / (time.perf_counter() - started), counter.get_total_flops(), peak and peak.bf16)
 
 
 class Pass(NamedTuple):
@@ -162,13 +183,16 @@ def main() -> None:
         ]
         n = len(pixels)
         batches = [np.stack(pixels[i : i + args.batch_size]) for i in range(0, n, args.batch_size)]
-        bare = n / bare_forward(args.model, batches, device, precision)
+        bare = bare_forward(args.model, batches, device, precision)
         repeat_shards(run_dir / "ingest", args.repeat)
         print(
             f"model {args.model} on {device} ({precision}), batch {args.batch_size}, {n} images, "
             f"{torch.get_num_threads()} torch threads, {args.executor} executor, the stage reads them {args.repeat}x"
         )
-        print(f"bare model(x) loop : {bare:8.1f} images/s")
+        print(
+            f"bare model(x) loop : {bare.images_per_s:8.1f} images/s, {bare.flops_per_image / 1e9:.1f} GFLOP/image, "
+            f"{bare.mfu(bare.images_per_s)}"
+        )
         if args.executor == "ray":
             connect_ray()
         for decode in args.decode:
@@ -184,17 +208,18 @@ def repeat_shards(ingest_dir: Path, times: int) -> None:
             (ingest_dir / f"{shard.stem}-{copy}.tar").symlink_to(shard)
 
 
-def report(stage: Stage, bare: float, decode: str, args: argparse.Namespace) -> None:
+def report(stage: Stage, bare: Bare, decode: str, args: argparse.Namespace) -> None:
     """Print one pass's figures; with --record, append them (the last pass's rate is what --plan reads)."""
     print(
         f"embed stage        : {stage.steady_images_per_s:8.1f} images/s without its start-up of "
         f"{stage.startup_seconds:.1f} s; {stage.images_per_s:.1f} end to end  (decode {decode})"
     )
-    ratio = stage.steady_images_per_s / bare
+    print(f"model utilisation  : {bare.mfu(stage.steady_images_per_s)} in the stage")
+    ratio = stage.steady_images_per_s / bare.images_per_s
     core_seconds = stage.steady_cores / stage.steady_images_per_s  # per image
     print(
         f"ratio stage/bare   : {ratio:.2f}  (target >= 0.90; "
-        f"{stage.images_per_s / bare:.2f} end to end, start-up included)"
+        f"{stage.images_per_s / bare.images_per_s:.2f} end to end, start-up included)"
     )
     print(
         f"CPU cores busy     : {stage.steady_cores:8.1f}  ({core_seconds * 1000:.2f} core-ms per image, whole machine)"
@@ -203,15 +228,15 @@ def report(stage: Stage, bare: float, decode: str, args: argparse.Namespace) -> 
         return
     record("benchmarks/embed.py", "embed.images_per_s", stage.steady_images_per_s, "images/s", args.model, args.gpu)
     record("benchmarks/embed.py", "embed.stage_ratio", ratio, "ratio", f"{args.model} decode={decode}", args.gpu)
-    if args.gpu:  # what --plan counts cores per GPU from (on CPU the model's own compute is in it)
-        record(
-            "benchmarks/embed.py",
-            "embed.core_seconds_per_image",
-            core_seconds,
-            "core-s/image",
-            f"decode={decode}",
-            True,
-        )
+    if not args.gpu:
+        return
+    # What --plan counts cores per GPU from (on CPU the model's own compute is in it).
+    record(
+        "benchmarks/embed.py", "embed.core_seconds_per_image", core_seconds, "core-s/image", f"decode={decode}", True
+    )
+    if bare.peak_tflops:  # what --plan's embed estimate assumes for GPUs not yet measured (UTILISATION)
+        mfu = stage.steady_images_per_s * bare.flops_per_image / 1e12 / bare.peak_tflops
+        record("benchmarks/embed.py", "embed.stage_mfu", mfu, "fraction", f"{args.model} decode={decode}", True)
 
 
 def cpu_busy_seconds() -> float:

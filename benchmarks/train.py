@@ -17,8 +17,8 @@ recipe's multi-crop views, JPEG decoding included, and so how many workers the b
 with fewer than that in `data.workers`, the loop cannot keep up with the bare step.
 
 FLOPs of one bare step are counted with `torch.utils.flop_counter.FlopCounterMode`; MFU is the
-achieved rate over the GPU's dense bf16 peak (`--peak-tflops`, else the table below by device
-name). Target on H100/H200: bare-step MFU >= 45% for the vitl14 and vitg14 recipes.
+achieved rate over the GPU's dense bf16 peak (`--peak-tflops`, else `foundation/gpus.py`'s for the
+device's name). Target on H100/H200: bare-step MFU >= 45% for the vitl14 and vitg14 recipes.
 
     python benchmarks/train.py --config configs/training/vitl14.yaml --levers [--record]
     python benchmarks/train.py --config configs/training/vitl14.yaml --profile run.parallel=ddp
@@ -55,6 +55,7 @@ from curation.measurements import record
 from curation.shards import ShardWriter
 from curation.synth.concepts import PROCEDURAL
 from foundation.config import load_config
+from foundation.gpus import gpu_peak
 from training.config import TrainConfig
 from training.data import loader_for, multi_crop_for
 from training.distributed import init, wrap_student
@@ -62,25 +63,13 @@ from training.optim import Schedules, build_optimizer
 from training.student_teacher import DinoV2, compute_losses
 from training.train_loop import autocast_dtype, autocast_for, train
 
-PEAK_BF16_TFLOPS = {
-    "H100 PCIe": 756.5,
-    "H100 NVL": 835.5,
-    "H200": 989.4,
-    "H100": 989.4,
-    "GH200": 989.4,
-    "B200": 2250.0,
-    "A100": 312.0,
-    "L40S": 362.1,
-}
-"""Dense bf16 tensor-core peaks (vendor data sheets, no sparsity), matched in this order against the
-device name: the PCIe and NVL H100s are slower than the SXM one ("NVIDIA H100 80GB HBM3")."""
-
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
+    """The dense bf16 peak MFU is measured against: `--peak-tflops`, else the table's for this GPU."""
     if given or device.type != "cuda":
         return given
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+    peak = gpu_peak(torch.cuda.get_device_name(device))
+    return peak.bf16 if peak else None
 
 
 def web_jpegs(images: int, size: tuple[int, int] = (500, 375)) -> Iterator[bytes]:

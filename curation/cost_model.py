@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from curation.measurements import Measurement, latest
 from curation.run_config import CurationConfig
 from foundation.errors import ConfigError
+from foundation.gpus import gpu_peak
 
 
 @dataclass(frozen=True)
@@ -53,21 +54,6 @@ class Fleet:
         return self.gpu or "cpu"
 
 
-@dataclass(frozen=True)
-class GpuPeak:
-    """Dense peaks in TFLOP/s (vendor data sheets, no sparsity): tensor-core bf16/fp16, and fp32."""
-
-    bf16: float
-    fp32: float
-
-
-GPU_PEAKS = {
-    "H200": GpuPeak(989.4, 66.9),
-    "H100": GpuPeak(989.4, 66.9),
-    "A100": GpuPeak(312.0, 19.5),
-    "L40S": GpuPeak(362.1, 91.6),
-    "V100": GpuPeak(125.0, 15.7),
-}
 UTILISATION = {"embed": 0.40, "kmeans": 0.50, "index": 0.10}
 """Fractions of peak the estimates assume: a ViT's batched forward (bf16), Faiss k-means' GEMMs
 (fp32), and IVF-PQ scans and assignment, which are bound by memory, not arithmetic (fp32)."""
@@ -107,13 +93,9 @@ def _model(name: str) -> tuple[float, int] | None:
     return MODELS.get(name) or next((v for k, v in MODELS.items() if k in name.lower()), None)
 
 
-def _peak(fleet: Fleet) -> GpuPeak | None:
-    return next((peak for key, peak in GPU_PEAKS.items() if fleet.gpu and key.lower() == fleet.gpu.lower()), None)
-
-
 def _estimate(stage: str, work: str, flops: float, fleet: Fleet, kind: str, precision: str) -> PlanRow | None:
     """GPU-hours for `flops` at `UTILISATION[kind]` of the fleet GPU's `precision` peak, or None."""
-    peak = _peak(fleet)
+    peak = gpu_peak(fleet.gpu) if fleet.gpu else None
     if peak is None:
         return None
     rate = getattr(peak, precision) * 1e12 * UTILISATION[kind]
