@@ -16,6 +16,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from foundation.gpus import gpu_kind
+
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
 
 
@@ -71,7 +73,15 @@ def load(path: Path = RESULTS) -> list[Measurement]:
 
 
 def latest(results: list[Measurement], metric: str, subject: str, device: str) -> Measurement | None:
-    """The newest measurement of `metric` for `subject` on a device whose name contains `device`
-    (of the same date, the one recorded last: the file is append-only)."""
-    found = [m for m in results if m.metric == metric and m.subject == subject and device.lower() in m.device.lower()]
+    """The newest measurement of `metric` for `subject` on `device` (of the same date, the one
+    recorded last: the file is append-only)."""
+    found = [m for m in results if m.metric == metric and m.subject == subject and same_device(device, m.device)]
     return max(reversed(found), key=lambda m: m.date, default=None)
+
+
+def same_device(wanted: str, recorded: str) -> bool:
+    """Whether a measurement on `recorded` (a GPU's name, or "cpu") speaks for `wanted` (a fleet's
+    GPU kind, or "cpu"): a GPU in the peak table must be the same kind, so a PCIe H100's rates are
+    not taken for an SXM one's; another name need only appear in the recorded one."""
+    kind = gpu_kind(wanted)
+    return gpu_kind(recorded) == kind if kind else wanted.lower() in recorded.lower()

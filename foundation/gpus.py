@@ -35,16 +35,22 @@ GPU_PEAKS = {
 
 
 def gpu_peak(name: str) -> GpuPeak | None:
-    """The peaks of the GPU that `name` names, either a fleet's kind (`H100`, `h100-pcie`) or the
-    device name CUDA reports (`NVIDIA H100 80GB HBM3`); None for a kind not in the table.
+    """The peaks of the GPU that `name` names (see `gpu_kind`); None for a kind not in the table."""
+    kind = gpu_kind(name)
+    return GPU_PEAKS[kind] if kind else None
+
+
+def gpu_kind(name: str) -> str | None:
+    """The table's kind for `name`, either a fleet's kind (`H100`, `h100-pcie`) or the device name
+    CUDA reports (`NVIDIA H100 80GB HBM3`); None for a kind not in the table.
 
     Names match by whole words, so an `NVIDIA GB200` is not taken for a B200.
     """
     words = _words(name)
-    for key, peak in GPU_PEAKS.items():
+    for key in GPU_PEAKS:
         wanted = _words(key)
         if any(words[i : i + len(wanted)] == wanted for i in range(len(words))):
-            return peak
+            return key
     return None
 
 

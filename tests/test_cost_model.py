@@ -40,6 +40,16 @@ def test_the_latest_measurement_of_a_day_is_the_last_recorded():
     assert latest([earlier, later], "dedup.rate", "ivf_pq@1000", "H100") is later
 
 
+def test_a_gpu_kinds_rates_come_from_that_kind_only():
+    sxm, pcie = _m("embed.images_per_s", 1200.0, "m"), _m("embed.images_per_s", 900.0, "m", "NVIDIA H100 PCIe")
+    on_cpu = _m("embed.images_per_s", 5.0, "m", "cpu")
+    results = [sxm, pcie, on_cpu]
+    assert latest(results, "embed.images_per_s", "m", "H100") is sxm  # the PCIe one is later, and slower
+    assert latest(results, "embed.images_per_s", "m", "H100-PCIe") is pcie
+    assert latest(results, "embed.images_per_s", "m", "H200") is None
+    assert latest(results, "embed.images_per_s", "m", "cpu") is on_cpu
+
+
 def test_plan_arithmetic_follows_the_measured_rates(config):
     retrieval_model = config.embed.models["retrieval"].name
     results = [

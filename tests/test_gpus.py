@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from curation.cost_model import MODELS
-from foundation.gpus import GPU_PEAKS, gpu_peak
+from foundation.gpus import GPU_PEAKS, gpu_kind, gpu_peak
 from models.embedders import create_embedder
 
 
@@ -27,12 +27,13 @@ from models.embedders import create_embedder
     ],
 )
 def test_a_device_or_fleet_name_finds_its_gpus_peaks(name, kind):
+    assert gpu_kind(name) == kind
     assert gpu_peak(name) is GPU_PEAKS[kind]
 
 
 @pytest.mark.parametrize("name", ["NVIDIA GB200", "NVIDIA H1000", "NVIDIA GeForce RTX 4090", "cpu", ""])
 def test_a_gpu_not_in_the_table_has_no_peak_rather_than_a_neighbours(name):
-    assert gpu_peak(name) is None
+    assert gpu_kind(name) is None and gpu_peak(name) is None
 
 
 def test_the_plans_model_flops_are_what_the_embed_benchmark_counts():
