@@ -30,10 +30,11 @@ from pydantic import Field
 
 from curation.shards import iter_samples
 from foundation.config import Section
+from foundation.errors import CorruptInput
 from foundation.files import write_parquet
 from foundation.storage import ConfigPath
 from models.embedders import Embedder, Preprocess, create_embedder
-from models.embedders.device_decode import decode_batch
+from models.embedders.device_decode import UndecodableJpeg, decode_batch
 
 STAGE = "embed"
 POOL = "pool"
@@ -111,19 +112,38 @@ def read_batches(job: ShardJob, preprocess: Preprocess, jpegs: bool = False) -> 
 
     Both travel as raw bytes with a shape or lengths (compact, and free of tensor-column conversions).
     """
-    samples = list(iter_samples(job.shard))
+    samples = [(key, sample.get("jpg", b"")) for key, sample in iter_samples(job.shard)]
     starts = range(0, len(samples), job.batch_size)
     for index, start in enumerate(starts):
         chunk = samples[start : start + job.batch_size]
-        row = {"out": job.out, "batch": index, "batches": len(starts), "keys": "\n".join(key for key, _ in chunk)}
+        row = {"shard": job.shard, "out": job.out, "batch": index, "batches": len(starts)}
+        row["keys"] = "\n".join(key for key, _ in chunk)
         if jpegs:
-            files = [sample["jpg"] for _, sample in chunk]
+            files = [jpeg for _, jpeg in chunk]
             yield row | {"jpegs": b"".join(files), "lengths": json.dumps([len(f) for f in files])}
             continue
-        pixels = np.stack([preprocess.from_jpeg(sample["jpg"]) for _, sample in chunk])
+        pixels = np.stack([preprocessed(preprocess, job.shard, key, jpeg) for key, jpeg in chunk])
         yield row | {"pixels": pixels.tobytes(), "shape": json.dumps(pixels.shape)}
     if not samples:
-        yield {"out": job.out, "batch": 0, "batches": 1, "keys": "", "pixels": b"", "shape": "[0]"}
+        yield {"shard": job.shard, "out": job.out, "batch": 0, "batches": 1, "keys": "", "pixels": b"", "shape": "[0]"}
+
+
+def preprocessed(preprocess: Preprocess, shard: str, key: str, jpeg: bytes) -> np.ndarray:
+    """`preprocess.from_jpeg(jpeg)`, or the error that says which image of which shard is broken."""
+    try:
+        return preprocess.from_jpeg(jpeg)
+    except Exception as exc:  # any failure of the image library is this file's
+        raise changed_since_ingest(shard, key, exc) from exc
+
+
+def changed_since_ingest(shard: str, key: str, error: BaseException) -> CorruptInput:
+    """Ingest writes only images it has decoded whole, so one that no longer decodes means the shard
+    changed on storage since (a partial copy, bit rot). The stage stops: no retry fixes that, and
+    embedding on without the image would lose it silently."""
+    return CorruptInput(
+        f"embed: image {key} in {shard} no longer decodes ({type(error).__name__}: {error}); "
+        "the shard has changed since ingest wrote it: re-run from ingest (--from ingest)"
+    )
 
 
 class EmbedWorker:
@@ -150,8 +170,12 @@ class EmbedWorker:
             return row
         offsets = np.cumsum([0, *json.loads(row["lengths"])])
         files = [row["jpegs"][a:b] for a, b in itertools.pairwise(offsets)]
-        with torch.cuda.stream(self.decode_stream):  # a no-op without one
-            pixels = decode_batch(files, self.embedder.preprocess, self.embedder.device)
+        try:
+            with torch.cuda.stream(self.decode_stream):  # a no-op without one
+                pixels = decode_batch(files, self.embedder.preprocess, self.embedder.device)
+        except UndecodableJpeg as exc:
+            key = str(row["keys"]).split("\n")[exc.index]
+            raise changed_since_ingest(str(row["shard"]), key, exc.__cause__) from exc.__cause__
         ready = self.decode_stream.record_event() if self.decode_stream else None
         rest = {key: value for key, value in row.items() if key not in ("jpegs", "lengths")}
         return rest | {"decoded": pixels, "ready": ready}

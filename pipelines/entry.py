@@ -41,7 +41,16 @@ def exit_code_of(work: Callable[[], int | None]) -> int:
 
 
 def one_line(exc: Exception) -> str:
+    exc = raised_in_task(exc)
     if isinstance(exc, LvdError):
         return f"error: {exc}"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"error: {type(exc).__name__}: {first} (--debug or {DEBUG_ENV}=1 shows the traceback)"
+
+
+def raised_in_task(exc: BaseException) -> BaseException:
+    """The exception a Ray task raised, not the driver's copy of it: Ray's wrapper (a subclass of
+    both `RayTaskError` and the original's type) reads as the task's whole traceback, and keeps the
+    original as `cause`."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc

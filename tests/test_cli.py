@@ -8,9 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 
 import yaml
 from PIL import Image
+from ray.exceptions import RayTaskError
+
+from foundation.errors import CorruptInput
+from pipelines.entry import one_line
 
 
 def lvd(*args: str, cwd=None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -87,6 +92,18 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path)
     assert result.stderr.startswith("error: JSONDecodeError:") and result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" in lvd("--debug", "report", str(tmp_path)).stderr
     assert "Traceback" in lvd("report", str(tmp_path), env={"LVD_DEBUG": "1"}).stderr
+
+
+def test_an_error_raised_in_a_ray_task_is_told_by_its_own_one_line():
+    try:
+        raise CorruptInput("embed: image 0a1b in 000001.tar no longer decodes")
+    except CorruptInput as exc:  # what a Ray driver receives from a task that raised this
+        wrapped = RayTaskError("read_job", traceback.format_exc(), exc).as_instanceof_cause()
+    assert isinstance(wrapped, CorruptInput) and str(wrapped).count("\n") >= 2  # Ray's text: the frames
+    assert one_line(wrapped) == "error: embed: image 0a1b in 000001.tar no longer decodes"
+    assert one_line(RayTaskError("f", "", ValueError("bad\nvalue")).as_instanceof_cause()).startswith(
+        "error: ValueError: bad ("
+    )
 
 
 def test_lvd_curate_takes_the_options_of_python_m_pipelines_curate(tmp_path):

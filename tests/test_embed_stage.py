@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from curation.embed import read_embeddings
 from curation.pipeline import curate
 from curation.run_config import load_curation_config
 from curation.shards import iter_samples
+from foundation.errors import CorruptInput
 from models.embedders import create_embedder
 from tests.stage_output import curate_command, run_dir_with, stage_files
 
@@ -134,6 +136,30 @@ def test_in_process_each_roles_model_is_built_once(embedded_run_and_calls):
     ]
     assert steps.count("build tiny") == steps.count("build tiny:semantic") == 1
     assert [step for step, _ in itertools.groupby(steps)] == ["build tiny", "copy", "build tiny:semantic", "retrieval"]
+
+
+def with_an_image_zeroed(shard: Path, out: Path) -> str:
+    """`shard` copied to `out` with its third image's bytes overwritten by zeros in place, as storage
+    can damage a file (the tar itself stays readable); the damaged image's key."""
+    data = bytearray(shard.read_bytes())
+    with tarfile.open(shard) as tar:
+        member = [m for m in tar if m.name.endswith(".jpg")][2]
+    data[member.offset_data : member.offset_data + member.size] = bytes(member.size)
+    out.write_bytes(bytes(data))
+    return member.name.split(".")[0]
+
+
+@pytest.mark.parametrize("decode", ["cpu", "device"])
+def test_an_image_damaged_after_ingest_stops_the_stage_with_its_key_and_shard(embedded_run, tmp_path, decode):
+    shard = tmp_path / "000000.tar"
+    key = with_an_image_zeroed(embedded_run / "ingest" / "000000.tar", shard)
+    worker = embed.EmbedWorker(embed.EmbedderSpec())
+    job = embed.ShardJob("pool", str(shard), str(tmp_path / "000000.parquet"), batch_size=4)
+    with pytest.raises(CorruptInput) as raised:
+        for row in embed.read_batches(job, worker.embedder.preprocess, jpegs=decode == "device"):
+            worker(row)
+    assert f"image {key} in {shard} no longer decodes" in str(raised.value)
+    assert "re-run from ingest" in str(raised.value)
 
 
 @pytest.mark.parametrize("actors", [pytest.param(1, marks=pytest.mark.slow), 2])  # 2 cores: keep the default run short

@@ -40,33 +40,37 @@ GROUP_PIXELS = 40_000_000
 DECODE_BYTES = 1 << 30
 
 
+class UndecodableJpeg(ValueError):
+    """A file of the batch that neither the device's decoder nor PIL can read (its cause chained)."""
+
+    def __init__(self, index: int):
+        super().__init__(f"file {index} of the batch cannot be decoded")
+        self.index = index
+
+
 def decode_batch(
     jpegs: list[bytes], preprocess: Preprocess, device: torch.device, group: int | None = None
 ) -> torch.Tensor:
     """B×crop×crop×3 uint8 on `device` from B JPEG files, resized `group` same-size images at a time
-    (default: `GPU_GROUP` on a GPU, 1 elsewhere)."""
+    (default: `GPU_GROUP` on a GPU, 1 elsewhere). A file nothing can decode raises `UndecodableJpeg`."""
     group = group or (GPU_GROUP if device.type == "cuda" else 1)
     crops = torch.empty((len(jpegs), 3, preprocess.crop, preprocess.crop), dtype=torch.uint8, device=device)
-    start = 0
     for part in _parts(jpegs):
-        _decode_into(crops[start : start + len(part)], part, preprocess, group)
-        start += len(part)
+        _decode_into(crops[part.start : part.stop], jpegs[part.start : part.stop], part.start, preprocess, group)
     return crops.permute(0, 2, 3, 1).contiguous()
 
 
-def _parts(jpegs: list[bytes]) -> Iterator[list[bytes]]:
-    """`jpegs` in consecutive runs that decode to at most `DECODE_BYTES` (or to one larger image)."""
-    part: list[bytes] = []
-    size = 0
-    for jpeg in jpegs:
+def _parts(jpegs: list[bytes]) -> Iterator[range]:
+    """Consecutive runs of `jpegs` that decode to at most `DECODE_BYTES` (or to one larger image)."""
+    start, size = 0, 0
+    for index, jpeg in enumerate(jpegs):
         decoded = _decoded_bytes(jpeg)
-        if part and size + decoded > DECODE_BYTES:
-            yield part
-            part, size = [], 0
-        part.append(jpeg)
+        if index > start and size + decoded > DECODE_BYTES:
+            yield range(start, index)
+            start, size = index, 0
         size += decoded
-    if part:
-        yield part
+    if start < len(jpegs):
+        yield range(start, len(jpegs))
 
 
 def _decoded_bytes(jpeg: bytes) -> int:
@@ -79,9 +83,10 @@ def _decoded_bytes(jpeg: bytes) -> int:
     return 3 * width * height
 
 
-def _decode_into(crops: torch.Tensor, jpegs: list[bytes], preprocess: Preprocess, group: int) -> None:
-    """Fill `crops` (N×3×crop×crop uint8) from N JPEG files: one batched decode, then a resize per
-    `group` same-size images; a file the decoder refuses goes through the CPU path."""
+def _decode_into(crops: torch.Tensor, jpegs: list[bytes], first: int, preprocess: Preprocess, group: int) -> None:
+    """Fill `crops` (N×3×crop×crop uint8) from N JPEG files, the batch's from index `first` on: one
+    batched decode, then a resize per `group` same-size images; a file the decoder refuses goes
+    through the CPU path."""
     device = crops.device
     data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
     try:
@@ -89,7 +94,10 @@ def _decode_into(crops: torch.Tensor, jpegs: list[bytes], preprocess: Preprocess
     except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
         images = [_decode_or_none(tensor, device) for tensor in data]
     for index in (i for i, image in enumerate(images) if image is None):
-        crops[index] = _on_cpu(jpegs[index], preprocess, device)
+        try:
+            crops[index] = _on_cpu(jpegs[index], preprocess, device)
+        except Exception as exc:  # any failure of the image library is this file's
+            raise UndecodableJpeg(first + index) from exc
     for (_, h, w), indices in _by_size(images).items():
         step = max(1, min(group, GROUP_PIXELS // (h * w)))
         for start in range(0, len(indices), step):
