@@ -49,8 +49,8 @@ def one_line(exc: Exception) -> str:
 
 
 def raised_in_task(exc: BaseException) -> BaseException:
-    """The exception a Ray task raised, not the driver's copy of it: Ray's wrapper (a subclass of
-    both `RayTaskError` and the original's type) reads as the task's whole traceback, and keeps the
-    original as `cause`."""
+    """The exception a Ray task raised, not the driver's copy of it: Ray wraps it in a subclass of
+    both `RayTaskError` and its own type, whose text is the task's whole traceback, and keeps it as
+    `cause`."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -160,6 +161,20 @@ def test_an_image_damaged_after_ingest_stops_the_stage_with_its_key_and_shard(em
             worker(row)
     assert f"image {key} in {shard} no longer decodes" in str(raised.value)
     assert "re-run from ingest" in str(raised.value)
+
+
+@pytest.mark.slow  # starts Ray: about a minute on 2 cores
+def test_through_ray_a_damaged_image_is_told_in_one_line_naming_it(embedded_run, crawl, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(embedded_run / "ingest", run_dir / "ingest")
+    (run_dir / "manifest.json").write_bytes((embedded_run / "manifest.json").read_bytes())
+    shard = run_dir / "ingest" / "000000.tar"
+    key = with_an_image_zeroed(shard, shard)
+    command = [*curate_command(crawl / "curation.yaml", run_dir, "embed.decode=device"), "--executor", "ray"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "LVD_DEBUG": ""})
+    assert result.returncode == 2, result.stderr  # the actor's error, not Ray Data's UserCodeException
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]  # among Ray's logs
+    assert len(ours) == 1 and ours[0].startswith(f"error: embed: image {key} in {shard} no longer decodes"), ours
 
 
 @pytest.mark.parametrize("actors", [pytest.param(1, marks=pytest.mark.slow), 2])  # 2 cores: keep the default run short
