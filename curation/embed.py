@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import tarfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -112,7 +113,7 @@ def read_batches(job: ShardJob, preprocess: Preprocess, jpegs: bool = False) -> 
 
     Both travel as raw bytes with a shape or lengths (compact, and free of tensor-column conversions).
     """
-    samples = [(key, sample.get("jpg", b"")) for key, sample in iter_samples(job.shard)]
+    samples = jpegs_of(job.shard)
     starts = range(0, len(samples), job.batch_size)
     for index, start in enumerate(starts):
         chunk = samples[start : start + job.batch_size]
@@ -128,20 +129,30 @@ def read_batches(job: ShardJob, preprocess: Preprocess, jpegs: bool = False) -> 
         yield {"shard": job.shard, "out": job.out, "batch": 0, "batches": 1, "keys": "", "pixels": b"", "shape": "[0]"}
 
 
+def jpegs_of(shard: str) -> list[tuple[str, bytes]]:
+    """Each image of `shard` as (key, JPEG file), or the error that says the shard is damaged."""
+    try:
+        return [(key, sample.get("jpg", b"")) for key, sample in iter_samples(shard)]
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise changed_since_ingest(f"{shard} can no longer be read", exc) from exc
+
+
 def preprocessed(preprocess: Preprocess, shard: str, key: str, jpeg: bytes) -> np.ndarray:
     """`preprocess.from_jpeg(jpeg)`, or the error that says which image of which shard is broken."""
     try:
         return preprocess.from_jpeg(jpeg)
     except Exception as exc:  # any failure of the image library is this file's
-        raise changed_since_ingest(shard, key, exc) from exc
+        raise changed_since_ingest(f"image {key} in {shard} no longer decodes", exc) from exc
 
 
-def changed_since_ingest(shard: str, key: str, error: BaseException) -> CorruptInput:
-    """Ingest writes only images it has decoded whole, so one that no longer decodes means the shard
-    changed on storage since (a partial copy, bit rot). The stage stops: no retry fixes that, and
-    embedding on without the image would lose it silently."""
+def changed_since_ingest(problem: str, error: BaseException) -> CorruptInput:
+    """Ingest writes only images it has decoded whole, and marks a shard done only after its tar is
+    closed, so a shard that no longer reads, or an image that no longer decodes, changed on storage
+    since (a partial copy, bit rot). The stage stops: no retry fixes that, and embedding on would
+    lose images silently."""
+    cause = (str(error).strip().splitlines() or [""])[0]
     return CorruptInput(
-        f"embed: image {key} in {shard} no longer decodes ({type(error).__name__}: {error}); "
+        f"embed: {problem} ({type(error).__name__}: {cause}); "
         "the shard has changed since ingest wrote it: re-run from ingest (--from ingest)"
     )
 
@@ -175,7 +186,8 @@ class EmbedWorker:
                 pixels = decode_batch(files, self.embedder.preprocess, self.embedder.device)
         except UndecodableJpeg as exc:
             key = str(row["keys"]).split("\n")[exc.index]
-            raise changed_since_ingest(str(row["shard"]), key, exc.__cause__) from exc.__cause__
+            problem = f"image {key} in {row['shard']} no longer decodes"
+            raise changed_since_ingest(problem, exc.__cause__) from exc.__cause__
         ready = self.decode_stream.record_event() if self.decode_stream else None
         rest = {key: value for key, value in row.items() if key not in ("jpegs", "lengths")}
         return rest | {"decoded": pixels, "ready": ready}

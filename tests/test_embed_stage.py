@@ -163,6 +163,15 @@ def test_an_image_damaged_after_ingest_stops_the_stage_with_its_key_and_shard(em
     assert "re-run from ingest" in str(raised.value)
 
 
+@pytest.mark.parametrize("cut", [700, 40_000], ids=["in a header", "in an image"])
+def test_a_shard_truncated_after_ingest_stops_the_stage_naming_it(embedded_run, tmp_path, cut):
+    shard = tmp_path / "000000.tar"
+    shard.write_bytes((embedded_run / "ingest" / "000000.tar").read_bytes()[:cut])
+    job = embed.ShardJob("pool", str(shard), str(tmp_path / "000000.parquet"), batch_size=4)
+    with pytest.raises(CorruptInput, match=f"embed: {shard} can no longer be read .*re-run from ingest"):
+        list(embed.read_batches(job, embed.Preprocess(), jpegs=True))
+
+
 @pytest.mark.slow  # starts Ray: about a minute on 2 cores
 def test_through_ray_a_damaged_image_is_told_in_one_line_naming_it(embedded_run, crawl, tmp_path):
     run_dir = tmp_path / "run"
