@@ -15,12 +15,14 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from curation.decode import CleanImage, DecodeLimits, Rejection, clean_image
-from models.embedders.device_decode import _decoded_bytes
+from models.embedders import Preprocess
+from models.embedders.device_decode import UndecodableJpeg, _decoded_bytes, decode_batch
 
 LIMITS = DecodeLimits(min_side=8)
 SECONDS_PER_INPUT = 2.0
@@ -126,3 +128,18 @@ def test_a_mutated_files_decoded_size_is_a_number_never_an_exception(data):
     header counts as 0 bytes (the decoder then refuses the file), never an exception."""
     size = _decoded_bytes(data)
     assert isinstance(size, int) and size >= 0
+
+
+@settings(FUZZ, max_examples=300, derandomize=True)
+@given(mutated_images())
+def test_a_mutated_file_in_a_device_decoded_batch_is_pixels_or_named_by_its_index(data):
+    """The embed stage's device decoding (its code run on the CPU) between two good files: the batch
+    decodes, or the error names the mutated file (the stage turns it into one line naming the key)."""
+    preprocess, good = Preprocess(resize=64, crop=56), SEEDS["jpeg"]
+    try:
+        crops = decode_batch([good, data, good], preprocess, torch.device("cpu"))
+    except UndecodableJpeg as exc:
+        assert exc.index == 1 and exc.__cause__ is not None
+        return
+    assert crops.shape == (3, 56, 56, 3) and crops.dtype == torch.uint8
+    assert torch.equal(crops[0], crops[2])

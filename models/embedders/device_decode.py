@@ -88,7 +88,7 @@ def _decode_into(crops: torch.Tensor, jpegs: list[bytes], first: int, preprocess
     batched decode, then a resize per `group` same-size images; a file the decoder refuses goes
     through the CPU path."""
     device = crops.device
-    data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
+    data = [_as_tensor(jpeg) for jpeg in jpegs]
     try:
         images = _decode(data, device)
     except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
@@ -103,6 +103,11 @@ def _decode_into(crops: torch.Tensor, jpegs: list[bytes], first: int, preprocess
         for start in range(0, len(indices), step):
             chosen = indices[start : start + step]
             _put(crops, chosen, _resize_crop(torch.stack([images[i] for i in chosen]), preprocess))
+
+
+def _as_tensor(jpeg: bytes) -> torch.Tensor:
+    """The file's bytes as a uint8 tensor for `decode_jpeg` (torch.frombuffer refuses an empty one)."""
+    return torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) if jpeg else torch.empty(0, dtype=torch.uint8)
 
 
 def _put(crops: torch.Tensor, indices: list[int], batch: torch.Tensor) -> None:
