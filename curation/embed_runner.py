@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -148,14 +149,26 @@ def embed_role(
 
 
 def check_complete(ingest_dir: Path, role_dir: Path, role: str) -> dict[str, int]:
-    """Per collection, as many vectors as ingested images, or a StageError: nothing is silently lost."""
+    """Per collection, as many vectors as ingested images, shard by shard, or a StageError: nothing
+    is silently lost. A shard's tar that yields fewer images than ingest wrote into it (a zeroed
+    block reads as the archive's end) changed on storage since; no re-run of this stage fixes that."""
     counts = {}
     for name, folder in embed.collections(ingest_dir).items():
-        expected = pq.ParquetFile(folder / "index.parquet").metadata.num_rows
-        got = sum(pq.ParquetFile(p).metadata.num_rows for p in (role_dir / name).glob("*.parquet"))
-        if got != expected:
-            raise StageError(f"embed {role}/{name}: {got} vectors for {expected} ingested images; re-run to finish")
-        counts[f"{role}.{name}"] = got
+        ingested = pq.read_table(folder / "index.parquet", columns=["shard"]).column("shard").to_pylist()
+        expected = {f"{shard:06d}": n for shard, n in Counter(ingested).items()}
+        got = {p.stem: pq.ParquetFile(p).metadata.num_rows for p in (role_dir / name).glob("*.parquet")}
+        short = sorted(stem for stem in expected.keys() & got.keys() if got[stem] != expected[stem])
+        if short:
+            raise StageError(
+                f"embed {role}/{name}: {folder / short[0]}.tar gave {got[short[0]]} of the "
+                f"{expected[short[0]]} images ingest wrote into it ({len(short)} such shards); the shard "
+                "has changed since ingest wrote it: re-run from ingest (--from ingest)"
+            )
+        if sum(got.values()) != len(ingested):
+            raise StageError(
+                f"embed {role}/{name}: {sum(got.values())} vectors for {len(ingested)} ingested images; re-run to finish"
+            )
+        counts[f"{role}.{name}"] = len(ingested)
     return counts
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import shutil
@@ -19,10 +20,11 @@ import ray
 
 from curation import embed
 from curation.embed import read_embeddings
+from curation.embed_runner import check_complete
 from curation.pipeline import curate
 from curation.run_config import load_curation_config
 from curation.shards import iter_samples
-from foundation.errors import CorruptInput
+from foundation.errors import CorruptInput, StageError
 from models.embedders import create_embedder
 from tests.stage_output import curate_command, run_dir_with, stage_files
 
@@ -170,6 +172,25 @@ def test_a_shard_truncated_after_ingest_stops_the_stage_naming_it(embedded_run, 
     job = embed.ShardJob("pool", str(shard), str(tmp_path / "000000.parquet"), batch_size=4)
     with pytest.raises(CorruptInput, match=f"embed: {shard} can no longer be read .*re-run from ingest"):
         list(embed.read_batches(job, embed.Preprocess(), jpegs=True))
+
+
+def test_a_shard_that_reads_short_after_ingest_fails_the_stage_with_what_to_do(embedded_run, tmp_path):
+    # A header block zeroed on storage reads as the archive's end: the images after it are gone, silently.
+    shard = tmp_path / "000000.tar"
+    data = bytearray((embedded_run / "ingest" / "000000.tar").read_bytes())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        fifth = [m for m in tar if m.name.endswith(".jpg")][4]
+    data[fifth.offset : fifth.offset + 512] = bytes(512)
+    shard.write_bytes(bytes(data))
+    assert len(embed.jpegs_of(str(shard))) == 4
+    # So the stage writes that shard's parquet with 4 vectors; the check after it says why and what to do.
+    role_dir = tmp_path / "copy"
+    shutil.copytree(embedded_run / "embed" / "copy", role_dir)
+    keys, vectors = read_embeddings(role_dir / "pool")
+    first = pq.read_table(role_dir / "pool" / "000000.parquet").num_rows
+    embed.write_embeddings(role_dir / "pool" / "000000.parquet", keys[:4], vectors[:4])
+    with pytest.raises(StageError, match=f"000000.tar gave 4 of the {first} images ingest wrote .*--from ingest"):
+        check_complete(embedded_run / "ingest", role_dir, "copy")
 
 
 @pytest.mark.slow  # starts Ray: about a minute on 2 cores
