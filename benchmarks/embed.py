@@ -67,12 +67,16 @@ class Bare(NamedTuple):
     flops_per_image: float  # one image's forward, as torch's FlopCounterMode counts it
     peak_tflops: float | None  # the device's dense fp16/bf16 peak, where known
 
+    def utilisation(self, images_per_s: float) -> float | None:
+        """The model's FLOP utilisation at `images_per_s` (None without a known peak)."""
+        return images_per_s * self.flops_per_image / 1e12 / self.peak_tflops if self.peak_tflops else None
+
     def mfu(self, images_per_s: float) -> str:
-        """The model's FLOP utilisation at `images_per_s`, as printed."""
-        achieved = images_per_s * self.flops_per_image / 1e12
-        if not self.peak_tflops:
-            return f"{achieved:.1f} TFLOP/s (MFU n/a: no peak for this device)"
-        return f"{achieved:.1f} TFLOP/s, MFU {achieved / self.peak_tflops:.1%} of {self.peak_tflops:.0f}"
+        """TFLOP/s and the utilisation at `images_per_s`, as printed."""
+        achieved = f"{images_per_s * self.flops_per_image / 1e12:.1f} TFLOP/s"
+        if (mfu := self.utilisation(images_per_s)) is None:
+            return f"{achieved} (MFU n/a: no peak for this device)"
+        return f"{achieved}, MFU {mfu:.1%} of {self.peak_tflops:.0f}"
 
 
 def bare_forward(model_name: str, batches: list[np.ndarray], device: str, precision: str) -> Bare:
@@ -92,9 +96,9 @@ def bare_forward(model_name: str, batches: list[np.ndarray], device: str, precis
             embedder.model(x)
         if device == "cuda":
             torch.cuda.synchronize()
-    images = sum(len(x) for x in tensors)
+    seconds = time.perf_counter() - started
     peak = gpu_peak(torch.cuda.get_device_name()) if device == "cuda" else None
-    return Bare(images / (time.perf_counter() - started), counter.get_total_flops(), peak and peak.bf16)
+    return Bare(sum(len(x) for x in tensors) / seconds, counter.get_total_flops(), peak and peak.bf16)
 
 
 class Pass(NamedTuple):
@@ -234,8 +238,7 @@ def report(stage: Stage, bare: Bare, decode: str, args: argparse.Namespace) -> N
     record(
         "benchmarks/embed.py", "embed.core_seconds_per_image", core_seconds, "core-s/image", f"decode={decode}", True
     )
-    if bare.peak_tflops:  # what --plan's embed estimate assumes for GPUs not yet measured (UTILISATION)
-        mfu = stage.steady_images_per_s * bare.flops_per_image / 1e12 / bare.peak_tflops
+    if (mfu := bare.utilisation(stage.steady_images_per_s)) is not None:  # what --plan's 40% stands in for
         record("benchmarks/embed.py", "embed.stage_mfu", mfu, "fraction", f"{args.model} decode={decode}", True)
 
 
