@@ -83,9 +83,6 @@ def run_on_ray(
         raise StageError(f"embed.actors={config.actors} leaves no CPU for reading shards; use fewer actors")
     device, threads = placement(config)
     jpegs = config.decode_on_device
-    # Let a map function's own exception (say, CorruptInput naming a damaged image) reach the driver
-    # as the cause of Ray's error: Ray Data's UserCodeException around it loses it in transit.
-    ray.data.DataContext.get_current().raise_original_map_exception = True
     dataset = (
         ray.data.from_items([asdict(job) for job in jobs], override_num_blocks=max(1, len(jobs)))
         .flat_map(read_job, fn_kwargs={"preprocess": preprocess, "jpegs": jpegs}, num_cpus=READ_TASK_CPUS)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from foundation.errors import LvdError
+from foundation.ray_session import raised_in_task
 
 DEBUG_ENV = "LVD_DEBUG"
 
@@ -41,16 +42,10 @@ def exit_code_of(work: Callable[[], int | None]) -> int:
 
 
 def one_line(exc: Exception) -> str:
-    exc = raised_in_task(exc)
-    if isinstance(exc, LvdError):
-        return f"error: {exc}"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"error: {type(exc).__name__}: {first} (--debug or {DEBUG_ENV}=1 shows the traceback)"
-
-
-def raised_in_task(exc: BaseException) -> BaseException:
-    """The exception a Ray task raised, not the driver's copy of it: Ray wraps it in a subclass of
-    both `RayTaskError` and its own type, whose text is the task's whole traceback, and keeps it as
-    `cause`."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
+    told = raised_in_task(exc)
+    lines = str(told).strip().splitlines() or [""]
+    if isinstance(told, LvdError):
+        # Ours are one line, but for a config error's list of bad keys. Ray Data appends its retry
+        # advice to a task's error on lines of its own: a task's error is its first line.
+        return "error: " + (lines[0] if told is not exc else "\n".join(lines))
+    return f"error: {type(told).__name__}: {lines[0]} (--debug or {DEBUG_ENV}=1 shows the traceback)"

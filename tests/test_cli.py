@@ -8,13 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
-import traceback
 
+import pytest
+import ray
 import yaml
 from PIL import Image
-from ray.exceptions import RayTaskError
 
 from foundation.errors import CorruptInput
+from foundation.ray_session import connect_ray
 from pipelines.entry import one_line
 
 
@@ -94,16 +95,32 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path)
     assert "Traceback" in lvd("report", str(tmp_path), env={"LVD_DEBUG": "1"}).stderr
 
 
-def test_an_error_raised_in_a_ray_task_is_told_by_its_own_one_line():
-    try:
+def test_an_error_of_ours_in_a_ray_data_map_is_told_in_one_line_and_only_there(capfd):
+    """A map function raising CorruptInput on a real embedded Ray: the driver gets that error (not
+    Ray Data's UserCodeException), its one line drops the retry advice Ray appends to it, and Ray
+    Data's console logs none of the tracebacks it writes for what it takes for its own bug. Any
+    other error keeps Ray's report."""
+
+    def damaged(row):
         raise CorruptInput("embed: image 0a1b in 000001.tar no longer decodes")
-    except CorruptInput as exc:  # what a Ray driver receives from a task that raised this
-        wrapped = RayTaskError("read_job", traceback.format_exc(), exc).as_instanceof_cause()
-    assert isinstance(wrapped, CorruptInput) and str(wrapped).count("\n") >= 2  # Ray's text: the frames
-    assert one_line(wrapped) == "error: embed: image 0a1b in 000001.tar no longer decodes"
-    assert one_line(RayTaskError("f", "", ValueError("bad\nvalue")).as_instanceof_cause()).startswith(
-        "error: ValueError: bad ("
-    )
+
+    def buggy(row):
+        raise ValueError("bad\nvalue")
+
+    try:
+        connect_ray()
+        capfd.readouterr()
+        with pytest.raises(CorruptInput) as ours:
+            ray.data.range(2, override_num_blocks=1).map(damaged).materialize()
+        console = capfd.readouterr().err
+        assert one_line(ours.value) == "error: embed: image 0a1b in 000001.tar no longer decodes"
+        assert "Traceback" not in console and "open an issue" not in console, console
+        with pytest.raises(ValueError) as theirs:
+            ray.data.range(2, override_num_blocks=1).map(buggy).materialize()
+        assert one_line(theirs.value).startswith("error: ValueError: bad (")
+        assert "Traceback" in capfd.readouterr().err
+    finally:
+        ray.shutdown()
 
 
 def test_lvd_curate_takes_the_options_of_python_m_pipelines_curate(tmp_path):

@@ -205,6 +205,8 @@ def test_through_ray_a_damaged_image_is_told_in_one_line_naming_it(embedded_run,
     assert result.returncode == 2, result.stderr  # the actor's error, not Ray Data's UserCodeException
     ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]  # among Ray's logs
     assert len(ours) == 1 and ours[0].startswith(f"error: embed: image {key} in {shard} no longer decodes"), ours
+    assert result.stderr.rstrip().endswith("re-run from ingest (--from ingest)"), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr  # Ray Data's logs of it stay in its log file
 
 
 @pytest.mark.parametrize("actors", [pytest.param(1, marks=pytest.mark.slow), 2])  # 2 cores: keep the default run short
