@@ -21,7 +21,7 @@ def run_dir_with(source: Path, target: Path, stages: tuple[str, ...]) -> Path:
     return target
 
 
-def curate_command(config: Path, run_dir: Path, *overrides: str) -> list[str]:
+def curate_command(config: Path, run_dir: Path, *overrides: str, executor: str = "local") -> list[str]:
     """The `python -m pipelines.curate` command line a user would type, for tests that run (or kill) it."""
     return [
         sys.executable,
@@ -32,5 +32,5 @@ def curate_command(config: Path, run_dir: Path, *overrides: str) -> list[str]:
         "--run-dir",
         str(run_dir),
         "--executor",
-        "local",
+        executor,
     ]

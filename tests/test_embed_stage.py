@@ -200,7 +200,7 @@ def test_through_ray_a_damaged_image_is_told_in_one_line_naming_it(embedded_run,
     (run_dir / "manifest.json").write_bytes((embedded_run / "manifest.json").read_bytes())
     shard = run_dir / "ingest" / "000000.tar"
     key = with_an_image_zeroed(shard, shard)
-    command = [*curate_command(crawl / "curation.yaml", run_dir, "embed.decode=device"), "--executor", "ray"]
+    command = curate_command(crawl / "curation.yaml", run_dir, "embed.decode=device", executor="ray")
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "LVD_DEBUG": ""})
     assert result.returncode == 2, result.stderr  # the actor's error, not Ray Data's UserCodeException
     ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]  # among Ray's logs
