@@ -162,13 +162,19 @@ def ray_map(num_cpus: float = 1.0) -> MapFn:
         remote = ray.remote(num_cpus=num_cpus)(fn)
         pending = {remote.remote(item): item for item in items}
         crashed: list[T] = []
-        while pending:
-            (done,), _ = ray.wait(list(pending), num_returns=1)
-            item = pending.pop(done)
-            try:
-                yield ray.get(done)
-            except (WorkerCrashedError, OutOfMemoryError):
-                crashed.append(item)
+        try:
+            while pending:
+                (done,), _ = ray.wait(list(pending), num_returns=1)
+                item = pending.pop(done)
+                try:
+                    yield ray.get(done)
+                except (WorkerCrashedError, OutOfMemoryError):
+                    crashed.append(item)
+        finally:
+            # A task's error ends the map: the rest is not waited for. Cancelled, their own errors
+            # are not printed as Ray's "unhandled errors" after the one the user is told.
+            for ref in pending:
+                ray.cancel(ref)
         if crashed:
             raise WorkerCrashed(crashed, "Ray's task retries exhausted")
 

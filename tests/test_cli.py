@@ -123,6 +123,31 @@ def test_an_error_of_ours_in_a_ray_data_map_is_told_in_one_line_and_only_there(c
         ray.shutdown()
 
 
+RAY_TASKS_FAILING = """
+import sys, time
+from foundation.errors import CorruptInput
+from foundation.executors import ray_map
+from pipelines.entry import exit_code_of
+
+def damaged(i):
+    time.sleep(0.3 * i)
+    raise CorruptInput(f"shard {i} is damaged")
+
+sys.exit(exit_code_of(lambda: list(ray_map()(damaged, range(4)))))
+"""
+
+
+def test_the_first_of_many_failing_ray_tasks_is_the_one_thing_told():
+    """The map stops at the first task's error; the tasks still running fail too, and without being
+    cancelled Ray prints each as an "unhandled error" when the driver exits."""
+    done = subprocess.run(
+        [sys.executable, "-c", RAY_TASKS_FAILING], capture_output=True, text=True, env={**os.environ, "LVD_DEBUG": ""}
+    )
+    assert done.returncode == 2, done.stderr
+    assert "error: shard 0 is damaged" in done.stderr.splitlines(), done.stderr
+    assert "Unhandled error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def test_lvd_curate_takes_the_options_of_python_m_pipelines_curate(tmp_path):
     module_help = subprocess.run(
         [sys.executable, "-m", "pipelines.curate", "--help"], capture_output=True, text=True
