@@ -30,7 +30,8 @@ import faiss
 import pyarrow.parquet as pq
 import yaml
 
-from curation.embed import POOL, read_embeddings
+from curation.embed import read_embeddings
+from curation.ingest import POOL
 from curation.knn import build_index, neighbours_above
 from curation.measurements import record
 from curation.pipeline import curate

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from curation.embed import POOL
+from curation.ingest import POOL, collection_dir
 from curation.shards import ShardWriter, read_members
 from foundation.config import Section
 from foundation.errors import StageError
@@ -35,10 +35,6 @@ STAGE = "curated"  # the stage is named for what it leaves: RUN/curated/
 
 class AssembleConfig(Section):
     shard_size: int = Field(1000, ge=1, description="samples per curated shard")
-
-
-def collection_dir(ingest_dir: Path, collection: str) -> Path:
-    return ingest_dir if collection == POOL else ingest_dir / collection
 
 
 def gather_lineage(retrieve_dir: Path, rows: dict[str, str]) -> dict[tuple[str, str], list[dict]]:

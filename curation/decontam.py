@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from curation.embed import POOL, read_embeddings
+from curation.embed import read_embeddings
+from curation.ingest import POOL
 from curation.knn import IndexSpec, build_index, neighbours_above, on_device
 from foundation.config import Section
 from foundation.storage import ConfigPath

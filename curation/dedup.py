@@ -38,7 +38,8 @@ from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curation.embed import POOL, read_embeddings
+from curation.embed import read_embeddings
+from curation.ingest import POOL
 from curation.knn import IndexSpec, inner_products_by_id, open_saved, saved_index, search
 from foundation.config import Section
 from foundation.executors import MapFn, run_unfinished

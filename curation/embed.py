@@ -9,7 +9,7 @@ are the pool (`pool`) and each seed and evaluation set ingest wrote (`seeds/<row
 
 Work is cut into fixed batches per shard (`ShardJob.batches`), so every image is embedded in
 the same batch whatever the number of workers, and a re-run after a kill gives the same bytes.
-This module holds the pieces (reading, the model worker, the writer); `pipelines/embed_runner.py`
+This module holds the pieces (reading, the model worker, the writer); `curation/embed_runner.py`
 wires them into a Ray Data actor pool, or runs them in-process.
 """
 
@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 
+from curation.ingest import collections
 from curation.shards import iter_samples
 from foundation.config import Section
 from foundation.errors import CorruptInput
@@ -38,7 +39,6 @@ from models.embedders import Embedder, Preprocess, create_embedder
 from models.embedders.device_decode import UndecodableJpeg, decode_batch
 
 STAGE = "embed"
-POOL = "pool"
 
 
 class EmbedderSpec(Section):
@@ -83,15 +83,6 @@ class ShardJob:
     shard: str
     out: str
     batch_size: int
-
-
-def collections(ingest_dir: Path) -> dict[str, Path]:
-    """Collection name -> folder of shards: the pool plus every reference set ingest wrote."""
-    found = {POOL: ingest_dir}
-    for group in ("seeds", "eval"):
-        for folder in sorted((ingest_dir / group).glob("*")) if (ingest_dir / group).is_dir() else []:
-            found[f"{group}/{folder.name}"] = folder
-    return found
 
 
 def pending_jobs(ingest_dir: Path, role_dir: Path, batch_size: int) -> tuple[list[ShardJob], int]:
@@ -153,7 +144,8 @@ def changed_since_ingest(problem: str, error: BaseException) -> CorruptInput:
     cause = (str(error).strip().splitlines() or [""])[0]
     return CorruptInput(
         f"embed: {problem} ({type(error).__name__}: {cause}); "
-        "the shard has changed since ingest wrote it: re-run from ingest (--from ingest)"
+        "the shard has changed since ingest wrote it (`lvd verify RUN` names every damaged shard): "
+        "re-run from ingest (--from ingest)"
     )
 
 

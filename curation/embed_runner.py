@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from curation import embed
+from curation import embed, ingest
 from foundation.errors import StageError
 from foundation.executors import prefetched
 
@@ -150,16 +150,18 @@ def check_complete(ingest_dir: Path, role_dir: Path, role: str) -> dict[str, int
     is silently lost. A shard's tar that yields fewer images than ingest wrote into it (a zeroed
     block reads as the archive's end) changed on storage since; no re-run of this stage fixes that."""
     counts = {}
-    for name, folder in embed.collections(ingest_dir).items():
-        ingested = pq.read_table(folder / "index.parquet", columns=["shard"]).column("shard").to_pylist()
-        expected = {f"{shard:06d}": n for shard, n in Counter(ingested).items()}
+    for name, folder in ingest.collections(ingest_dir).items():
+        ingested = pq.read_table(folder / "index.parquet", columns=["shard"]).column("shard")
+        per_shard = pc.value_counts(ingested).to_pylist()  # one entry per shard, not a list of every image
+        expected = {f"{entry['values']:06d}": entry["counts"] for entry in per_shard}
         got = {p.stem: pq.ParquetFile(p).metadata.num_rows for p in (role_dir / name).glob("*.parquet")}
         short = sorted(stem for stem in expected.keys() & got.keys() if got[stem] != expected[stem])
         if short:
             raise StageError(
                 f"embed {role}/{name}: {folder / short[0]}.tar gave {got[short[0]]} of the "
                 f"{expected[short[0]]} images ingest wrote into it ({len(short)} such shards); the shard "
-                "has changed since ingest wrote it: re-run from ingest (--from ingest)"
+                "has changed since ingest wrote it (`lvd verify RUN` names every damaged shard): "
+                "re-run from ingest (--from ingest)"
             )
         if sum(got.values()) != len(ingested):
             raise StageError(
@@ -173,7 +175,7 @@ def summary_line(counts: dict[str, int]) -> str:
     roles = sorted({key.split(".", 1)[0] for key in counts})
     parts = []
     for role in roles:
-        pool = counts.get(f"{role}.{embed.POOL}", 0)
-        references = sum(v for k, v in counts.items() if k.startswith(f"{role}.") and k != f"{role}.{embed.POOL}")
+        pool = counts.get(f"{role}.{ingest.POOL}", 0)
+        references = sum(v for k, v in counts.items() if k.startswith(f"{role}.") and k != f"{role}.{ingest.POOL}")
         parts.append(f"{role}: {pool} pool + {references} reference images")
     return "embed: " + "; ".join(parts)

@@ -39,6 +39,7 @@ from foundation.files import write_parquet
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
+POOL = "pool"  # the crawl's own collection; reference sets are `seeds/<row>` and `eval/<set>`
 INDEX_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -63,6 +64,19 @@ QUARANTINE_SCHEMA = pa.schema(
         ("detail", pa.string()),
     ]
 )
+
+
+def collections(ingest_dir: Path) -> dict[str, Path]:
+    """Collection name -> folder of shards: the pool plus every reference set ingest wrote."""
+    found = {POOL: ingest_dir}
+    for group in ("seeds", "eval"):
+        for folder in sorted((ingest_dir / group).glob("*")) if (ingest_dir / group).is_dir() else []:
+            found[f"{group}/{folder.name}"] = folder
+    return found
+
+
+def collection_dir(ingest_dir: Path, collection: str) -> Path:
+    return ingest_dir if collection == POOL else ingest_dir / collection
 
 
 class IngestConfig(Section):

@@ -30,7 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from curation.embed import POOL, read_embeddings
+from curation.embed import read_embeddings
+from curation.ingest import POOL
 from curation.knn import IndexSpec, open_saved, saved_index, search, use_gpu
 from foundation.config import Section
 from foundation.executors import MapFn, run_unfinished

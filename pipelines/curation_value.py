@@ -45,7 +45,7 @@ import torch
 
 from curation.assemble import read_images
 from curation.decontam import component_of
-from curation.embed import POOL
+from curation.ingest import POOL
 from curation.pipeline import curate
 from curation.retrieve import Balanced, Pool, balanced
 from curation.run_config import CurationConfig, load_curation_config
