@@ -161,6 +161,29 @@ def stats(run_dir: Path) -> None:
 
 
 @app.command()
+def verify(
+    run_dir: Path,
+    workers: Annotated[int, typer.Option(help="processes reading shards")] = os.cpu_count() or 1,
+) -> None:
+    """Read back every image of a run's ingest and curated shards against the sha256 ingest recorded."""
+    from tqdm import tqdm
+
+    from curation.verify import shard_checks, summary_line, verify_shards
+    from foundation.errors import CorruptInput
+    from foundation.executors import process_map
+
+    checks = shard_checks(run_dir)
+    with tqdm(total=len(checks), desc="verify", unit="shard", file=sys.stderr) as bar:
+        verdicts = verify_shards(checks, process_map(workers), bar.update)
+    for verdict in sorted((v for v in verdicts if v.problem), key=lambda v: v.tar):
+        console.print(f"{verdict.tar}: {verdict.problem}", highlight=False, soft_wrap=True)
+    line = summary_line(verdicts)
+    if any(v.problem for v in verdicts):
+        raise CorruptInput(line)
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="where the crawl, the runs and the models go")] = Path("lvd-demo"),
     images: Annotated[int, typer.Option()] = 2000,

@@ -1,8 +1,9 @@
-"""Reading a finished stage's output back, for byte-for-byte comparisons between runs."""
+"""Reading a finished stage's output back (for byte-for-byte comparisons between runs), and damaging it."""
 
 from __future__ import annotations
 
 import sys
+import tarfile
 from pathlib import Path
 
 
@@ -34,3 +35,14 @@ def curate_command(config: Path, run_dir: Path, *overrides: str, executor: str =
         "--executor",
         executor,
     ]
+
+
+def with_an_image_zeroed(shard: Path, out: Path) -> str:
+    """`shard` copied to `out` with its third image's bytes overwritten by zeros in place, as storage
+    can damage a file (the tar itself stays readable); the damaged image's key."""
+    data = bytearray(shard.read_bytes())
+    with tarfile.open(shard) as tar:
+        member = [m for m in tar if m.name.endswith(".jpg")][2]
+    data[member.offset_data : member.offset_data + member.size] = bytes(member.size)
+    out.write_bytes(bytes(data))
+    return member.name.split(".")[0]

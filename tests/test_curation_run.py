@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,7 +20,7 @@ from curation.pipeline import STAGES, curate
 from curation.run_config import load_curation_config
 from curation.rundir import RunDir
 from curation.shards import iter_samples
-from tests.stage_output import curate_command, stage_files
+from tests.stage_output import curate_command, stage_files, with_an_image_zeroed
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +140,47 @@ def test_sigkill_during_each_stage_then_rerun_gives_identical_shards(crawl, cura
     )
     subprocess.run(command, check=True, capture_output=True)
     assert stage_files(tmp_path, "curated") == stage_files(curated_run, "curated")
+
+
+def lvd_verify(run_dir: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pipelines.cli", "verify", str(run_dir), "--workers", "2"]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "LVD_DEBUG": ""})
+
+
+def test_verify_reads_back_every_stored_image_of_an_intact_run(curated_run):
+    ingested = sum(pq.ParquetFile(p).metadata.num_rows for p in (curated_run / "ingest").rglob("index.parquet"))
+    curated = pq.ParquetFile(curated_run / "curated" / "index.parquet").metadata.num_rows
+    done = lvd_verify(curated_run)
+    assert done.returncode == 0, done.stderr
+    assert f"ingest 0 of {ingested} images damaged in 0 of " in done.stdout, done.stdout
+    assert f"curated 0 of {curated} images damaged in 0 of " in done.stdout
+    assert "every image matches its recorded sha256" in done.stdout
+
+
+def test_verify_names_every_damaged_shard_and_the_stage_to_run_again(curated_run, tmp_path):
+    """An image zeroed in an ingest shard, and a curated shard cut short, as storage damages files."""
+    run_dir = tmp_path / "run"
+    for stage in ("ingest", "curated"):
+        shutil.copytree(curated_run / stage, run_dir / stage)
+    changed = with_an_image_zeroed(run_dir / "ingest" / "000001.tar", run_dir / "ingest" / "000001.tar")
+    in_shard = pq.read_table(run_dir / "ingest" / "index.parquet", filters=[("shard", "==", 1)]).num_rows
+    cut = run_dir / "curated" / "000000.tar"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2 + 100])
+    done = lvd_verify(run_dir)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{run_dir / 'ingest' / '000001.tar'}: 1 of {in_shard} images changed (first {changed})" in done.stdout, (
+        done.stdout
+    )
+    assert f"{cut}: unreadable after " in done.stdout
+    assert done.stderr.splitlines()[-1].startswith("error: verify: ingest 1 of ")
+    assert done.stderr.rstrip().endswith("re-run from ingest (--from ingest)"), done.stderr
+
+
+def test_verify_sends_back_to_the_curated_stage_when_only_its_shards_are_damaged(curated_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(curated_run / "ingest", run_dir / "ingest")
+    shutil.copytree(curated_run / "curated", run_dir / "curated")
+    changed = with_an_image_zeroed(run_dir / "curated" / "000000.tar", run_dir / "curated" / "000000.tar")
+    done = lvd_verify(run_dir)
+    assert done.returncode == 2 and f"images changed (first {changed})" in done.stdout, done.stdout + done.stderr
+    assert done.stderr.rstrip().endswith("re-run from curated (--from curated)"), done.stderr

@@ -26,7 +26,7 @@ from curation.run_config import load_curation_config
 from curation.shards import iter_samples
 from foundation.errors import CorruptInput, StageError
 from models.embedders import create_embedder
-from tests.stage_output import curate_command, run_dir_with, stage_files
+from tests.stage_output import curate_command, run_dir_with, stage_files, with_an_image_zeroed
 
 
 @pytest.fixture(scope="module")
@@ -141,17 +141,6 @@ def test_in_process_each_roles_model_is_built_once(embedded_run_and_calls):
     assert [step for step, _ in itertools.groupby(steps)] == ["build tiny", "copy", "build tiny:semantic", "retrieval"]
 
 
-def with_an_image_zeroed(shard: Path, out: Path) -> str:
-    """`shard` copied to `out` with its third image's bytes overwritten by zeros in place, as storage
-    can damage a file (the tar itself stays readable); the damaged image's key."""
-    data = bytearray(shard.read_bytes())
-    with tarfile.open(shard) as tar:
-        member = [m for m in tar if m.name.endswith(".jpg")][2]
-    data[member.offset_data : member.offset_data + member.size] = bytes(member.size)
-    out.write_bytes(bytes(data))
-    return member.name.split(".")[0]
-
-
 @pytest.mark.parametrize("decode", ["cpu", "device"])
 def test_an_image_damaged_after_ingest_stops_the_stage_with_its_key_and_shard(embedded_run, tmp_path, decode):
     shard = tmp_path / "000000.tar"
@@ -162,7 +151,9 @@ def test_an_image_damaged_after_ingest_stops_the_stage_with_its_key_and_shard(em
         for row in embed.read_batches(job, worker.embedder.preprocess, jpegs=decode == "device"):
             worker(row)
     assert f"image {key} in {shard} no longer decodes" in str(raised.value)
-    assert "re-run from ingest" in str(raised.value)
+    assert "`lvd verify RUN` names every damaged shard" in str(raised.value) and "re-run from ingest" in str(
+        raised.value
+    )
 
 
 @pytest.mark.parametrize("cut", [700, 40_000], ids=["in a header", "in an image"])
