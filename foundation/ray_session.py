@@ -35,8 +35,8 @@ def configure_ray_data() -> None:
     context.enable_progress_bars = False
     context.raise_original_map_exception = True
     for handler in logging.getLogger("ray.data").handlers:
-        consoles = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-        if consoles and not any(isinstance(f, ToldByTheEntryPoint) for f in handler.filters):
+        is_console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if is_console and not any(isinstance(f, ToldByTheEntryPoint) for f in handler.filters):
             handler.addFilter(ToldByTheEntryPoint())
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curation.rundir import RunDir
-from foundation.errors import LvdError
+from foundation.errors import CorruptInput, LvdError
 from pipelines.entry import DEBUG_ENV, exit_code_of
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False)
@@ -169,7 +169,6 @@ def verify(
     from tqdm import tqdm
 
     from curation.verify import shard_checks, summary_line, verify_shards
-    from foundation.errors import CorruptInput
     from foundation.executors import process_map
 
     checks = shard_checks(run_dir)
