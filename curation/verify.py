@@ -6,8 +6,9 @@ block): embed then stops at the first damaged image it meets, and a trainer skip
 decode. This reads each shard of the ingest and curated stages once, in parallel, and names every
 shard with an image missing or changed, and the stage to run again, before GPU hours go into it.
 
-The curated set's hashes come from joining its index to the ingest indexes it was assembled from.
-Like assemble, this holds a collection's index in memory (about 100 bytes an image).
+Each ingest index is read once: its hashes check the ingest shards and then the curated images
+taken from them. Like assemble, this holds the ingest indexes in memory (a few hundred bytes an
+image).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation import assemble, ingest
@@ -69,39 +68,30 @@ def verify_shard(check: ShardCheck) -> ShardVerdict:
 
 
 def shard_checks(run_dir: Path) -> list[ShardCheck]:
-    """Every shard of the ingest stage (pool and reference sets), then every curated shard."""
+    """Every shard of the ingest stage (pool and reference sets), then every curated shard, whose
+    images' hashes are those their collection's ingest index recorded."""
     ingest_dir = run_dir / ingest.STAGE
     if not (ingest_dir / "index.parquet").is_file():
         raise StageError(f"{run_dir} has no finished ingest stage ({ingest_dir}/index.parquet); nothing to verify")
-    checks = []
-    for folder in ingest.collections(ingest_dir).values():
-        index = pq.read_table(folder / "index.parquet", columns=["key", "sha256", "shard"])
-        checks += checks_by_shard(ingest.STAGE, folder, index)
+    checks, recorded = [], {}
+    for collection, folder in ingest.collections(ingest_dir).items():
+        rows = pq.read_table(folder / "index.parquet", columns=["key", "sha256", "shard"]).to_pylist()
+        recorded.update({(collection, row["key"]): row["sha256"] for row in rows})
+        checks += checks_by_shard(ingest.STAGE, folder, rows)
     curated_dir = run_dir / assemble.STAGE
     if (curated_dir / "index.parquet").is_file():
-        checks += checks_by_shard(assemble.STAGE, curated_dir, curated_hashes(ingest_dir, curated_dir))
+        rows = pq.read_table(curated_dir / "index.parquet", columns=["key", "collection", "shard"]).to_pylist()
+        rows = [row | {"sha256": recorded.get((row["collection"], row["key"]))} for row in rows]
+        checks += checks_by_shard(assemble.STAGE, curated_dir, rows)
     return checks
 
 
-def curated_hashes(ingest_dir: Path, curated_dir: Path) -> pa.Table:
-    """The curated index (key, shard), each image with the sha256 the ingest index it came from holds."""
-    curated = pq.read_table(curated_dir / "index.parquet", columns=["key", "collection", "shard"])
-    parts = [curated.slice(0, 0).append_column("sha256", pa.array([], pa.string()))]
-    for collection in curated.column("collection").unique().to_pylist():
-        hashes = pq.read_table(
-            ingest.collection_dir(ingest_dir, collection) / "index.parquet", columns=["key", "sha256"]
-        )
-        mine = curated.filter(pc.equal(curated.column("collection"), collection))
-        parts.append(mine.join(hashes, "key", join_type="left outer"))
-    return pa.concat_tables(parts, promote_options="default")
-
-
-def checks_by_shard(stage: str, folder: Path, index: pa.Table) -> list[ShardCheck]:
-    """One check per shard number in a (key, sha256, shard) table."""
+def checks_by_shard(stage: str, folder: Path, rows: list[dict]) -> list[ShardCheck]:
+    """One check per shard number in index rows (key, sha256, shard)."""
     expected: dict[int, dict[str, str]] = defaultdict(dict)
-    for row in index.select(["key", "sha256", "shard"]).to_pylist():
-        key, sha, shard = row["key"], row["sha256"], row["shard"]
-        expected[shard][f"{key}.jpg"] = sha or ""  # no recorded hash: nothing read back can match it
+    for row in rows:
+        # No recorded hash (a curated image its ingest index lacks): nothing read back can match it.
+        expected[row["shard"]][f"{row['key']}.jpg"] = row["sha256"] or ""
     return [ShardCheck(stage, str(folder / f"{shard:06d}.tar"), names) for shard, names in sorted(expected.items())]
 
 

@@ -34,10 +34,18 @@ def configure_ray_data() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.raise_original_map_exception = True
-    for handler in logging.getLogger("ray.data").handlers:
-        is_console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-        if is_console and not any(isinstance(f, ToldByTheEntryPoint) for f in handler.filters):
+    for handler in ray_data_consoles():
+        if not any(isinstance(f, ToldByTheEntryPoint) for f in handler.filters):
             handler.addFilter(ToldByTheEntryPoint())
+
+
+def ray_data_consoles() -> list[logging.Handler]:
+    """The handlers Ray Data logs to the console with (not its session's log file)."""
+    return [
+        handler
+        for handler in logging.getLogger("ray.data").handlers
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+    ]
 
 
 class ToldByTheEntryPoint(logging.Filter):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import yaml
 from PIL import Image
 
 from foundation.errors import CorruptInput
-from foundation.ray_session import connect_ray
+from foundation.ray_session import connect_ray, ray_data_consoles
 from pipelines.entry import one_line
 
 
@@ -102,11 +101,7 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(tmp_path)
 def ray_data_console() -> Iterator[io.StringIO]:
     """What Ray Data's console handlers write meanwhile. They write to the `sys.stderr` of when they
     were made, which under pytest is not this test's."""
-    consoles = [
-        handler
-        for handler in logging.getLogger("ray.data").handlers
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-    ]
+    consoles = ray_data_consoles()
     assert consoles, "Ray Data has no console handler to check"
     buffer = io.StringIO()
     streams = [handler.setStream(buffer) for handler in consoles]
