@@ -4,8 +4,9 @@
 #   bash benchmarks/gpu_check.sh [--record] [GROUP ...]   # on a CUDA GPU machine, from the repo root
 #   GPU_CHECK_OUT=$OUT bash benchmarks/gpu_check.sh ...    # keep every check's output there
 #
-# Groups, with rough times on one H100/H200 (not yet timed on one; a device call has 10 minutes,
-# so split them: e.g. `vitl14 embed` in one call, `levers` in the next, `vitg14` in a third):
+# Groups run in the order given, so the one that matters most comes first in a call that may be cut
+# short. Rough times on one H100/H200 (not yet timed on one; a device call has 10 minutes, so split
+# them: e.g. `vitl14 embed` in one call, `levers` in the next, `vitg14` in a third):
 #   vitl14, vitg14  the recipe trained for a few steps under torchrun (FSDP2), finite losses, an
 #                   export that `lvd:` loads; the bare step's MFU, the loop's ratio to it unsharded
 #                   (target >= 0.95) and under FSDP2 (target >= 0.90), and peak memory: about 4 and
@@ -19,7 +20,10 @@
 #                   (--profile), unsharded and under FSDP2: about 5 minutes.
 #   curation-value  the curation-value benchmark at four times its CPU steps, three seeds, eight
 #                   loader workers (its own several minutes; the curation itself runs on the CPU).
-# With --record every figure goes to benchmarks/results.jsonl under the GPU's name.
+# With --record every figure goes to benchmarks/results.jsonl under the GPU's name, and a copy of that
+# file to GPU_CHECK_OUT after each check (a tree copied to a GPU machine has no .git: LVD_COMMIT=SHA
+# names the commit measured). GPU_CHECK_OUT gets three files: log.txt (every check's output),
+# table.txt and results.jsonl; each check's own output stays in /tmp/gpu_check/checks.
 #
 # The machine needs torch, torchvision, timm, numpy, pyarrow, PIL, scikit-image, fsspec, typer, rich,
 # yaml, jinja2 and matplotlib; the project's other imports come as wheels in ./wheels (not Ray, not
@@ -37,21 +41,26 @@ record="" groups=""
 for arg in "$@"; do
   case "$arg" in
     --record) record="--record" ;;
-    train) groups="$groups vitl14 vitg14 " ;;
-    vitl14|vitg14|embed|levers|curation-value) groups="$groups $arg " ;;
+    train) groups="$groups vitl14 vitg14" ;;
+    vitl14|vitg14|embed|levers|curation-value) groups="$groups $arg" ;;
     *) echo "gpu_check: unknown argument $arg (groups: vitl14 vitg14 train embed levers curation-value)"; exit 2 ;;
   esac
 done
-groups="${groups:- vitl14 embed }"
-wants() { [[ "$groups" == *" $1 "* ]]; }
+groups="${groups:-vitl14 embed}"
 work=/tmp/gpu_check                  # shards (a later call on the same machine reuses them) and runs
-out="${GPU_CHECK_OUT:-$work}"        # each check's output and the log
-mkdir -p "$work" "$out"
+checks="$work/checks"                # each check's output
+out="${GPU_CHECK_OUT:-$work}"        # log.txt, table.txt, results.jsonl
+mkdir -p "$checks" "$out"
 log="$out/log.txt"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
+if ! python -c "import torch" 2>/dev/null; then  # some GPU images name their interpreter python3 only
+  mkdir -p "$work/bin" && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" >"$work/bin/python"  # not a link:
+  chmod +x "$work/bin/python" && export PATH="$work/bin:$PATH"  # a venv's python finds its packages by the path it was called by
+fi
 if [ -d wheels ] && ! python -c "import pydantic, webdataset, faiss, upath, pytest, pytest_timeout" 2>/dev/null; then
-  python -m pip install -q --no-deps --no-index wheels/*.whl
+  python -m pip install -q --no-deps --no-index --no-compile --target "$work/site" wheels/*.whl || exit 1
+  export PYTHONPATH="$PYTHONPATH:$work/site"
 fi
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name())" \
   || { echo "gpu_check: no CUDA GPU here; nothing measured"; exit 2; }
@@ -60,69 +69,83 @@ rows=()
 check() {  # name, command...: run it, keep its output, add a row with its status
   local name="$1"; shift
   local started=$SECONDS
-  if "$@" >"$out/$name.txt" 2>&1; then status=ok; else status="FAILED (see $out/$name.txt)"; fi
-  cat "$out/$name.txt" >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|cores busy|curation value:|^loader|passed|failed' "$out/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
+  echo "gpu_check: $name ..."
+  if "$@" >"$checks/$name.txt" 2>&1; then status=ok; else status="FAILED (see log.txt)"; fi
+  { echo "===== $name"; cat "$checks/$name.txt"; } >>"$log"
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|cores busy|curation value:|^loader|passed|failed' "$checks/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
   echo "gpu_check: ${rows[-1]}"  # as it finishes, so a call cut short still shows what ran
+  if [ -f benchmarks/results.jsonl ]; then cp benchmarks/results.jsonl "$out/"; fi
 }
 
-python benchmarks/train.py --help >/dev/null || exit 1
 shards="$work/shards"
-if { wants vitl14 || wants vitg14 || wants levers; } && [ ! -f "$shards/000003.tar" ]; then
-python - "$shards" <<'EOF'
+training_shards() {  # 2,000 web-size JPEGs, made once per machine
+  [ -f "$shards/000003.tar" ] && return
+  python - "$shards" <<'EOF'
 import sys
 from pathlib import Path
 from benchmarks.train import synthetic_shards
 synthetic_shards(Path(sys.argv[1]), 2000)
 EOF
-fi
+}
 
-for recipe in vitl14 vitg14; do
-  wants "$recipe" || continue
-  batch=$([ "$recipe" = vitl14 ] && echo 32 || echo 12)
-  common=(data.shards="$shards" data.workers=12 data.batch_size_per_gpu="$batch")
-  rm -rf "${work:?}/$recipe"  # a fresh run, not a resume of the last call's
-  check "$recipe-train" bash -c "torchrun --standalone --nproc-per-node 1 -m pipelines.pretrain \
-      configs/training/$recipe.yaml ${common[*]} run.output_dir=$work/$recipe run.max_steps=20 run.log_every=5 \
-    && python -c \"from models.backbones import load_backbone; import sys; \
-      m = load_backbone('lvd:$work/$recipe/export'); print('export loads:', sum(p.numel() for p in m.parameters()), 'params')\""
-  check "$recipe-unsharded" python benchmarks/train.py --config "configs/training/$recipe.yaml" --steps 15 $record \
+recipe() {  # vitl14 | vitg14: train it under FSDP2, load its export, then the bare step, unsharded and sharded
+  local name="$1" batch
+  batch=$([ "$name" = vitl14 ] && echo 32 || echo 12)
+  local common=(data.shards="$shards" data.workers=12 data.batch_size_per_gpu="$batch")
+  rm -rf "${work:?}/$name"  # a fresh run, not a resume of the last call's
+  check "$name-train" bash -c "torchrun --standalone --nproc-per-node 1 -m pipelines.pretrain \
+      configs/training/$name.yaml ${common[*]} run.output_dir=$work/$name run.max_steps=20 run.log_every=5 \
+    && python -c \"from models.backbones import load_backbone; \
+      m = load_backbone('lvd:$work/$name/export'); print('export loads:', sum(p.numel() for p in m.parameters()), 'params')\""
+  check "$name-unsharded" python benchmarks/train.py --config "configs/training/$name.yaml" --steps 15 $record \
       "${common[@]}" run.parallel=ddp
-  check "$recipe-fsdp2" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
-      --config "configs/training/$recipe.yaml" --steps 15 $record "${common[@]}" run.parallel=fsdp
-done
+  check "$name-fsdp2" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
+      --config "configs/training/$name.yaml" --steps 15 $record "${common[@]}" run.parallel=fsdp
+}
 
 # The embed stage in-process (no Ray here) against its bare model(x) loop, start-up left out: JPEGs
 # decoded by the prefetch threads on the CPU, then on the GPU (nvjpeg). The stage reads the 3,000
 # ingested images 8 times, so the passes it compares hold seconds of GPU work.
-if wants embed; then
+embed() {
   check "decode-tests" python -m pytest -p no:cacheprovider -q -rxX tests/test_device_decode.py -k overwrites
   check "embed-vith14" python benchmarks/embed.py --model timm:vit_huge_patch14_224 --gpu --executor local \
       --decode cpu device --images 3000 --repeat 8 --batch-size 256 $record
-fi
+}
 
 # What each speed lever buys on vitl14's bare step, and where the step's device time goes.
-if wants levers; then
+levers() {
   check "vitl14-levers" python benchmarks/train.py --config configs/training/vitl14.yaml --levers --steps 10 \
       $record data.shards="$shards"
   check "vitl14-profile" python benchmarks/train.py --config configs/training/vitl14.yaml --profile --steps 5 \
       data.shards="$shards" run.parallel=ddp
   check "vitl14-fsdp-profile" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
       --config configs/training/vitl14.yaml --profile --steps 5 data.shards="$shards" run.parallel=fsdp
-fi
+}
 
 # Does curation pay, with four times the CPU run's steps (the curation itself runs on the CPU).
-if wants curation-value; then
+curation_value() {
   check "curation-value" python benchmarks/curation_value.py --work "$work/curation-value" --seeds 3 --scale 4 \
       --workers 8 $record
-fi
+}
 
-printf '\n%-20s | %-8s | %-6s | %s\n' check status time figures
-for row in "${rows[@]}"; do
-  IFS='|' read -r name status took figures <<<"$row"
-  printf '%-20s | %-8s | %-6s | %s\n' "$name" "$status" "$took" "$figures"
+python benchmarks/train.py --help >/dev/null || exit 1
+for group in $groups; do
+  case "$group" in
+    vitl14|vitg14) training_shards && recipe "$group" ;;
+    levers) training_shards && levers ;;
+    embed) embed ;;
+    curation-value) curation_value ;;
+  esac
 done
-for name in embed-vith14 vitl14-levers vitl14-profile vitl14-fsdp-profile; do  # tables of their own
-  [ -f "$out/$name.txt" ] && { echo; echo "== $name"; grep -vE '^[WIV][0-9]{4} |Warning|warn\(|/s\]' "$out/$name.txt"; }
-done
+
+{
+  printf '\n%-20s | %-8s | %-6s | %s\n' check status time figures
+  for row in "${rows[@]}"; do
+    IFS='|' read -r name status took figures <<<"$row"
+    printf '%-20s | %-8s | %-6s | %s\n' "$name" "$status" "$took" "$figures"
+  done
+  for name in embed-vith14 vitl14-levers vitl14-profile vitl14-fsdp-profile; do  # tables of their own
+    [ -f "$checks/$name.txt" ] && { echo; echo "== $name"; grep -vE '^[WIV][0-9]{4} |Warning|warn\(|/s\]' "$checks/$name.txt"; }
+  done
+} | tee "$out/table.txt"
 echo "full log: $log"

@@ -46,9 +46,20 @@ def current_device(gpu: bool) -> str:
     return "cpu"
 
 
+def current_commit() -> str:
+    """The checkout's commit; `LVD_COMMIT` names it where the tree came without .git or git (a copy
+    sent to a GPU machine)."""
+    if os.environ.get("LVD_COMMIT"):
+        return os.environ["LVD_COMMIT"]
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent)
+    except FileNotFoundError:  # no git on this machine
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
 def record(benchmark: str, metric: str, value: float, unit: str, subject: str, gpu: bool = False) -> Measurement:
     """Append one measurement made now, on this machine, to benchmarks/results.jsonl."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent).stdout
     measurement = Measurement(
         benchmark=benchmark,
         metric=metric,
@@ -58,7 +69,7 @@ def record(benchmark: str, metric: str, value: float, unit: str, subject: str, g
         device=current_device(gpu),
         cores=os.cpu_count() or 1,
         date=datetime.date.today().isoformat(),
-        commit=commit.strip() or "unknown",
+        commit=current_commit(),
         command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) + f"  # {platform.processor() or platform.machine()}",
     )
     with RESULTS.open("a") as f:
