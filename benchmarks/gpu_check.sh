@@ -5,19 +5,21 @@
 #   GPU_CHECK_OUT=$OUT bash benchmarks/gpu_check.sh ...    # keep every check's output there
 #
 # Groups run in the order given, so the one that matters most comes first in a call that may be cut
-# short. Rough times on one H100/H200 (not yet timed on one; a device call has 10 minutes, so split
-# them: e.g. `vitl14 embed` in one call, `levers` in the next, `vitg14` in a third):
-#   vitl14, vitg14  the recipe trained for a few steps under torchrun (FSDP2), finite losses, an
-#                   export that `lvd:` loads; the bare step's MFU, the loop's ratio to it unsharded
-#                   (target >= 0.95) and under FSDP2 (target >= 0.90), and peak memory: about 4 and
-#                   5 minutes. `train` is both.
+# short. Times measured on one H200 (2026-11-27, recipes then eager); a device call has 10 minutes
+# and a session 15, so choose: `vitl14 embed` took 6 minutes, `vitg14` and `levers` take about 5 each:
+#   vitl14, vitg14  the recipe as shipped (compiled blocks) trained for 20 steps under torchrun
+#                   (FSDP2), finite losses, an export that `lvd:` loads; the bare step's MFU, the
+#                   loop's ratio to it unsharded (target >= 0.95) and under FSDP2 (target >= 0.90),
+#                   and peak memory: 3 minutes for vitl14 (1 + 1 + 1), vitg14's training alone 2.
+#                   `train` is both.
 #   embed           GPU decoding's tests (nvjpeg must not overwrite memory queued kernels still read),
 #                   then the embed stage in-process with ViT-H/14 fp16, JPEGs decoded on the CPU and
 #                   then on the GPU, against its bare loop (target >= 0.90 with GPU decoding), and the
-#                   CPU cores busy meanwhile: about 3 minutes.
-#   levers          vitl14's bare step plain, with each speed lever alone and with all of them
-#                   (benchmarks/train.py --levers), then its top operators by device time
-#                   (--profile), unsharded and under FSDP2: about 5 minutes.
+#                   CPU cores busy meanwhile: 3 minutes.
+#   levers          vitl14's top operators by device time under FSDP2 (--profile), then its bare
+#                   step plain, with each speed lever alone (twice the batch is one) and with all of
+#                   them (--levers), then the unsharded profile: about 5 minutes (the eager lever
+#                   table took 2, the unsharded profile 1).
 #   curation-value  the curation-value benchmark at four times its CPU steps, three seeds, eight
 #                   loader workers (its own several minutes; the curation itself runs on the CPU).
 # With --record every figure goes to benchmarks/results.jsonl under the GPU's name, and a copy of that
@@ -52,7 +54,7 @@ checks="$work/checks"                # each check's output
 out="${GPU_CHECK_OUT:-$work}"        # log.txt, table.txt, results.jsonl
 mkdir -p "$checks" "$out"
 log="$out/log.txt"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}:$work/site" PYTHONUNBUFFERED=1  # site: the carried wheels
 
 if ! python -c "import torch" 2>/dev/null; then  # some GPU images name their interpreter python3 only
   mkdir -p "$work/bin" && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" >"$work/bin/python"  # not a link:
@@ -60,7 +62,6 @@ if ! python -c "import torch" 2>/dev/null; then  # some GPU images name their in
 fi
 if [ -d wheels ] && ! python -c "import pydantic, webdataset, faiss, upath, pytest, pytest_timeout" 2>/dev/null; then
   python -m pip install -q --no-deps --no-index --no-compile --target "$work/site" wheels/*.whl || exit 1
-  export PYTHONPATH="$PYTHONPATH:$work/site"
 fi
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name())" \
   || { echo "gpu_check: no CUDA GPU here; nothing measured"; exit 2; }
@@ -112,14 +113,14 @@ embed() {
       --decode cpu device --images 3000 --repeat 8 --batch-size 256 $record
 }
 
-# What each speed lever buys on vitl14's bare step, and where the step's device time goes.
+# Where vitl14's step spends its device time under FSDP2 and unsharded, and what each speed lever buys.
 levers() {
+  check "vitl14-fsdp-profile" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
+      --config configs/training/vitl14.yaml --profile --steps 5 data.shards="$shards" run.parallel=fsdp
   check "vitl14-levers" python benchmarks/train.py --config configs/training/vitl14.yaml --levers --steps 10 \
       $record data.shards="$shards"
   check "vitl14-profile" python benchmarks/train.py --config configs/training/vitl14.yaml --profile --steps 5 \
       data.shards="$shards" run.parallel=ddp
-  check "vitl14-fsdp-profile" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
-      --config configs/training/vitl14.yaml --profile --steps 5 data.shards="$shards" run.parallel=fsdp
 }
 
 # Does curation pay, with four times the CPU run's steps (the curation itself runs on the CPU).

@@ -124,6 +124,7 @@ WARMUP_STEPS = 3  # a compiled block compiles a graph per shape on its first ste
 
 
 class Bare(NamedTuple):
+    images: int  # per step
     seconds: float  # per step
     flops: float  # per step: forward and backward (the optimizer and EMA are elementwise, not counted)
     memory_gib: float  # peak allocated
@@ -179,7 +180,8 @@ def bare_steps(
     if prof is not None:
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
-    return Bare(seconds, float(counter.get_total_flops()), memory_peak(device), syncs, issued)
+    images = config.data.batch_size_per_gpu
+    return Bare(images, seconds, float(counter.get_total_flops()), memory_peak(device), syncs, issued)
 
 
 def count_host_syncs(step: Callable[[], None], device: torch.device) -> int | None:
@@ -209,24 +211,33 @@ def profiler(device: torch.device) -> torch.profiler.profile:
 
 
 def lever_overrides(config: TrainConfig) -> dict[str, list[str]]:
-    """Each speed lever as config overrides on top of `PLAIN`."""
+    """Each speed lever as config overrides on top of `PLAIN`. Twice the batch is one: the host's
+    work per step hardly grows with it, so where the host nearly sets the pace it buys images/s."""
     return {
         "drop-path subset": [f"model.drop_path_rate={config.model.drop_path_rate}", "model.drop_path_uniform=true"],
         "fused AdamW": ["optim.fused=true"],
         "compiled blocks": ["run.compile=true"],
+        "twice the batch": [f"data.batch_size_per_gpu={2 * config.data.batch_size_per_gpu}"],
     }
 
 
-def lever_table(config_path: str, overrides: list[str], steps: int, device: torch.device) -> list[tuple[str, Bare]]:
-    """The bare step plain, with each lever alone, and with all of them."""
+def lever_table(
+    config_path: str, overrides: list[str], steps: int, device: torch.device
+) -> list[tuple[str, Bare | None]]:
+    """The bare step plain, with each lever alone, and with all of them; None where a setting ran
+    out of device memory (the plain step at twice the batch may, on an 80 GB GPU)."""
     each = lever_overrides(load_config(TrainConfig, config_path, overrides))
     settings = {"plain": PLAIN, **{name: [*PLAIN, *extra] for name, extra in each.items()}}
     settings["all levers"] = [*PLAIN, *(o for extra in each.values() for o in extra)]
-    rows = []
+    rows: list[tuple[str, Bare | None]] = []
     for name, levers in settings.items():
         torch._dynamo.reset()  # each row compiles (or not) afresh
-        rows.append((name, bare_steps(load_config(TrainConfig, config_path, [*overrides, *levers]), steps, device)))
-        print(f"  {name:20s} {rows[-1][1].seconds * 1000:8.1f} ms/step", flush=True)
+        try:
+            bare = bare_steps(load_config(TrainConfig, config_path, [*overrides, *levers]), steps, device)
+        except torch.OutOfMemoryError:
+            bare = None
+        rows.append((name, bare))
+        print(f"  {name:20s} {f'{bare.seconds * 1000:8.1f} ms/step' if bare else 'out of memory'}", flush=True)
     return rows
 
 
@@ -241,7 +252,7 @@ def loop_steps(config: TrainConfig, steps: int) -> float:
     return config.data.batch_size_per_gpu / images_per_s
 
 
-def rate(bare: Bare, batch: int, peak: float | None) -> str:
+def rate(bare: Bare, peak: float | None) -> str:
     """One bare step as time, images/s, FLOPs and MFU."""
     achieved = bare.flops / bare.seconds / 1e12
     mfu = f"MFU {achieved / peak:.1%} of {peak:.0f}" if peak else "MFU n/a (no peak for this device; --peak-tflops)"
@@ -251,7 +262,7 @@ def rate(bare: Bare, batch: int, peak: float | None) -> str:
         else f", {bare.host_syncs} host syncs/step, host issues it in {bare.issue_seconds * 1000:.1f} ms"
     )
     return (
-        f"{bare.seconds * 1000:8.1f} ms ({batch / bare.seconds:7.1f} img/s), {bare.flops / 1e12:.2f} TFLOP/step, "
+        f"{bare.seconds * 1000:8.1f} ms ({bare.images / bare.seconds:7.1f} img/s), {bare.flops / 1e12:.2f} TFLOP/step, "
         f"{achieved:.1f} TFLOP/s, {mfu}, peak {bare.memory_gib:.1f} GiB{host}"
     )
 
@@ -283,12 +294,12 @@ def main() -> None:
         print(f"device {name}, {config.model.arch}, batch {batch}, precision {config.run.precision}")
         if args.levers:
             for lever, bare in lever_table(args.config, overrides, args.steps, device):
-                print(f"lever {lever:20s} {rate(bare, batch, peak)}")
-                if args.record:
+                print(f"lever {lever:20s} {rate(bare, peak) if bare else 'out of memory'}")
+                if args.record and bare:
                     record(
                         "benchmarks/train.py",
                         "train.bare_images_per_s",
-                        batch / bare.seconds,
+                        bare.images / bare.seconds,
                         "images/s",
                         f"{subject}/{lever}",
                         gpu,
@@ -297,7 +308,7 @@ def main() -> None:
         bare = bare_steps(
             config, args.steps, device, profile=args.profile, shard=args.profile and config.run.parallel == "fsdp"
         )
-        print(f"bare step  {rate(bare, batch, peak)}")
+        print(f"bare step  {rate(bare, peak)}")
         if args.profile:
             return
         per_worker = crops_per_worker_second(config)
