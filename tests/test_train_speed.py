@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from foundation.config import validate_tree
@@ -119,6 +120,7 @@ def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None
     student = wrap_student(model.student, model.ema_modules(), "fsdp", env, torch.float32)
     optimizer = build_optimizer(model.student, config)
     parts = compute_losses(model, student, batch, teacher_temp=0.05)
+    between = {name: _is_sharded(module) for name, module in (("student", model.student), ("teacher", model.teacher))}
     parts["total"].backward()
     sharded = {name: p.grad.full_tensor() for name, p in model.student.named_parameters() if p.grad is not None}
     for group in optimizer.param_groups:
@@ -136,6 +138,8 @@ def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None
     reference_teacher = dict(reference.teacher.named_parameters())
     if rank == 0:
         results.update(
+            between_forward_and_backward=between,
+            after_the_step=_is_sharded(model.student),
             missing=sorted(expected.keys() - sharded.keys()),
             gradient_error={n: float((sharded[n] - expected[n]).abs().max()) for n in expected},
             teacher_error={n: float((t - reference_teacher[n]).abs().max()) for n, t in teacher.items()},
@@ -143,12 +147,24 @@ def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None
     dist.destroy_process_group()
 
 
+def _is_sharded(module: torch.nn.Module) -> bool | None:
+    """True when every parameter is a DTensor shard, False when none is (gathered), else None."""
+    kinds = {isinstance(p, DTensor) for p in module.parameters()}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def test_two_fsdp2_ranks_give_the_unsharded_gradients_and_teacher(shards, tmp_path):
     """Every parameter's gradient, the root's (heads, patch embedding) included, equals the
-    unsharded model's, and the EMA computed on local shards lands in the sharded teacher."""
+    unsharded model's, and the EMA computed on local shards lands in the sharded teacher.
+
+    The student stays gathered from forward into backward (DINOv2's SHARD_GRAD_OP: one gather
+    a step, not one per use), the teacher reshards after its forward, and after the step the
+    student is sharded again, so memory per rank still falls with the number of ranks."""
     config = _config(shards, tmp_path, model={"drop_path_rate": 0.0})
     results = mp.Manager().dict()
     mp.spawn(_fsdp_rank, args=(free_port(), config, results), nprocs=2)
+    assert results["between_forward_and_backward"] == {"student": False, "teacher": True}
+    assert results["after_the_step"] is True
     assert results["missing"] == []
     worst = max(results["gradient_error"].items(), key=lambda item: item[1])
     assert worst[1] < 1e-5, worst

@@ -68,13 +68,18 @@ def wrap_student(
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         for module in (student, *followers):
+            # The student stays gathered from forward into backward, as DINOv2's SHARD_GRAD_OP:
+            # each of its blocks is gathered once a step rather than three times (forward on the
+            # global crops, on the local crops, and again in backward), and FSDP2's per-parameter
+            # Python work for each gather is most of its host time. It costs the student's bf16
+            # weights between forward and backward (2.2 GB for ViT-g); fp32 weights, gradients and
+            # AdamW states stay sharded. A follower has no backward to reshard it, so it must
+            # reshard after forward, or its parameters would stay gathered and the EMA would mix
+            # DTensors with tensors.
+            reshard = module is not student
             for block in module.backbone.blocks:
-                fully_shard(block, mp_policy=policy)
-            # The student's root (heads, patch embedding, norm) stays gathered from forward into
-            # backward, which starts with the heads: resharding it would gather it again at once.
-            # A follower has no backward to reshard its root, so it must reshard after forward, or
-            # its root parameters would stay gathered and the EMA would mix DTensors with tensors.
-            fully_shard(module, mp_policy=policy, reshard_after_forward=module is not student)
+                fully_shard(block, mp_policy=policy, reshard_after_forward=reshard)
+            fully_shard(module, mp_policy=policy, reshard_after_forward=reshard)
         return student
     if env.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
