@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from curation import cost_model
+from curation import cost_model, measurements
 from curation.measurements import Measurement, latest, load
 from curation.run_config import CurationConfig
 from foundation.config import load_config
@@ -117,6 +117,18 @@ def test_results_file_round_trips(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps(asdict(_m("embed.images_per_s", 5.0, "tiny"))) + "\n")
     assert load(path) == [_m("embed.images_per_s", 5.0, "tiny")]
+
+
+def test_a_measurement_names_its_commit_on_a_copied_tree_without_git(tmp_path, monkeypatch):
+    """A GPU machine gets the tree without .git, maybe without git: LVD_COMMIT names the commit."""
+    monkeypatch.setattr(measurements, "RESULTS", tmp_path / "results.jsonl")
+    monkeypatch.setenv("LVD_COMMIT", "f187a69b")
+    given = measurements.record("benchmarks/embed.py", "embed.images_per_s", 954.5, "images/s", "vit")
+    monkeypatch.delenv("LVD_COMMIT")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git on this machine
+    unnamed = measurements.record("benchmarks/embed.py", "embed.images_per_s", 954.5, "images/s", "vit")
+    assert (given.commit, unnamed.commit) == ("f187a69b", "unknown")
+    assert load(tmp_path / "results.jsonl") == [given, unnamed]
 
 
 def test_plan_from_the_command_line(capsys):
