@@ -60,7 +60,9 @@ def test_koleo_of_a_single_feature_is_zero_and_differentiable():
 def test_sinkhorn_rows_sum_to_one_and_prototypes_are_used_uniformly():
     torch.manual_seed(0)
     logits = torch.randn(64, 16)
+    given = logits.clone()
     q = sinkhorn_knopp(logits, temperature=0.1, iterations=50)
+    assert torch.equal(logits, given)  # it works in place on a copy, never on the caller's logits
     assert torch.allclose(q.sum(dim=1), torch.ones(64), atol=1e-4)
     assert torch.allclose(q.sum(dim=0), torch.full((16,), 64 / 16), rtol=1e-2)
 
