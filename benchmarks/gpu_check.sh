@@ -8,7 +8,8 @@
 # short. Times measured on one H200 (2026-11-27, recipes then eager); a device call has 10 minutes
 # and a session 15, so choose: `vitl14 embed` took 6 minutes, `vitg14` and `levers` take about 5 each:
 #   vitl14, vitg14  the recipe as shipped (compiled blocks) trained for 20 steps under torchrun
-#                   (FSDP2), finite losses, an export that `lvd:` loads; the bare step's MFU, the
+#                   (FSDP2), finite losses, an export that `lvd:` loads, and how busy the GPU was
+#                   over 5 of those steps (run.profile_steps); the bare step's MFU, the
 #                   loop's ratio to it unsharded (target >= 0.95) and under FSDP2 (target >= 0.90),
 #                   and peak memory: 3 minutes for vitl14 (1 + 1 + 1), vitg14's training alone 2.
 #                   `train` is both.
@@ -73,7 +74,7 @@ check() {  # name, command...: run it, keep its output, add a row with its statu
   echo "gpu_check: $name ..."
   if "$@" >"$checks/$name.txt" 2>&1; then status=ok; else status="FAILED (see log.txt)"; fi
   { echo "===== $name"; cat "$checks/$name.txt"; } >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|images/s|cores busy|curation value:|^loader|passed|failed' "$checks/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|^profile:|images/s|cores busy|curation value:|^loader|passed|failed' "$checks/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
   echo "gpu_check: ${rows[-1]}"  # as it finishes, so a call cut short still shows what ran
   if [ -f benchmarks/results.jsonl ]; then cp benchmarks/results.jsonl "$out/"; fi
 }
@@ -96,6 +97,7 @@ recipe() {  # vitl14 | vitg14: train it under FSDP2, load its export, then the b
   rm -rf "${work:?}/$name"  # a fresh run, not a resume of the last call's
   check "$name-train" bash -c "torchrun --standalone --nproc-per-node 1 -m pipelines.pretrain \
       configs/training/$name.yaml ${common[*]} run.output_dir=$work/$name run.max_steps=20 run.log_every=5 \
+      run.profile_steps=[12,17] \
     && python -c \"from models.backbones import load_backbone; \
       m = load_backbone('lvd:$work/$name/export'); print('export loads:', sum(p.numel() for p in m.parameters()), 'params')\""
   check "$name-unsharded" python benchmarks/train.py --config "configs/training/$name.yaml" --steps 15 $record \

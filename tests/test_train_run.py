@@ -83,6 +83,17 @@ def test_sinkhorn_and_separate_ibot_head_train(shards, tmp_path):
     assert result.steps == 2 and result.final_loss == result.final_loss  # not NaN
 
 
+def test_a_profiled_window_of_the_loop_says_where_its_steps_went(shards, tmp_path, capsys):
+    train(_config(shards, tmp_path, run={"max_steps": 3, "profile_steps": [1, 3]}))
+    line = [row for row in capsys.readouterr().out.splitlines() if row.startswith("profile:")]
+    assert len(line) == 1 and line[0].startswith("profile: 2 steps, "), line
+    table = (tmp_path / "profile.txt").read_text()
+    assert "aten::addmm" in table or "aten::mm" in table  # the model's matmuls, on the real loop
+    assert json.loads((tmp_path / "profile_trace.json").read_text())["traceEvents"]
+    with pytest.raises(ConfigError, match="profile_steps must be"):
+        _config(shards, tmp_path, run={"profile_steps": [3, 3]})
+
+
 def test_a_diverged_loss_names_its_part_and_the_steps_it_went_bad_between():
     watch = FiniteWatch()
     good = {"dino_global": torch.tensor(1.0), "ibot": torch.tensor(2.0), "total": torch.tensor(3.0)}

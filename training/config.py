@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from foundation.config import Section
 from foundation.storage import ConfigPath, LocalPath
@@ -94,7 +94,7 @@ class DataConfig(Section):
 
 
 class RunConfig(Section):
-    execution_fields = frozenset({"log_every", "checkpoint_every", "keep_checkpoints"})
+    execution_fields = frozenset({"log_every", "checkpoint_every", "keep_checkpoints", "profile_steps"})
     output_dir: LocalPath = Field(..., description="checkpoints/, metrics.jsonl and export/ go here")
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
@@ -107,6 +107,16 @@ class RunConfig(Section):
     activation_checkpointing: bool = Field(
         False, description="recompute each student block in backward: less memory for a larger batch (ViT-g)"
     )
+    profile_steps: tuple[int, int] | None = Field(
+        None, description="[A, B]: profile the steps after A up to B; profile.txt and a trace in output_dir"
+    )
+
+    @field_validator("profile_steps")
+    @classmethod
+    def _window(cls, window: tuple[int, int] | None) -> tuple[int, int] | None:
+        if window is not None and not 0 <= window[0] < window[1]:
+            raise ValueError(f"profile_steps must be [A, B] with 0 <= A < B, not {list(window)}")
+        return window
 
 
 class TrainConfig(Section):

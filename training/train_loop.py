@@ -26,6 +26,7 @@ from training.config import TrainConfig
 from training.data import loader_for
 from training.distributed import DistEnv, init, wrap_student
 from training.optim import Schedules, build_optimizer
+from training.profiling import StepProfiler
 from training.student_teacher import DinoV2, compute_losses
 
 
@@ -162,6 +163,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
     window_start, window_images = time.perf_counter(), 0
     parts: dict[str, torch.Tensor] = {}
     watch = FiniteWatch()
+    profiler = StepProfiler(run.profile_steps, out, env)
     model.train()
     while step < last_step:
         batch = next(loader).to(env.device)
@@ -183,6 +185,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
         images_seen += images
         window_images += images
         progress.update(1)
+        profiler.step_done(step)
         if step % run.log_every == 0 or step == last_step:
             watch.check(step)
             elapsed = time.perf_counter() - window_start

@@ -1,0 +1,72 @@
+"""A window of the real training loop under torch.profiler: where its steps' time goes.
+
+`benchmarks/train.py --profile` profiles the bare step; this profiles `train()` itself, with the
+loader, the hooks of FSDP2, clipping, logging and everything else a bare step leaves out, so a
+loop slower than its bare step can say why. `run.profile_steps=[A,B]` profiles the steps after
+step A up to step B on rank 0, then writes `profile.txt` (the operators by device time, or by
+host time on a CPU) and `profile_trace.json` (a Chrome trace, for Perfetto or chrome://tracing)
+into the run's folder and prints one line. On a GPU that line gives the share of the window's
+wall time in which the GPU ran kernels: far below 100%, the host or the loader sets the pace.
+The profiler itself slows the host, so on a loop the host nearly paces that share is a floor.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from training.distributed import DistEnv
+
+
+class StepProfiler:
+    """Call `step_done(step)` after every step; it starts and stops the profiler at the window's ends."""
+
+    def __init__(self, window: tuple[int, int] | None, out: Path, env: DistEnv):
+        self.window = window if env.is_main else None
+        self.out, self.device = out, env.device
+        self.profiler: profile | None = None
+        self.started = 0.0
+
+    def step_done(self, step: int) -> None:
+        if self.window is None:
+            return
+        first, last = self.window
+        if step == first:
+            activities = [ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                activities.append(ProfilerActivity.CUDA)
+            self._synchronize()
+            self.profiler = profile(activities=activities)
+            self.profiler.start()
+            self.started = time.perf_counter()
+        elif step == last and self.profiler is not None:
+            self._synchronize()
+            wall = time.perf_counter() - self.started
+            self.profiler.stop()
+            print(self._report(self.profiler, steps=last - first, wall=wall), flush=True)
+            self.profiler = None
+
+    def _report(self, prof: profile, steps: int, wall: float) -> str:
+        """Write the table and the trace; the line to print."""
+        on_gpu = self.device.type == "cuda"
+        events = prof.key_averages()
+        sort = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+        (self.out / "profile.txt").write_text(events.table(sort_by=sort, row_limit=40, max_name_column_width=70))
+        prof.export_chrome_trace(str(self.out / "profile_trace.json"))
+        line = f"profile: {steps} steps, {wall / steps * 1000:.1f} ms each"
+        if on_gpu:
+            kernels = sum(
+                e.self_device_time_total
+                for e in events
+                if e.device_type == DeviceType.CUDA and not e.is_user_annotation
+            )
+            line += f", GPU busy {kernels / 1e6 / wall:.0%} of the time"
+        return line + f" (table: {self.out / 'profile.txt'})"
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
