@@ -39,7 +39,10 @@ def init() -> DistEnv:
         device = torch.device("cpu")
     launched = "MASTER_ADDR" in os.environ and "RANK" in os.environ  # torchrun, even with one process
     if not dist.is_initialized() and launched:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":  # bound to its GPU, so a barrier need not guess which one
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     if dist.is_initialized():
         return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
     return DistEnv(0, 1, 0, device)
