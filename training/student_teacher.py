@@ -118,9 +118,14 @@ class Teacher(nn.Module):
         super().__init__()
         self.backbone, self.dino_head, self.ibot_head = backbone, dino_head, ibot_head
         self.autocast_dtype = autocast_dtype
+        self._pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # see `update`
         for block in self.backbone.blocks:
             block.drop_path1.drop_prob = block.drop_path2.drop_prob = 0.0
         self.requires_grad_(False)
+
+    def __getstate__(self) -> dict:
+        """A copy (deepcopy, pickle) makes its own lists: these views would point at our tensors."""
+        return {**super().__getstate__(), "_pairs": None}
 
     @classmethod
     def ema_of(cls, student: Student) -> Teacher:
@@ -151,10 +156,19 @@ class Teacher(nn.Module):
 
         Under FSDP2 both sides are DTensors sharded alike, so the update runs on the local shards:
         a DTensor op pays Python dispatch per tensor, hundreds of times a step for a ViT-L.
+
+        The two lists are made on the first call and kept: walking both models' parameters took
+        more Python calls than the rest of an unsharded step's optimizer, clipping and EMA put
+        together. Keeping them is safe for the reason the optimizer's own lists are: parameters
+        (and FSDP2's sharded ones, whose local shards these are views of) are updated in place
+        for the life of a run, by AdamW, by this EMA and by checkpoint loading alike.
         """
-        mine = [_local(p) for _, p in sorted(self.named_parameters())]
-        theirs = [_local(p.detach()) for _, p in sorted(student.named_parameters())]
-        torch._foreach_lerp_(mine, theirs, 1.0 - momentum)
+        if self._pairs is None:
+            self._pairs = (
+                [_local(p) for _, p in sorted(self.named_parameters())],
+                [_local(p.detach()) for _, p in sorted(student.named_parameters())],
+            )
+        torch._foreach_lerp_(*self._pairs, 1.0 - momentum)
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
