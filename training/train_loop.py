@@ -150,7 +150,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
     dtype = autocast_dtype(run.precision, env.device)
     student = wrap_student(model.student, model.ema_modules(), run.parallel, env, dtype)
     optimizer = build_optimizer(model.student, config)  # after sharding: FSDP2 replaces the parameters
-    trained = [p for group in optimizer.param_groups for p in group["params"]]  # once: a module walk a step costs
+    trained = [p for group in optimizer.param_groups for p in group["params"]]  # clipped; listed once, not per step
     schedules = Schedules.from_config(config, env.world_size)
     step, images_seen = checkpoint.load_latest(out / "checkpoints", model, optimizer)
     torch.manual_seed(run.seed + 1000 * env.rank + step)
