@@ -23,7 +23,9 @@ end to end, over 2,000 images on CPU.) For enough work between the two passes on
 long synthetic crawl, `--repeat R` has the stage read the ingested shards R times over (the bare
 rate does not depend on the image count).
 Several `--decode` values each get their passes, in order; with --record the last one's rate is
-what `--plan` reads.
+what `--plan` reads. `--profile` adds, after each, an in-process pass over a third of the shards
+under torch.profiler: the share of it in which the GPU ran kernels, and the operators that took
+that time, so a stage short of its bare loop can say where the rest went.
 
 With --gpu the model runs on one GPU in fp16 (e.g. timm:vit_huge_patch14_224). `--executor local`
 runs the stage in this process, as a GPU box without Ray does: its prefetch threads read and decode
@@ -49,7 +51,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from curation.embed import EmbedConfig, ShardCollector, pending_jobs
+from curation.embed import EmbedConfig, EmbedWorker, ShardCollector, pending_jobs
 from curation.embed_runner import local_worker, run_in_process, run_on_ray
 from curation.measurements import record
 from curation.pipeline import curate
@@ -60,6 +62,7 @@ from foundation.config import validate_tree
 from foundation.gpus import gpu_peak
 from foundation.ray_session import connect_ray
 from models.embedders import Preprocess, create_embedder
+from training.profiling import kernel_seconds, profiler_for, top_operators
 
 
 class Bare(NamedTuple):
@@ -114,9 +117,17 @@ class Stage(NamedTuple):
     startup_seconds: float
 
 
-def one_pass(config: EmbedConfig, run_dir: Path, name: str, shards: int, use_ray: bool, preprocess: Preprocess) -> Pass:
+def one_pass(
+    config: EmbedConfig,
+    run_dir: Path,
+    name: str,
+    shards: int,
+    use_ray: bool,
+    preprocess: Preprocess,
+    worker: EmbedWorker | None = None,
+) -> Pass:
     """The copy role's model over the first `shards` ingested shards, through the stage's own
-    runner, into `run_dir/embed/<name>`."""
+    runner, into `run_dir/embed/<name>`; in process, by `worker` if given (built before the clock)."""
     spec = config.models["copy"]
     jobs, _ = pending_jobs(run_dir / "ingest", run_dir / "embed" / name, spec.batch_size)
     collector = ShardCollector()
@@ -125,8 +136,21 @@ def one_pass(config: EmbedConfig, run_dir: Path, name: str, shards: int, use_ray
         if use_ray:
             run_on_ray(jobs[:shards], spec, config, collector, preprocess, progress)
         else:
-            run_in_process(jobs[:shards], local_worker(spec, config), config, collector, progress)
+            run_in_process(jobs[:shards], worker or local_worker(spec, config), config, collector, progress)
     return Pass(time.perf_counter() - started, cpu_busy_seconds() - busy, collector.images)
+
+
+def profile_pass(config: EmbedConfig, run_dir: Path, preprocess: Preprocess, device: torch.device) -> None:
+    """An in-process pass over a third of the shards under torch.profiler, the model built first:
+    how busy the GPU was, and which operators (decode, resize, the model, copies) took its time."""
+    worker = local_worker(config.models["copy"], config)
+    shards = len(list((run_dir / "ingest").glob("*.tar"))) // 3
+    with profiler_for(device) as prof:
+        done = one_pass(config, run_dir, f"{config.decode}-profiled", shards, False, preprocess, worker)
+    if device.type == "cuda":
+        busy = kernel_seconds(prof) / done.seconds
+        print(f"profile ({config.decode:6s}) : GPU busy {busy:.0%} of a pass over {done.images} images")
+    print(top_operators(prof, device))
 
 
 def time_stage(config: EmbedConfig, run_dir: Path, use_ray: bool, preprocess: Preprocess) -> Stage:
@@ -157,6 +181,9 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="the stage reads the ingested shards this many times")
     parser.add_argument("--record", action="store_true", help="append the measured rates to benchmarks/results.jsonl")
+    parser.add_argument(
+        "--profile", action="store_true", help="then one in-process pass per --decode under torch.profiler"
+    )
     args = parser.parse_args()
     device, precision = ("cuda", "fp16") if args.gpu else ("cpu", "fp32")
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,6 +230,8 @@ def main() -> None:
             embed = config.embed.model_copy(update={"decode": decode})
             stage = time_stage(embed, run_dir, args.executor == "ray", preprocess)
             report(stage, bare, decode, args)
+            if args.profile:
+                profile_pass(embed, run_dir, preprocess, torch.device(device))
 
 
 def repeat_shards(ingest_dir: Path, times: int) -> None:

@@ -15,8 +15,9 @@
 #                   `train` is both.
 #   embed           GPU decoding's tests (nvjpeg must not overwrite memory queued kernels still read),
 #                   then the embed stage in-process with ViT-H/14 fp16, JPEGs decoded on the CPU and
-#                   then on the GPU, against its bare loop (target >= 0.90 with GPU decoding), and the
-#                   CPU cores busy meanwhile: 3 minutes.
+#                   then on the GPU, against its bare loop (target >= 0.90 with GPU decoding), the
+#                   CPU cores busy meanwhile, and a profiled pass of each (GPU busy share, top
+#                   operators): 3 minutes without the profiles.
 #   levers          vitl14's top operators by device time under FSDP2 (--profile), then its bare
 #                   step plain, with each speed lever alone (twice the batch is one) and with all of
 #                   them (--levers), then the unsharded profile: about 5 minutes (the eager lever
@@ -74,7 +75,7 @@ check() {  # name, command...: run it, keep its output, add a row with its statu
   echo "gpu_check: $name ..."
   if "$@" >"$checks/$name.txt" 2>&1; then status=ok; else status="FAILED (see log.txt)"; fi
   { echo "===== $name"; cat "$checks/$name.txt"; } >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|^profile:|images/s|cores busy|curation value:|^loader|passed|failed' "$checks/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|^profile|GPU busy|images/s|cores busy|curation value:|^loader|passed|failed' "$checks/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
   echo "gpu_check: ${rows[-1]}"  # as it finishes, so a call cut short still shows what ran
   if [ -f benchmarks/results.jsonl ]; then cp benchmarks/results.jsonl "$out/"; fi
 }
@@ -112,7 +113,7 @@ recipe() {  # vitl14 | vitg14: train it under FSDP2, load its export, then the b
 embed() {
   check "decode-tests" python -m pytest -p no:cacheprovider -q -rxX tests/test_device_decode.py -k overwrites
   check "embed-vith14" python benchmarks/embed.py --model timm:vit_huge_patch14_224 --gpu --executor local \
-      --decode cpu device --images 3000 --repeat 8 --batch-size 256 $record
+      --decode cpu device --images 3000 --repeat 8 --batch-size 256 --profile $record
 }
 
 # Where vitl14's step spends its device time under FSDP2 and unsharded, and what each speed lever buys.

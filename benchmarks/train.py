@@ -60,6 +60,7 @@ from training.config import TrainConfig
 from training.data import loader_for, multi_crop_for
 from training.distributed import init, wrap_student
 from training.optim import Schedules, build_optimizer
+from training.profiling import kernel_seconds, profiler_for, top_operators
 from training.student_teacher import DinoV2, compute_losses
 from training.train_loop import autocast_dtype, autocast_for, train
 
@@ -170,7 +171,7 @@ def bare_steps(
     syncs = count_host_syncs(partial(step_once, WARMUP_STEPS), device)
     synchronize(device)
     memory_peak(device)
-    with profiler(device) if profile else nullcontext() as prof:
+    with profiler_for(device) if profile else nullcontext() as prof:
         start = time.perf_counter()
         for step in range(WARMUP_STEPS + 1, WARMUP_STEPS + steps + 1):
             step_once(step)
@@ -178,8 +179,9 @@ def bare_steps(
         synchronize(device)
         seconds = (time.perf_counter() - start) / steps
     if prof is not None:
-        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
+        print(top_operators(prof, device))
+        if device.type == "cuda":
+            print(f"GPU busy {kernel_seconds(prof) / (seconds * steps):.0%} of the profiled steps")
     images = config.data.batch_size_per_gpu
     return Bare(images, seconds, float(counter.get_total_flops()), memory_peak(device), syncs, issued)
 
@@ -201,13 +203,6 @@ def count_host_syncs(step: Callable[[], None], device: torch.device) -> int | No
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def profiler(device: torch.device) -> torch.profiler.profile:
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    return torch.profiler.profile(activities=activities)
 
 
 def lever_overrides(config: TrainConfig) -> dict[str, list[str]]:

@@ -1,4 +1,5 @@
-"""A window of the real training loop under torch.profiler: where its steps' time goes.
+"""Where time goes under torch.profiler: a window of the real training loop, and the helpers the
+benchmarks' own profiles share.
 
 `benchmarks/train.py --profile` profiles the bare step; this profiles `train()` itself, with the
 loader, the hooks of FSDP2, clipping, logging and everything else a bare step leaves out, so a
@@ -22,6 +23,32 @@ from torch.profiler import ProfilerActivity, profile
 from training.distributed import DistEnv
 
 
+def profiler_for(device: torch.device) -> profile:
+    """torch.profiler over the host and, on a GPU, its kernels."""
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    return profile(activities=activities)
+
+
+def kernel_seconds(prof: profile) -> float:
+    """Seconds the GPU spent in kernels while `prof` ran (0 on a CPU), as its table's total counts them."""
+    return (
+        sum(
+            e.self_device_time_total
+            for e in prof.key_averages()
+            if e.device_type == DeviceType.CUDA and not e.is_user_annotation
+        )
+        / 1e6
+    )
+
+
+def top_operators(prof: profile, device: torch.device, rows: int = 25) -> str:
+    """`prof`'s operators as a table, by their own device time on a GPU and host time on a CPU."""
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=70)
+
+
 class StepProfiler:
     """Call `step_done(step)` after every step; it starts and stops the profiler at the window's ends."""
 
@@ -36,11 +63,8 @@ class StepProfiler:
             return
         first, last = self.window
         if step == first:
-            activities = [ProfilerActivity.CPU]
-            if self.device.type == "cuda":
-                activities.append(ProfilerActivity.CUDA)
             self._synchronize()
-            self.profiler = profile(activities=activities)
+            self.profiler = profiler_for(self.device)
             self.profiler.start()
             self.started = time.perf_counter()
         elif step == last and self.profiler is not None:
@@ -52,19 +76,11 @@ class StepProfiler:
 
     def _report(self, prof: profile, steps: int, wall: float) -> str:
         """Write the table and the trace; the line to print."""
-        on_gpu = self.device.type == "cuda"
-        events = prof.key_averages()
-        sort = "self_device_time_total" if on_gpu else "self_cpu_time_total"
-        (self.out / "profile.txt").write_text(events.table(sort_by=sort, row_limit=40, max_name_column_width=70))
+        (self.out / "profile.txt").write_text(top_operators(prof, self.device, rows=40))
         prof.export_chrome_trace(str(self.out / "profile_trace.json"))
         line = f"profile: {steps} steps, {wall / steps * 1000:.1f} ms each"
-        if on_gpu:
-            kernels = sum(
-                e.self_device_time_total
-                for e in events
-                if e.device_type == DeviceType.CUDA and not e.is_user_annotation
-            )
-            line += f", GPU busy {kernels / 1e6 / wall:.0%} of the time"
+        if self.device.type == "cuda":
+            line += f", GPU busy {kernel_seconds(prof) / wall:.0%} of the time"
         return line + f" (table: {self.out / 'profile.txt'})"
 
     def _synchronize(self) -> None:
