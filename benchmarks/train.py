@@ -60,7 +60,7 @@ from training.config import TrainConfig
 from training.data import loader_for, multi_crop_for
 from training.distributed import init, wrap_student
 from training.optim import Schedules, build_optimizer
-from training.profiling import kernel_seconds, profiler_for, top_operators
+from training.profiling import kernel_seconds, profiler_for, synchronize, top_operators
 from training.student_teacher import DinoV2, compute_losses
 from training.train_loop import autocast_dtype, autocast_for, train
 
@@ -198,11 +198,6 @@ def count_host_syncs(step: Callable[[], None], device: torch.device) -> int | No
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message) for w in caught)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def lever_overrides(config: TrainConfig) -> dict[str, list[str]]:

@@ -33,14 +33,14 @@ def profiler_for(device: torch.device) -> profile:
 
 def kernel_seconds(prof: profile) -> float:
     """Seconds the GPU spent in kernels while `prof` ran (0 on a CPU), as its table's total counts them."""
-    return (
-        sum(
-            e.self_device_time_total
-            for e in prof.key_averages()
-            if e.device_type == DeviceType.CUDA and not e.is_user_annotation
-        )
-        / 1e6
-    )
+    kernels = (e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and not e.is_user_annotation)
+    return sum(e.self_device_time_total for e in kernels) / 1e6  # microseconds
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (nothing to wait for on a CPU), so a clock reads work done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def top_operators(prof: profile, device: torch.device, rows: int = 25) -> str:
@@ -63,12 +63,12 @@ class StepProfiler:
             return
         first, last = self.window
         if step == first:
-            self._synchronize()
+            synchronize(self.device)
             self.profiler = profiler_for(self.device)
             self.profiler.start()
             self.started = time.perf_counter()
         elif step == last and self.profiler is not None:
-            self._synchronize()
+            synchronize(self.device)
             wall = time.perf_counter() - self.started
             self.profiler.stop()
             print(self._report(self.profiler, steps=last - first, wall=wall), flush=True)
@@ -82,7 +82,3 @@ class StepProfiler:
         if self.device.type == "cuda":
             line += f", GPU busy {kernel_seconds(prof) / wall:.0%} of the time"
         return line + f" (table: {self.out / 'profile.txt'})"
-
-    def _synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)

@@ -159,9 +159,10 @@ class Teacher(nn.Module):
 
         The two lists are made on the first call and kept: walking both models' parameters every
         step made a third of an unsharded step's Python calls (13.6k of 39k for ViT-L's tensors
-        on a CPU stand-in), at a pace the host nearly sets on a GPU. Keeping them is safe for the reason the optimizer's own lists are: parameters
-        (and FSDP2's sharded ones, whose local shards these are views of) are updated in place
-        for the life of a run, by AdamW, by this EMA and by checkpoint loading alike.
+        on a CPU stand-in), at a pace the host nearly sets on a GPU. Keeping them is safe for the
+        reason the optimizer's own lists are: parameters (and FSDP2's sharded ones, whose local
+        shards these are views of) are updated in place for the life of a run, by AdamW, by this
+        EMA and by checkpoint loading alike.
         """
         if self._pairs is None:
             self._pairs = (
