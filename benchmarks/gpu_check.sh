@@ -7,7 +7,7 @@
 # Groups run in the order given, so the one that matters most comes first in a call that may be cut
 # short. Times measured on one H200 (2026-11-27, recipes then eager); a device call has 10 minutes
 # and a session 15, so choose: `vitl14 embed` took 6 minutes, `vitg14` and `levers` take about 5 each:
-#   vitl14, vitg14  the recipe as shipped (compiled blocks) trained for 20 steps under torchrun
+#   vitl14, vitg14  the recipe as shipped (compiled blocks and losses) trained for 20 steps under torchrun
 #                   (FSDP2), finite losses, an export that `lvd:` loads, and how busy the GPU was
 #                   over 5 of those steps (run.profile_steps); the bare step's MFU, the
 #                   loop's ratio to it unsharded (target >= 0.95) and under FSDP2 (target >= 0.90),

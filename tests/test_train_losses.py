@@ -12,25 +12,26 @@ from training.losses import CenteredTargets, dino_loss, ibot_loss, koleo_loss, s
 from training.masking import masked_rows
 
 
+def _cross_entropy(target: torch.Tensor, logits: torch.Tensor, tau: float) -> float:
+    logp = logits / tau - torch.logsumexp(logits / tau, dim=-1, keepdim=True)
+    return float(-(target * logp).sum())
+
+
 def test_dino_loss_is_the_sum_of_pairwise_mean_cross_entropies():
-    s1, s2 = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
-    t1 = torch.tensor([[0.5, 0.5, 0.0]])
+    torch.manual_seed(0)
+    students = torch.randn(3, 4, 6)  # 3 views of 4 images, 6 prototypes
+    teachers = torch.softmax(torch.randn(2, 4, 6), dim=-1)  # 2 teacher views of the same images
     tau = 0.5
-
-    def ce(target, logits):
-        logp = logits / tau - torch.logsumexp(logits / tau, dim=-1, keepdim=True)
-        return float(-(target * logp).sum())
-
-    expected = ce(t1, s1) + ce(t1, s2)
-    assert float(dino_loss([s1, s2], [t1], tau)) == pytest.approx(expected, rel=1e-6)
+    expected = sum(_cross_entropy(t, s, tau) / 4 for s in students for t in teachers)  # each pair's batch mean
+    assert float(dino_loss(students, teachers, tau)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_dino_loss_is_minimal_when_student_matches_a_one_hot_teacher():
-    target = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
-    confident = torch.tensor([[-10.0, 10.0, -10.0, -10.0]])
-    unsure = torch.zeros(1, 4)
-    assert float(dino_loss([confident], [target])) < 1e-6
-    assert float(dino_loss([unsure], [target])) == pytest.approx(math.log(4), rel=1e-6)
+    target = torch.tensor([[[0.0, 1.0, 0.0, 0.0]]])
+    confident = torch.tensor([[[-10.0, 10.0, -10.0, -10.0]]])
+    unsure = torch.zeros(1, 1, 4)
+    assert float(dino_loss(confident, target)) < 1e-6
+    assert float(dino_loss(unsure, target)) == pytest.approx(math.log(4), rel=1e-6)
 
 
 def test_ibot_loss_weighs_every_image_equally_and_divides_by_batch():

@@ -1,6 +1,6 @@
 """The trainer's speed levers compute what the plain step computes.
 
-Subset stochastic depth (DINOv2's form), activation checkpointing, compiled blocks, FSDP2 with the
+Subset stochastic depth (DINOv2's form), activation checkpointing, compiled blocks and losses, FSDP2 with the
 student root kept gathered into backward and the EMA on local shards: each is checked against the
 plain computation on CPU, so a GPU run only has to measure how fast they are.
 """
@@ -26,6 +26,7 @@ from tests.train_fixtures import tiny_train_tree, write_concept_shards
 from training.config import TrainConfig
 from training.data import CropBatch, loader_for
 from training.distributed import DistEnv, wrap_student
+from training.losses import PrototypeLosses
 from training.optim import build_optimizer
 from training.student_teacher import DinoV2, build_backbone, compute_losses
 
@@ -96,9 +97,32 @@ def test_activation_checkpointing_gives_the_same_gradients(shards, tmp_path):
 
 
 @pytest.mark.slow
+def test_compiled_losses_match_eager_and_compile_once_for_every_row_count():
+    eager, compiled = PrototypeLosses(), PrototypeLosses.compiled()
+
+    def both(losses: PrototypeLosses, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(seed)
+        student = (torch.randn(rows, 512) * 3).bfloat16().requires_grad_()  # the head's bf16 logits
+        targets = torch.softmax(torch.randn(rows, 512) * 5, dim=-1)
+        weights = torch.rand(rows)
+        loss = losses.ibot(student, targets, weights, 4, 0.1) + losses.dino(
+            student.unflatten(0, (2, -1)), targets.unflatten(0, (2, -1)), 0.1
+        )
+        loss.backward()
+        return loss.detach(), student.grad.float(), student
+
+    both(compiled, 40, 0)  # compiles here
+    with torch._dynamo.config.patch(error_on_recompile=True):  # masked patches vary each step: no recompiles
+        for rows, seed in ((58, 1), (226, 2)):
+            expected, got = both(eager, rows, seed), both(compiled, rows, seed)
+            torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=0)
+            torch.testing.assert_close(got[1], expected[1], rtol=1e-2, atol=1e-6)  # bf16 gradients, rounded alike
+
+
+@pytest.mark.slow
 def test_compiled_blocks_give_the_eager_gradients(shards, tmp_path):
     batch, eager, compiled = _twins(shards, tmp_path, drop_path_rate=0.0)
-    compiled.compile_blocks()
+    compiled.compile_parts()
     expected, got = _gradients(eager, batch), _gradients(compiled, batch)
     for name in expected:  # fused kernels sum in another order; the sharp softmax targets amplify it to ~0.3%
         error = float((got[name] - expected[name]).abs().max() / expected[name].abs().max())

@@ -103,7 +103,10 @@ class RunConfig(Section):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = 2
     max_steps: int | None = Field(None, description="stop early (the schedules still span optim.epochs)")
-    compile: bool = Field(False, description="torch.compile each transformer block (CUDA; compiles on the first steps)")
+    compile: bool = Field(
+        False,
+        description="torch.compile each transformer block and the prototype losses (CUDA; compiles on the first steps)",
+    )
     activation_checkpointing: bool = Field(
         False, description="recompute each student block in backward: less memory for a larger batch (ViT-g)"
     )

@@ -22,7 +22,7 @@ from models.vision_transformer import VIT_ARCHS, DinoVisionTransformer, ViTArch
 from training.config import TrainConfig
 from training.data import CropBatch
 from training.heads import DINOHead
-from training.losses import CenteredTargets, dino_loss, ibot_loss, koleo_loss
+from training.losses import CenteredTargets, PrototypeLosses, koleo_loss
 from training.masking import select_masked
 
 NUM_GLOBAL_CROPS = 2
@@ -187,9 +187,11 @@ class DinoV2(nn.Module):
         self.teacher = Teacher.ema_of(self.student)
         self.dino_targets = CenteredTargets(config.dino_head.prototypes, config.loss.centering)
         self.ibot_targets = CenteredTargets(ibot_prototypes(config), config.loss.centering)
+        self.losses = PrototypeLosses()
 
-    def compile_blocks(self) -> None:
-        """`torch.compile` every transformer block of the student and its followers, in place.
+    def compile_parts(self) -> None:
+        """`torch.compile` the step's parts that run as many small kernels: every transformer block
+        of the student and its followers, and the prototype losses (`PrototypeLosses.compiled`).
 
         Blocks, not the backbone: the student calls `forward_features`, which compiling the
         backbone module would not reach. In place, so state-dict keys stay DINOv2's; and before
@@ -200,6 +202,7 @@ class DinoV2(nn.Module):
         for module in (self.student, *self.ema_modules()):
             for block in module.backbone.blocks:
                 block.compile(dynamic=False)
+        self.losses = PrototypeLosses.compiled()
 
     def ema_modules(self) -> list[nn.Module]:
         """Modules that follow the student and so are sharded like it (FSDP2)."""
@@ -227,18 +230,19 @@ def compute_losses(model: DinoV2, student: nn.Module, batch: CropBatch, teacher_
 
     n_local = out.local_logits.shape[0] // batch.batch_size
     global_pairs, local_pairs = NUM_GLOBAL_CROPS, max(n_local * NUM_GLOBAL_CROPS, 1)
+    tau, losses = loss.student_temp, model.losses
     # The swapped teacher halves pair each student global crop with the other view: one batched mean
     # over 2B rows, times 2, is the sum over the two pairs.
-    dino_global = dino_loss([out.global_logits], [cls_targets], loss.student_temp) * NUM_GLOBAL_CROPS
-    dino_local = (
-        dino_loss(list(out.local_logits.chunk(n_local)), list(cls_targets.chunk(NUM_GLOBAL_CROPS)), loss.student_temp)
-        if n_local
-        else out.local_logits.sum() * 0.0
-    )
+    dino_global = losses.dino(out.global_logits[None], cls_targets[None], tau) * NUM_GLOBAL_CROPS
+    if n_local:  # each local crop against both global ones
+        local_views = out.local_logits.unflatten(0, (n_local, -1))
+        dino_local = losses.dino(local_views, cls_targets.unflatten(0, (NUM_GLOBAL_CROPS, -1)), tau)
+    else:
+        dino_local = out.local_logits.sum() * 0.0
     parts = {
         "dino_global": dino_global / (global_pairs + local_pairs),
         "dino_local": dino_local / (global_pairs + local_pairs),
-        "ibot": ibot_loss(out.masked_logits, masked_targets, batch.mask_weights, len(batch.masks), loss.student_temp),
+        "ibot": losses.ibot(out.masked_logits, masked_targets, batch.mask_weights, len(batch.masks), tau),
         "koleo": sum(koleo_loss(chunk) for chunk in out.global_cls.chunk(NUM_GLOBAL_CROPS)),
     }
     parts["total"] = (

@@ -146,7 +146,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
 
     model = build_model(config).to(env.device)
     if run.compile:
-        model.compile_blocks()
+        model.compile_parts()
     dtype = autocast_dtype(run.precision, env.device)
     student = wrap_student(model.student, model.ema_modules(), run.parallel, env, dtype)
     optimizer = build_optimizer(model.student, config)  # after sharding: FSDP2 replaces the parameters
