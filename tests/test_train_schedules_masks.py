@@ -1,4 +1,4 @@
-"""Schedules hit their endpoints; masks have the configured count and ratio range; parameter groups."""
+"""Schedules hit their endpoints; masks have the configured count and ratio range; parameter groups; clipping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from training.config import TrainConfig
 from training.masking import BlockMaskGenerator, batch_masks, masked_rows, select_masked
-from training.optim import Schedules, build_optimizer, layer_id
+from training.optim import Schedules, build_optimizer, clip_grad_norm_, layer_id
 from training.schedules import CosineSchedule
 from training.student_teacher import Student
 
@@ -100,6 +100,23 @@ def test_param_groups_decay_by_layer_and_spare_norms_from_weight_decay(tmp_path)
     assert by_param[id(named["dino_head.last_layer.weight_v"])]["is_last_layer"]
     assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(p.requires_grad for p in student.parameters())
     assert torch.is_tensor(named["backbone.mask_token"])
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])  # binding, and not
+def test_clipping_scales_gradients_as_torch_does(max_norm):
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(shape)) for shape in ((3, 4), (7,), (2, 2, 2))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for a, b in zip(ours, theirs, strict=True):
+        a.grad = torch.randn_like(a)
+        b.grad = a.grad.clone()
+    ours.append(torch.nn.Parameter(torch.ones(2)))  # no gradient: left out, as torch leaves it
+    norm = clip_grad_norm_(ours, max_norm)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    torch.testing.assert_close(norm, expected)
+    for a, b in zip(ours[:-1], theirs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert ours[-1].grad is None
 
 
 def test_every_tensor_of_the_student_output_is_a_pytree_leaf(tmp_path):

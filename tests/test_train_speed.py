@@ -27,7 +27,7 @@ from training.config import TrainConfig
 from training.data import CropBatch, loader_for
 from training.distributed import DistEnv, wrap_student
 from training.losses import PrototypeLosses
-from training.optim import build_optimizer
+from training.optim import build_optimizer, clip_grad_norm_
 from training.student_teacher import DinoV2, build_backbone, compute_losses
 
 
@@ -130,6 +130,9 @@ def test_compiled_blocks_give_the_eager_gradients(shards, tmp_path):
     assert set(compiled.student.state_dict()) == set(eager.student.state_dict())  # DINOv2's keys
 
 
+CLIP = 1.0  # far below the test model's gradient norm, so clipping scales every gradient
+
+
 def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None:
     """One of two ranks: both see the same batch, so FSDP2's averaged gradients are the batch's own."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -146,6 +149,7 @@ def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None
     parts = compute_losses(model, student, batch, teacher_temp=0.05)
     between = {name: _is_sharded(module) for name, module in (("student", model.student), ("teacher", model.teacher))}
     parts["total"].backward()
+    norm = float(clip_grad_norm_(list(model.student.parameters()), CLIP))  # on the local shards
     sharded = {name: p.grad.full_tensor() for name, p in model.student.named_parameters() if p.grad is not None}
     for group in optimizer.param_groups:
         group["lr"] = 1e-3
@@ -154,7 +158,9 @@ def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None
         model.after_step(0.5)
     teacher = {name: p.full_tensor() for name, p in model.teacher.named_parameters()}
     # The unsharded model, the same step, on both ranks: its centring all-reduces too.
-    expected = _gradients(reference, batch)
+    _gradients(reference, batch)
+    reference_norm = float(torch.nn.utils.clip_grad_norm_(list(reference.student.parameters()), CLIP))
+    expected = {name: p.grad for name, p in reference.student.named_parameters() if p.grad is not None}
     reference_optimizer = build_optimizer(reference.student, config)
     for group in reference_optimizer.param_groups:
         group["lr"] = 1e-3
@@ -172,6 +178,7 @@ def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None
             between_forward_and_backward=between,
             after_the_step=_is_sharded(model.student),
             missing=sorted(expected.keys() - sharded.keys()),
+            norms=(norm, reference_norm),
             gradient_error={n: float((sharded[n] - expected[n]).abs().max()) for n in expected},
             teacher_error={n: float((t - defined[n]).abs().max()) for n, t in teacher.items()},
             unsharded_teacher_error={n: float((t - defined[n]).abs().max()) for n, t in unsharded.items()},
@@ -187,7 +194,7 @@ def _is_sharded(module: torch.nn.Module) -> bool | None:
 
 def test_two_fsdp2_ranks_give_the_unsharded_gradients_and_teacher(shards, tmp_path):
     """Every parameter's gradient, the root's (heads, patch embedding) included, equals the
-    unsharded model's, and the EMA, computed on local shards through the views its first update
+    unsharded model's, clipped on the local shards as torch clips the whole, and the EMA, computed on local shards through the views its first update
     kept, follows the student step after step, sharded and unsharded.
 
     The student stays gathered from forward into backward (DINOv2's SHARD_GRAD_OP: one gather
@@ -199,6 +206,8 @@ def test_two_fsdp2_ranks_give_the_unsharded_gradients_and_teacher(shards, tmp_pa
     assert results["between_forward_and_backward"] == {"student": False, "teacher": True}
     assert results["after_the_step"] is True
     assert results["missing"] == []
+    sharded_norm, unsharded_norm = results["norms"]
+    assert sharded_norm == pytest.approx(unsharded_norm, rel=1e-5) and unsharded_norm > 10 * CLIP
     worst = max(results["gradient_error"].items(), key=lambda item: item[1])
     assert worst[1] < 1e-5, worst
     assert any(name.startswith("dino_head.last_layer") for name in results["gradient_error"])

