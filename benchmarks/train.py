@@ -164,7 +164,7 @@ def bare_steps(
     if config.run.compile:
         model.compile_parts()
     if shard:
-        student = wrap_student(model.student, model.ema_modules(), "fsdp", init(), dtype)
+        student = wrap_student(model.student, model.ema_modules(), "fsdp", init(), dtype, config.run.block_chunks)
         optimizer = build_optimizer(model.student, config)  # FSDP2 replaced the parameters
     for step in range(1, WARMUP_STEPS + 1):
         step_once(step)

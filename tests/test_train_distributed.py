@@ -53,8 +53,9 @@ def test_two_ranks_train_then_one_rank_resumes(parallel, shards, tmp_path):
 
 
 def test_fsdp2_trains_with_every_speed_lever_on(shards, tmp_path):
-    """Compiled blocks, activation checkpointing and subset drop-path under two FSDP2 ranks."""
-    run = {"parallel": "fsdp", "compile": True, "activation_checkpointing": True}
+    """Compiled blocks and losses, activation checkpointing, subset drop-path and the blocks
+    sharded as one unit, under two FSDP2 ranks."""
+    run = {"parallel": "fsdp", "compile": True, "activation_checkpointing": True, "block_chunks": 1}
     config = _write_config(tmp_path / "train.yaml", shards, tmp_path / "out", run=run, model={"drop_path_rate": 0.4})
     done = _torchrun(2, config, "run.max_steps=2")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -25,7 +25,7 @@ from tests.conftest import free_port
 from tests.train_fixtures import tiny_train_tree, write_concept_shards
 from training.config import TrainConfig
 from training.data import CropBatch, loader_for
-from training.distributed import DistEnv, wrap_student
+from training.distributed import DistEnv, fsdp_units, wrap_student
 from training.losses import PrototypeLosses
 from training.optim import build_optimizer, clip_grad_norm_
 from training.student_teacher import DinoV2, build_backbone, compute_losses
@@ -144,7 +144,7 @@ def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None
     model = DinoV2(config)
     reference = copy.deepcopy(model)
     env = DistEnv(rank, 2, 0, torch.device("cpu"))
-    student = wrap_student(model.student, model.ema_modules(), "fsdp", env, torch.float32)
+    student = wrap_student(model.student, model.ema_modules(), "fsdp", env, torch.float32, config.run.block_chunks)
     optimizer = build_optimizer(model.student, config)
     parts = compute_losses(model, student, batch, teacher_temp=0.05)
     between = {name: _is_sharded(module) for name, module in (("student", model.student), ("teacher", model.teacher))}
@@ -186,6 +186,13 @@ def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None
     dist.destroy_process_group()
 
 
+def test_blocks_are_sharded_one_by_one_or_in_chunks_of_consecutive_blocks():
+    blocks = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(10))
+    assert fsdp_units(blocks, 0) == list(blocks)
+    assert fsdp_units(blocks, 2) == [list(blocks[:5]), list(blocks[5:])]
+    assert [len(unit) for unit in fsdp_units(blocks, 4)] == [3, 3, 3, 1]  # at most 4 units
+
+
 def _is_sharded(module: torch.nn.Module) -> bool | None:
     """True when every parameter is a DTensor shard, False when none is (gathered), else None."""
     kinds = {isinstance(p, DTensor) for p in module.parameters()}
@@ -199,8 +206,9 @@ def test_two_fsdp2_ranks_give_the_unsharded_gradients_and_teacher(shards, tmp_pa
 
     The student stays gathered from forward into backward (DINOv2's SHARD_GRAD_OP: one gather
     a step, not one per use), the teacher reshards after its forward, and after the step the
-    student is sharded again, so memory per rank still falls with the number of ranks."""
-    config = _config(shards, tmp_path, model={"drop_path_rate": 0.0})
+    student is sharded again, so memory per rank still falls with the number of ranks. The blocks
+    are sharded two to a unit, as the recipes' `block_chunks` does."""
+    config = _config(shards, tmp_path, model={"drop_path_rate": 0.0, "depth": 4}, run={"block_chunks": 2})
     results = mp.Manager().dict()
     mp.spawn(_fsdp_rank, args=(free_port(), config, results), nprocs=2)
     assert results["between_forward_and_backward"] == {"student": False, "teacher": True}

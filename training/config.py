@@ -99,6 +99,11 @@ class RunConfig(Section):
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    block_chunks: int = Field(
+        0,
+        ge=0,
+        description="FSDP2 shards the blocks in at most this many units (DINOv2's block_chunks); 0: one per block",
+    )
     log_every: int = 10
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = 2

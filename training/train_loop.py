@@ -148,7 +148,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
     if run.compile:
         model.compile_parts()
     dtype = autocast_dtype(run.precision, env.device)
-    student = wrap_student(model.student, model.ema_modules(), run.parallel, env, dtype)
+    student = wrap_student(model.student, model.ema_modules(), run.parallel, env, dtype, run.block_chunks)
     optimizer = build_optimizer(model.student, config)  # after sharding: FSDP2 replaces the parameters
     trained = [p for group in optimizer.param_groups for p in group["params"]]  # clipped; listed once, not per step
     schedules = Schedules.from_config(config, env.world_size)
