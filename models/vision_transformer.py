@@ -42,7 +42,8 @@ class DinoVisionTransformer(nn.Module):
     """ViT with patch 14, LayerScale, optional register tokens and iBOT mask token.
 
     `forward_features` returns the normalised CLS token (B×D), register tokens (B×R×D) and patch
-    tokens (B×N×D); `forward` returns the CLS token, the feature DINOv2 reports for kNN/linear.
+    tokens (B×N×D), `forward_features_list` the same for several crop sizes at once; `forward`
+    returns the CLS token, the feature DINOv2 reports for kNN/linear.
     """
 
     def __init__(
@@ -131,13 +132,23 @@ class DinoVisionTransformer(nn.Module):
         return x
 
     def forward_features(self, x: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        x = self.prepare_tokens(x, masks)
+        return self.forward_features_list([x], [masks])[0]
+
+    def forward_features_list(
+        self, xs: list[torch.Tensor], masks: list[torch.Tensor | None]
+    ) -> list[dict[str, torch.Tensor]]:
+        """`forward_features` of batches of images whose sizes differ (a student's global and local
+        crops) in one pass, as DINOv2 does: every block runs once over all their tokens."""
+        tokens = [self.prepare_tokens(x, m) for x, m in zip(xs, masks, strict=True)]
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
-        x = self.norm(x)
+            tokens = checkpoint(block, tokens, use_reentrant=False) if recompute else block(tokens)
         r = self.num_register_tokens
-        return {"x_norm_clstoken": x[:, 0], "x_norm_regtokens": x[:, 1 : r + 1], "x_norm_patchtokens": x[:, r + 1 :]}
+        normed = [self.norm(x) for x in tokens]
+        return [
+            {"x_norm_clstoken": x[:, 0], "x_norm_regtokens": x[:, 1 : r + 1], "x_norm_patchtokens": x[:, r + 1 :]}
+            for x in normed
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x)["x_norm_clstoken"])

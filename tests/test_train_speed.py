@@ -20,7 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from foundation.config import validate_tree
 from models.layers import Block
-from models.layers.drop_path import add_on_subset
+from models.layers.drop_path import add_on_subsets
+from models.vision_transformer import DinoVisionTransformer, ViTArch
 from tests.conftest import free_port
 from tests.train_fixtures import tiny_train_tree, write_concept_shards
 from training.config import TrainConfig
@@ -46,13 +47,21 @@ def _gradients(model: DinoV2, batch) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.student.named_parameters() if p.grad is not None}
 
 
-def test_subset_depth_adds_the_scaled_branch_to_the_kept_samples_only():
-    x = torch.randn(10, 3, 4)
-    out = add_on_subset(x, lambda rows: 2 * rows, drop_prob=0.4)
-    changed = (out != x).flatten(1).any(dim=1)
-    assert int(changed.sum()) == 6  # int(10 · 0.6) samples run the branch
-    torch.testing.assert_close(out[changed], x[changed] * (1 + 2 * 10 / 6))
-    assert torch.equal(out[~changed], x[~changed])
+def test_subset_depth_adds_the_scaled_branch_to_the_kept_samples_of_each_batch_only():
+    batches = [torch.randn(10, 3, 4), torch.randn(20, 2, 4)]  # a global and a local crop batch
+    seen = []
+
+    def branch(kept: list[torch.Tensor]) -> list[torch.Tensor]:
+        seen.append([len(x) for x in kept])  # one call for both batches
+        return [2 * x for x in kept]
+
+    outs = add_on_subsets(batches, branch, drop_prob=0.4)
+    assert seen == [[6, 12]]  # int(n · 0.6) samples of each run the branch
+    for x, out in zip(batches, outs, strict=True):
+        changed = (out != x).flatten(1).any(dim=1)
+        assert int(changed.sum()) == int(len(x) * 0.6)
+        torch.testing.assert_close(out[changed], x[changed] * (1 + 2 * len(x) / int(len(x) * 0.6)))
+        assert torch.equal(out[~changed], x[~changed])
 
 
 def test_a_block_dropping_at_0_4_computes_0_6_of_its_flops():
@@ -65,6 +74,35 @@ def test_a_block_dropping_at_0_4_computes_0_6_of_its_flops():
         return counter.get_total_flops()
 
     assert flops(True) / flops(False) == pytest.approx(0.6, abs=0.02)
+
+
+def test_global_and_local_crops_in_one_pass_give_what_two_passes_give():
+    """DINOv2 runs the student's two crop sizes through each block together; attention must still
+    stay within each image, and every output and gradient must be the separate passes'."""
+    torch.manual_seed(0)
+    vit = DinoVisionTransformer(ViTArch(32, 3, 2), patch_size=8, img_size=32, num_register_tokens=4)
+    global_crops, local_crops = torch.randn(2, 3, 32, 32), torch.randn(5, 3, 16, 16)
+    masks = torch.rand(2, 16) < 0.3
+
+    def outputs(together: bool) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        vit.zero_grad()
+        if together:
+            features = vit.forward_features_list([global_crops, local_crops], [masks, None])
+        else:
+            features = [vit.forward_features(global_crops, masks), vit.forward_features(local_crops)]
+        out = [f[key] for f in features for key in sorted(f)]
+        sum(
+            (o * torch.randn_like(o, generator=torch.Generator().manual_seed(i))).sum() for i, o in enumerate(out)
+        ).backward()
+        return out, {name: p.grad.clone() for name, p in vit.named_parameters() if p.grad is not None}
+
+    (apart, apart_grads), (together, together_grads) = outputs(False), outputs(True)
+    for a, b in zip(apart, together, strict=True):
+        torch.testing.assert_close(b, a)
+    assert together_grads.keys() == apart_grads.keys()
+    for name in apart_grads:
+        error = float((together_grads[name] - apart_grads[name]).abs().max() / apart_grads[name].abs().max())
+        assert error < 1e-5, (name, error)  # one product over both batches sums in another order
 
 
 def test_every_block_drops_at_the_recipe_rate_unless_told_to_ramp(shards, tmp_path):

@@ -80,9 +80,9 @@ def wrap_student(
         policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         for module in (student, *followers):
             # The student stays gathered from forward into backward, as DINOv2's SHARD_GRAD_OP:
-            # each of its blocks is gathered once a step rather than three times (forward on the
-            # global crops, on the local crops, and again in backward), and FSDP2's per-parameter
-            # Python work for each gather is most of its host time. It costs the student's bf16
+            # each of its blocks is gathered once a step rather than twice (forward, on both crop
+            # sizes at once, and again in backward), and FSDP2's per-parameter Python work for
+            # each gather is most of its host time. It costs the student's bf16
             # weights between forward and backward (2.2 GB for ViT-g); fp32 weights, gradients and
             # AdamW states stay sharded. A follower has no backward to reshard it, so it must
             # reshard after forward, or its parameters would stay gathered and the EMA would mix

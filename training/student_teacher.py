@@ -82,12 +82,11 @@ class Student(nn.Module):
     def forward(
         self, global_crops: torch.Tensor, local_crops: torch.Tensor, masks: torch.Tensor, mask_rows: torch.Tensor
     ) -> StudentOutput:
-        features = self.backbone.forward_features(global_crops, masks)
-        global_cls = features["x_norm_clstoken"]
-        masked = select_masked(features["x_norm_patchtokens"], mask_rows)
-        parts = [global_cls]
-        if local_crops.numel():
-            parts.append(self.backbone.forward_features(local_crops)["x_norm_clstoken"])
+        crops = [global_crops, local_crops] if local_crops.numel() else [global_crops]
+        features = self.backbone.forward_features_list(crops, [masks, None][: len(crops)])  # one pass for both
+        global_cls = features[0]["x_norm_clstoken"]
+        masked = select_masked(features[0]["x_norm_patchtokens"], mask_rows)
+        parts = [global_cls] + [local["x_norm_clstoken"] for local in features[1:]]
         if self.ibot_head is None:
             parts.append(masked)
         logits = self.dino_head(torch.cat(parts))
@@ -188,11 +187,11 @@ class DinoV2(nn.Module):
         """`torch.compile` the step's parts that run as many small kernels: every transformer block
         of the student and its followers, and the prototype losses (`PrototypeLosses.compiled`).
 
-        Blocks, not the backbone: the student calls `forward_features`, which compiling the
+        Blocks, not the backbone: the student calls `forward_features_list`, which compiling the
         backbone module would not reach. In place, so state-dict keys stay DINOv2's; and before
         FSDP2 wraps them, so its hooks stay outside the compiled code. Shapes are static: a block
-        sees a few (global crops, local crops, teacher), each compiled once and shared by every
-        block of the same rate.
+        sees two inputs (the student's global and local crops together, the teacher's global
+        crops), each compiled once and shared by every block of the same rate.
         """
         for module in (self.student, *self.ema_modules()):
             for block in module.backbone.blocks:

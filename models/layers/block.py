@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from models.layers.attention import Attention
-from models.layers.drop_path import SUBSET_MIN_RATE, DropPath, add_on_subset
+from models.layers.drop_path import SUBSET_MIN_RATE, DropPath, add_on_subsets
 from models.layers.layer_scale import LayerScale
 from models.layers.mlp import Mlp, SwiGLUFFNFused
+from models.layers.tokens import cat_tokens, split_tokens
 
 FFN_LAYERS = {"mlp": Mlp, "swiglufused": SwiGLUFFNFused}
 
@@ -33,16 +34,26 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values)
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """`x`: B×N×D, or a list of such batches whose N differ (DINOv2's global and local crops),
+        which go through the block's norms, linear layers and MLP together (`models.layers.tokens`)
+        while attention stays within each batch."""
+        if isinstance(x, torch.Tensor):
+            return self._forward([x])[0]
+        return self._forward(x)
+
+    def _forward(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
         rate = self.drop_path1.drop_prob if self.training else 0.0
         if rate > SUBSET_MIN_RATE:
-            x = add_on_subset(x, self._attention, rate)
-            return add_on_subset(x, self._feed_forward, rate)
-        x = x + self.drop_path1(self._attention(x))
-        return x + self.drop_path2(self._feed_forward(x))
+            batches = add_on_subsets(batches, self._attention, rate)
+            return add_on_subsets(batches, self._feed_forward, rate)
+        batches = [x + self.drop_path1(a) for x, a in zip(batches, self._attention(batches), strict=True)]
+        return [x + self.drop_path2(f) for x, f in zip(batches, self._feed_forward(batches), strict=True)]
 
-    def _attention(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ls1(self.attn(self.norm1(x)))
+    def _attention(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        tokens, shapes = cat_tokens(batches)
+        return split_tokens(self.ls1(self.attn.packed(self.norm1(tokens), shapes)), shapes)
 
-    def _feed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ls2(self.mlp(self.norm2(x)))
+    def _feed_forward(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        tokens, shapes = cat_tokens(batches)
+        return split_tokens(self.ls2(self.mlp(self.norm2(tokens))), shapes)

@@ -1,7 +1,7 @@
 """Stochastic depth (Huang et al. 2016): drop a whole residual branch per sample during training.
 
 Two forms with the same expectation. `DropPath` zeroes the branch's output per sample, so the branch
-still runs on the whole batch. `add_on_subset` runs the branch on the kept samples only, as DINOv2's
+still runs on the whole batch. `add_on_subsets` runs the branch on the kept samples only, as DINOv2's
 `drop_add_residual_stochastic_depth` does: at DINOv2's ViT-L/g rate of 0.4 on every block, each
 block computes 60% of the batch, which is most of what the rate should save.
 """
@@ -30,11 +30,15 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-def add_on_subset(x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor], drop_prob: float) -> torch.Tensor:
-    """`x + branch(x)` for a random `1 - drop_prob` share of the batch, scaled up to keep the
-    expectation; the other samples pass through unchanged and cost nothing."""
-    batch = x.shape[0]
-    kept = max(int(batch * (1.0 - drop_prob)), 1)
-    rows = torch.randperm(batch, device=x.device)[:kept]
-    residual = branch(x[rows])
-    return torch.index_add(x, 0, rows, residual.to(x.dtype), alpha=batch / kept)
+def add_on_subsets(
+    batches: list[torch.Tensor], branch: Callable[[list[torch.Tensor]], list[torch.Tensor]], drop_prob: float
+) -> list[torch.Tensor]:
+    """For each batch, `x + branch(x)` for a random `1 - drop_prob` share of its samples, scaled up to
+    keep the expectation; the other samples pass through unchanged and cost nothing. The branch
+    runs once, over the kept samples of every batch (a block's global and local crops)."""
+    rows = [torch.randperm(len(x), device=x.device)[: max(int(len(x) * (1.0 - drop_prob)), 1)] for x in batches]
+    residuals = branch([x[kept] for x, kept in zip(batches, rows, strict=True)])
+    return [
+        torch.index_add(x, 0, kept, residual.to(x.dtype), alpha=len(x) / len(kept))
+        for x, kept, residual in zip(batches, rows, residuals, strict=True)
+    ]
