@@ -157,9 +157,12 @@ class EmbedWorker:
             torch.set_num_threads(threads)
         self.embedder = spec.build(device)
         # On a GPU, decoding goes to a stream of its own, so the prefetch threads' many small
-        # resize kernels run beside the model's instead of queueing between them.
+        # resize kernels run beside the model's instead of queueing between them. The model's
+        # stream has the higher priority: when both have kernels ready, the GPU schedules the
+        # model's thread blocks first and decoding fills the gaps (it runs a shard or two ahead).
         on_gpu = self.embedder.device.type == "cuda"
         self.decode_stream = torch.cuda.Stream(self.embedder.device) if on_gpu else None
+        self.model_stream = torch.cuda.Stream(self.embedder.device, priority=-1) if on_gpu else None
 
     def decoded(self, row: dict[str, object]) -> dict[str, object]:
         """The row with its JPEG files decoded beside the model into a uint8 batch (`decoded`); a
@@ -193,12 +196,18 @@ class EmbedWorker:
         before it reads this one, so the GPU does not wait on the host's bookkeeping between them."""
         row = self.decoded(row)
         batch = {key: row[key] for key in ("out", "batch", "batches", "keys")}
-        if "decoded" in row:
-            return Launched(batch, *self._vectors(on_current_stream(row["decoded"], row["ready"])))
-        if (shape := json.loads(row["shape"])) == [0]:  # a shard without images
+        if "decoded" not in row and json.loads(row["shape"]) == [0]:  # a shard without images
             return Launched(batch, torch.zeros((0, self.embedder.dim), dtype=torch.float16), None)
-        pixels = np.frombuffer(bytearray(row["pixels"]), np.uint8).reshape(shape)  # writable for torch
-        return Launched(batch, *self._vectors(pixels))
+        with torch.cuda.stream(self.model_stream):  # a no-op without one
+            return Launched(batch, *self._vectors(self._pixels(row)))
+
+    @staticmethod
+    def _pixels(row: dict[str, object]) -> np.ndarray | torch.Tensor:
+        """The row's uint8 batch: decoded beside the model (then made safe to read on the current
+        stream), or read as pixels."""
+        if "decoded" in row:
+            return on_current_stream(row["decoded"], row["ready"])
+        return np.frombuffer(bytearray(row["pixels"]), np.uint8).reshape(json.loads(row["shape"]))  # writable for torch
 
     def _vectors(self, pixels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """fp16 vectors on the host, and on a GPU the event after which they are there."""
