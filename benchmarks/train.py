@@ -284,7 +284,7 @@ def main() -> None:
         print(f"device {name}, {config.model.arch}, batch {batch}, precision {config.run.precision}")
         if args.levers:
             for lever, bare in lever_table(args.config, overrides, args.steps, device):
-                print(f"lever {lever:20s} {rate(bare, peak) if bare else 'out of memory'}")
+                print(f"lever {lever:24s} {rate(bare, peak) if bare else 'out of memory'}")
                 if args.record and bare:
                     record(
                         "benchmarks/train.py",
