@@ -190,8 +190,8 @@ def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None
     norm = float(clip_grad_norm_(list(model.student.parameters()), CLIP))  # on the local shards
     sharded = {name: p.grad.full_tensor() for name, p in model.student.named_parameters() if p.grad is not None}
     for group in optimizer.param_groups:
-        group["lr"] = 1e-3
-    for _ in range(2):  # twice: the second EMA update runs on the views the first one kept
+        group.update(lr=1e-3, weight_decay=0.1)
+    for _ in range(2):  # twice: the second EMA update runs on the views the first one kept, AdamW on local shards
         optimizer.step()
         model.after_step(0.5)
     teacher = {name: p.full_tensor() for name, p in model.teacher.named_parameters()}
@@ -201,7 +201,7 @@ def _fsdp_rank(rank: int, port: int, config: TrainConfig, results: dict) -> None
     expected = {name: p.grad for name, p in reference.student.named_parameters() if p.grad is not None}
     reference_optimizer = build_optimizer(reference.student, config)
     for group in reference_optimizer.param_groups:
-        group["lr"] = 1e-3
+        group.update(lr=1e-3, weight_decay=0.1)
     # The EMA by its definition, from the students after each step, for both models to match.
     defined = {name: p.detach().clone() for name, p in reference.teacher.named_parameters()}
     students = dict(reference.student.named_parameters())
