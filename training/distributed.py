@@ -82,9 +82,9 @@ def wrap_student(
             # The student stays gathered from forward into backward, as DINOv2's SHARD_GRAD_OP:
             # each of its blocks is gathered once a step rather than twice (forward, on both crop
             # sizes at once, and again in backward), and FSDP2's per-parameter Python work for
-            # each gather is most of its host time. It costs the student's bf16
-            # weights between forward and backward (2.2 GB for ViT-g); fp32 weights, gradients and
-            # AdamW states stay sharded. A follower has no backward to reshard it, so it must
+            # each gather is most of its host time. It costs the student's bf16 weights between
+            # forward and backward (2.2 GB for ViT-g); fp32 weights, gradients and AdamW states
+            # stay sharded. A follower has no backward to reshard it, so it must
             # reshard after forward, or its parameters would stay gathered and the EMA would mix
             # DTensors with tensors.
             reshard = module is not student
@@ -100,8 +100,9 @@ def wrap_student(
 
 
 def fsdp_units(blocks: nn.ModuleList, chunks: int) -> list[nn.Module | list[nn.Module]]:
-    """The transformer blocks as FSDP2 units: one per block when `chunks` is 0, else at most `chunks` runs
-    of consecutive blocks, each gathered and reduced as one, as DINOv2's `block_chunks` wraps them.
+    """The transformer blocks as FSDP2 units: one per block when `chunks` is 0, else at most
+    `chunks` runs of consecutive blocks, each gathered and reduced as one, as DINOv2's
+    `block_chunks` wraps them.
 
     FSDP2's hooks and collectives are per unit, and on one GPU its host work nearly sets the
     pace. On a CPU stand-in for ViT-L (its tensors at width 32, one gloo rank), 4 units of 6
