@@ -5,8 +5,9 @@
 #   GPU_CHECK_OUT=$OUT bash benchmarks/gpu_check.sh ...    # keep every check's output there
 #
 # Groups run in the order given, so the one that matters most comes first in a call that may be cut
-# short. Times measured on one H200 (2026-11-27, recipes then eager); a device call has 10 minutes
-# and a session 15, so choose: `vitl14 embed` took 6 minutes, `vitg14` and `levers` take about 5 each:
+# short. Times measured on one H200 (2026-11-27, recipes then eager; compiling the losses too, as the
+# recipes now do, adds each process's compile time, not yet timed on a GPU); a device call has 10
+# minutes and a session 15, so choose: `vitl14 embed` took 6 minutes, `vitg14` and `levers` about 5 each:
 #   vitl14, vitg14  the recipe as shipped (compiled blocks and losses) trained for 20 steps under torchrun
 #                   (FSDP2), finite losses, an export that `lvd:` loads, and how busy the GPU was
 #                   over 5 of those steps (run.profile_steps); the bare step's MFU, the
