@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers.tokens import Shapes
+from models.layers.tokens import Shapes, cat_tokens, split_tokens
 
 try:  # optional GPU extra; SDPA covers every other case
     from xformers.ops import memory_efficient_attention
@@ -32,17 +32,16 @@ class Attention(nn.Module):
     def packed(self, tokens: torch.Tensor, shapes: Shapes) -> torch.Tensor:
         """Self-attention within each batch of `tokens` ((ΣB·N)×D, laid out as `cat_tokens` does):
         one `qkv` and one `proj` product for all of them, attention batch by batch."""
-        qkv = self.qkv(tokens)
         heads, width = self.num_heads, tokens.shape[-1] // self.num_heads
-        parts = qkv.split([b * n for b, n in shapes])
-        out = [self._attend(part.view(b, n, 3, heads, width)) for part, (b, n) in zip(parts, shapes, strict=True)]
-        return self.proj(out[0] if len(out) == 1 else torch.cat(out))
+        qkv = split_tokens(self.qkv(tokens), shapes)
+        out, _ = cat_tokens([self._attend(part.unflatten(-1, (3, heads, width))) for part in qkv])
+        return self.proj(out)
 
     @staticmethod
     def _attend(qkv: torch.Tensor) -> torch.Tensor:
-        """B×N×3×H×d queries, keys and values -> the (B·N)×(H·d) attention output."""
+        """B×N×3×H×d queries, keys and values -> the B×N×(H·d) attention output."""
         b, n, _, h, d = qkv.shape
         if memory_efficient_attention is not None and qkv.is_cuda:
-            return memory_efficient_attention(*qkv.unbind(2)).reshape(b * n, h * d)  # B×N×H×d in and out
+            return memory_efficient_attention(*qkv.unbind(2)).reshape(b, n, h * d)  # B×N×H×d in and out
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each B×H×N×d
-        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b * n, h * d)
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, h * d)
