@@ -13,6 +13,7 @@
 #                   over 5 of those steps (run.profile_steps); the bare step's MFU, the
 #                   loop's ratio to it unsharded (target >= 0.95) and under FSDP2 (target >= 0.90),
 #                   and peak memory: 3 minutes for vitl14 (1 + 1 + 1), vitg14's training alone 2.
+#                   vitl14 first runs the CUDA tests of colouring batches on the GPU (not yet timed).
 #                   `train` is both.
 #   embed           GPU decoding's tests (nvjpeg must not overwrite memory queued kernels still read),
 #                   then the embed stage in-process with ViT-H/14 fp16, JPEGs decoded on the CPU and
@@ -76,7 +77,7 @@ check() {  # name, command...: run it, keep its output, add a row with its statu
   echo "gpu_check: $name ..."
   if "$@" >"$checks/$name.txt" 2>&1; then status=ok; else status="FAILED (see log.txt)"; fi
   { echo "===== $name"; cat "$checks/$name.txt"; } >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|^profile|GPU busy|images/s|cores busy|curation value:|^loader|passed|failed' "$checks/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
+  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|^profile|GPU busy|images/s|cores busy|curation value:|^loader|^colour|passed|failed' "$checks/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
   echo "gpu_check: ${rows[-1]}"  # as it finishes, so a call cut short still shows what ran
   if [ -f benchmarks/results.jsonl ]; then cp benchmarks/results.jsonl "$out/"; fi
 }
@@ -97,6 +98,9 @@ recipe() {  # vitl14 | vitg14: train it under FSDP2, load its export, then the b
   batch=$([ "$name" = vitl14 ] && echo 32 || echo 12)
   local common=(data.shards="$shards" data.workers=12 data.batch_size_per_gpu="$batch")
   rm -rf "${work:?}/$name"  # a fresh run, not a resume of the last call's
+  if [ "$name" = vitl14 ]; then  # colouring batches on the GPU: the CPU's crops, and no host syncs
+    check "colour-tests" python -m pytest -p no:cacheprovider -q -rxX tests/test_train_augment.py -k cuda
+  fi
   check "$name-train" bash -c "torchrun --standalone --nproc-per-node 1 -m pipelines.pretrain \
       configs/training/$name.yaml ${common[*]} run.output_dir=$work/$name run.max_steps=20 run.log_every=5 \
       run.profile_steps=[12,17] \

@@ -13,8 +13,9 @@ itself (WebDataset reading, JPEG decoding and multi-crop in loader workers, sche
 metrics, one checkpoint at the end, FSDP2 when the config asks for it), timed from its metrics log
 after the first logged window. Targets: loop >= 0.95 of bare, FSDP2 on one GPU >= 0.90 of bare.
 Between the two it prints how many images per second one loader worker (one core) turns into the
-recipe's multi-crop views, JPEG decoding included, and so how many workers the bare step needs:
-with fewer than that in `data.workers`, the loop cannot keep up with the bare step.
+recipe's multi-crop views, JPEG decoding included, and so how many workers the bare step needs
+(with fewer than that in `data.workers`, the loop cannot keep up with the bare step), and what
+colouring a batch on the training device costs, which the loop pays and the bare step does not.
 
 FLOPs of one bare step are counted with `torch.utils.flop_counter.FlopCounterMode`; MFU is the
 achieved rate over the GPU's dense bf16 peak (`--peak-tflops`, else `foundation/gpus.py`'s for the
@@ -56,6 +57,7 @@ from curation.shards import ShardWriter
 from curation.synth.concepts import PROCEDURAL
 from foundation.config import load_config
 from foundation.gpus import gpu_peak
+from training.colour import colour_for
 from training.config import TrainConfig
 from training.data import loader_for, multi_crop_for
 from training.distributed import init, wrap_student
@@ -95,8 +97,9 @@ def synthetic_shards(out: Path, images: int, per_shard: int = 500) -> Path:
 
 
 def crops_per_worker_second(config: TrainConfig, images: int = 32) -> float:
-    """Images one loader worker (one core) turns into the recipe's multi-crop views per second,
-    JPEG decoding included: beside the bare step's images/s, how many workers keep a GPU fed."""
+    """Images one loader worker (one core) turns into the recipe's multi-crop views per second
+    (JPEG decoding, crops, flips and colour draws): beside the bare step's images/s, how many
+    workers keep a GPU fed."""
     multi_crop = multi_crop_for(config)
     jpegs = list(web_jpegs(images))
     threads = torch.get_num_threads()
@@ -108,6 +111,21 @@ def crops_per_worker_second(config: TrainConfig, images: int = 32) -> float:
         return images / (time.perf_counter() - started)
     finally:
         torch.set_num_threads(threads)
+
+
+def colour_seconds(config: TrainConfig, device: torch.device, repeats: int = 5) -> float:
+    """Seconds the training device takes to colour-augment one batch (`CropBatch.coloured`, compiled
+    when the run compiles): what the loop pays for taking that work off the loader workers."""
+    batch = next(loader_for(config, rank=0, start_step=0, workers=0)).to(device)
+    colour = colour_for(config.run.compile)
+    for _ in range(2):  # compiles a graph on its first call
+        batch.coloured(colour)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        batch.coloured(colour)
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
 
 
 def memory_peak(device: torch.device) -> float:
@@ -143,7 +161,7 @@ def bare_steps(
     `profile`, the timed steps run under torch.profiler and its top operators are printed.
     """
     loader = loader_for(config, rank=0, start_step=0, workers=0)
-    batches = [next(loader).to(device) for _ in range(min(steps, 8))]
+    batches = [next(loader).to(device).coloured() for _ in range(min(steps, 8))]
     model = DinoV2(config).to(device)
     student, optimizer = model.student, build_optimizer(model.student, config)
     schedules = Schedules.from_config(config, 1)
@@ -305,6 +323,10 @@ def main() -> None:
         print(
             f"loader     {per_worker:.1f} img/s per worker (multi-crop on one core): the bare step needs "
             f"{batch / bare.seconds / per_worker:.1f} workers, data.workers={config.data.workers}"
+        )
+        colour = colour_seconds(config, device)
+        print(
+            f"colour     {colour * 1000:.1f} ms per batch on {device.type}, {colour / bare.seconds:.1%} of the bare step"
         )
         loop = loop_steps(config, args.steps)
         loop_memory = memory_peak(device)

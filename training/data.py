@@ -4,14 +4,14 @@ Shards are resampled (drawn with replacement, as DINOv2's infinite sampler does)
 and every loader worker reads an endless, independent stream; the shard order is seeded by
 (run seed, rank, worker, start step), so a resumed run continues with a fresh but reproducible
 stream instead of replaying the images it has already seen. Decoding and cropping happen in the
-loader's worker processes.
+loader's worker processes, colour augmentation on the training device (`CropBatch.coloured`).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from foundation.errors import ConfigError
 from foundation.storage import Location, location, open_input
-from training.augment import MultiCrop, MultiCropViews
+from training.augment import MultiCrop, MultiCropViews, View
+from training.colour import DRAW_COLUMNS, Colour, colour_batch
 from training.config import TrainConfig
 from training.masking import BlockMaskGenerator, batch_masks, masked_rows
 
@@ -85,7 +86,11 @@ def image_stream(
 
 @dataclass
 class CropBatch:
-    """Global crops are crop-major (all images' first crop, then all images' second crop); likewise local."""
+    """Global crops are crop-major (all images' first crop, then all images' second crop); likewise local.
+
+    As the loader yields it, crops are uint8 pixels with their colour draws; `coloured()`, on the
+    training device, turns them into the model's normalised float input.
+    """
 
     global_crops: torch.Tensor  # (2·B)×3×G×G
     local_crops: torch.Tensor  # (L·B)×3×l×l, L may be 0
@@ -93,6 +98,8 @@ class CropBatch:
     mask_rows: torch.Tensor  # M flat indices of the masked patches into (2·B)·N, in masks[masks] order
     mask_weights: torch.Tensor  # M iBOT weights: 1 / masked patches of the patch's crop
     batch_size: int
+    global_colour: torch.Tensor | None = None  # (2·B)×DRAW_COLUMNS `draw_colour` rows; None once coloured
+    local_colour: torch.Tensor | None = None  # (L·B)×DRAW_COLUMNS
 
     def pin_memory(self) -> CropBatch:
         return self._map(torch.Tensor.pin_memory)
@@ -100,13 +107,28 @@ class CropBatch:
     def to(self, device: torch.device) -> CropBatch:
         return self._map(partial(torch.Tensor.to, device=device, non_blocking=True))
 
+    def coloured(self, colour: Colour = colour_batch) -> CropBatch:
+        """The crops colour-augmented and normalised where they are (uint8 -> float), by
+        `colour_batch` or its compiled form."""
+        if self.global_colour is None or self.local_colour is None:
+            return self
+        local = colour(self.local_crops, self.local_colour) if len(self.local_crops) else self.local_crops.float()
+        return replace(
+            self,
+            global_crops=colour(self.global_crops, self.global_colour),
+            local_crops=local,
+            global_colour=None,
+            local_colour=None,
+        )
+
     def _map(self, move: Callable[[torch.Tensor], torch.Tensor]) -> CropBatch:
         tensors = (self.global_crops, self.local_crops, self.masks, self.mask_rows, self.mask_weights)
-        return CropBatch(*map(move, tensors), self.batch_size)
+        draws = (move(d) if d is not None else None for d in (self.global_colour, self.local_colour))
+        return CropBatch(*map(move, tensors), self.batch_size, *draws)
 
 
 class CollateCrops:
-    """Stacks multi-crop views and draws the iBOT masks for the global crops."""
+    """Stacks multi-crop views and their colour draws, and draws the iBOT masks for the global crops."""
 
     def __init__(self, grid: tuple[int, int], probability: float, ratio: tuple[float, float]):
         self.generator = BlockMaskGenerator(grid)
@@ -115,13 +137,20 @@ class CollateCrops:
     def __call__(self, samples: list[MultiCropViews]) -> CropBatch:
         rng = random.Random(int(torch.randint(2**62, ())))  # torch's RNG is seeded per loader worker
         n_global, n_local = len(samples[0].global_crops), len(samples[0].local_crops)
-        global_crops = torch.stack([s.global_crops[i] for i in range(n_global) for s in samples])
-        if n_local:
-            local_crops = torch.stack([s.local_crops[i] for i in range(n_local) for s in samples])
-        else:
-            local_crops = torch.empty(0)
+        global_crops = [s.global_crops[i] for i in range(n_global) for s in samples]
+        local_crops = [s.local_crops[i] for i in range(n_local) for s in samples]
+        global_pixels, global_colour = _stacked(global_crops)
+        local_pixels, local_colour = _stacked(local_crops)
         masks = batch_masks(self.generator, len(global_crops), self.probability, self.ratio, rng)
-        return CropBatch(global_crops, local_crops, masks, *masked_rows(masks), len(samples))
+        return CropBatch(
+            global_pixels, local_pixels, masks, *masked_rows(masks), len(samples), global_colour, local_colour
+        )
+
+
+def _stacked(views: list[View]) -> tuple[torch.Tensor, torch.Tensor]:
+    if not views:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, DRAW_COLUMNS)
+    return torch.stack([v.pixels for v in views]), torch.stack([v.colour for v in views])
 
 
 def make_loader(

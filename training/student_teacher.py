@@ -215,8 +215,10 @@ def ibot_prototypes(config: TrainConfig) -> int:
 
 
 def compute_losses(model: DinoV2, student: nn.Module, batch: CropBatch, teacher_temp: float) -> dict[str, torch.Tensor]:
-    """Loss parts and their weighted `total`; `student` is `model.student` or its DDP/FSDP wrapper."""
+    """Loss parts and their weighted `total`; `student` is `model.student` or its DDP/FSDP wrapper.
+    A batch straight from the loader is coloured first, on the device it is on."""
     loss = model.config.loss
+    batch = batch.coloured()
     teacher_cls, teacher_masked = model.teacher(batch.global_crops, batch.mask_rows)
     cls_targets = model.dino_targets(teacher_cls, teacher_temp)
     masked_targets = model.ibot_targets(teacher_masked, teacher_temp)

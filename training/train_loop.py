@@ -1,10 +1,10 @@
 """The one DINOv2 training loop, used by `lvd train`, torchrun and Ray Train alike.
 
-Per step: schedules → forward under autocast → loss parts watched for NaN/inf → backward → grad
-clip → AdamW step → teacher EMA. Every `log_every` steps rank 0 appends a line to
-`metrics.jsonl` (loss parts, lr, wd, momentum, teacher temperature, images/s); every
-`checkpoint_every` steps and at the end a DCP checkpoint is written, and at the end the teacher
-backbone is exported for evaluation and for the embed stage.
+Per step: batch to the device and colour-augmented there → schedules → forward under autocast →
+loss parts watched for NaN/inf → backward → grad clip → AdamW step → teacher EMA. Every
+`log_every` steps rank 0 appends a line to `metrics.jsonl` (loss parts, lr, wd, momentum, teacher
+temperature, images/s); every `checkpoint_every` steps and at the end a DCP checkpoint is
+written, and at the end the teacher backbone is exported for evaluation and for the embed stage.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from foundation.errors import LvdError
 from training import checkpoint
+from training.colour import colour_for
 from training.config import TrainConfig
 from training.data import loader_for
 from training.distributed import DistEnv, init, wrap_student
@@ -156,6 +157,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
     torch.manual_seed(run.seed + 1000 * env.rank + step)
 
     loader = loader_for(config, env.rank, step, pin_memory=env.device.type == "cuda")
+    colour = colour_for(run.compile)
     last_step = min(config.optim.total_steps, run.max_steps or config.optim.total_steps)
     metrics = MetricsLog(out, env)
     metrics.forget_after(step)
@@ -167,7 +169,7 @@ def train(config: TrainConfig, build_model: Callable[[TrainConfig], DinoV2] = Di
     profiler = StepProfiler(run.profile_steps, out, env)
     model.train()
     while step < last_step:
-        batch = next(loader).to(env.device)
+        batch = next(loader).to(env.device).coloured(colour)
         values = schedules.apply(optimizer, step)
         with autocast:
             parts = compute_losses(model, student, batch, values["teacher_temp"])
