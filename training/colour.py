@@ -59,18 +59,17 @@ def draw_colour(odds: ColourOdds) -> torch.Tensor:
     """One crop's colour draws, from torch's RNG in torchvision's order: RandomApply(ColorJitter),
     RandomGrayscale, RandomApply(GaussianBlur), RandomSolarize (drawn only when its odds are > 0,
     as the pipeline without it draws nothing). A seed thus gives the crops torchvision would."""
-    row = torch.zeros(DRAW_COLUMNS)
-    row[ORDER] = -1
+    row = [-1.0] * 4 + [0.0] * (DRAW_COLUMNS - 4)  # a list, one tensor at the end: item writes took a third of the time
     if odds.jitter >= float(torch.rand(1)):
         j = _JITTER_RANGES
         order, *factors = T.ColorJitter.get_params(j.brightness, j.contrast, j.saturation, j.hue)
-        row[ORDER], row[FACTORS] = order.float(), torch.tensor(factors)
+        row[ORDER], row[FACTORS] = order.tolist(), factors
     row[GRAYSCALE] = float(torch.rand(1) < odds.grayscale)
     if odds.blur >= float(torch.rand(1)):
         row[SIGMA] = T.GaussianBlur.get_params(*_BLUR_SIGMA)
     if odds.solarise > 0:
         row[SOLARISE] = float(torch.rand(1).item() < odds.solarise)
-    return row
+    return torch.tensor(row)
 
 
 def gray(images: torch.Tensor) -> torch.Tensor:
