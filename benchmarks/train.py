@@ -338,6 +338,10 @@ def main() -> None:
         subject += f"/{config.run.parallel}"
         record("benchmarks/train.py", "train.images_per_s", batch / loop, "images/s", subject, gpu)
         record("benchmarks/train.py", "train.loop_ratio", bare.seconds / loop, "ratio", subject, gpu)
+        record("benchmarks/train.py", "train.loader_images_per_s_per_worker", per_worker, "images/s", subject, gpu)
+        record(
+            "benchmarks/train.py", "train.colour_share_of_bare_step", colour / bare.seconds, "fraction", subject, gpu
+        )
         if peak:
             record(
                 "benchmarks/train.py",
