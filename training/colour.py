@@ -5,7 +5,7 @@ torchvision's DINOv2 pipeline draws them (the same torch RNG calls in the same o
 training device applies colour jitter (brightness, contrast, saturation and hue in the crop's own
 random order), grayscale, Gaussian blur and solarisation to the whole batch, then normalises.
 Why: in PIL those steps are two thirds of a worker's time per image (about 15 of 22 ms on one
-core for 2 global + 8 local crops), so a GPU training at DINOv2's speeds needs about eight busy
+core for 2 global + 8 local crops), so a GPU training at DINOv2's speeds needs about seven busy
 cores to feed it; on a GPU they are elementwise work over a few million pixels a step, and the
 uint8 crops that cross from worker to device are a quarter of the float ones' size. On a CPU the
 batched form costs more than PIL did (every step runs on every crop), which the small crops of
@@ -37,6 +37,8 @@ ORDER = slice(0, 4)
 FACTORS = slice(4, 8)
 GRAYSCALE, SIGMA, SOLARISE = 8, 9, 10
 DRAW_COLUMNS = 11
+
+Colour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (uint8 crops, their draws) -> model input
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,6 @@ def colour_batch(pixels: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     for channel, (mean, std) in enumerate(zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)):
         images[:, channel] = (images[:, channel] - mean) / std
     return images
-
-
-Colour = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (uint8 crops, their draws) -> model input
 
 
 def colour_for(compiled: bool) -> Colour:
