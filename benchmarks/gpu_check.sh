@@ -26,6 +26,9 @@
 #                   table took 2, the unsharded profile 1).
 #   curation-value  the curation-value benchmark at four times its CPU steps, three seeds, eight
 #                   loader workers (its own several minutes; the curation itself runs on the CPU).
+# GPU_CHECK_OVERRIDES="run.compile=false ..." adds config overrides to every training command. Where a
+# recipe's training fails inside torch.compile, its checks run again eager (run.compile=false) and say
+# so, so that one call still yields figures; the table keeps the failed row.
 # With --record every figure goes to benchmarks/results.jsonl under the GPU's name, and a copy of that
 # file to GPU_CHECK_OUT after each check (a tree copied to a GPU machine has no .git: LVD_COMMIT=SHA
 # names the commit measured). GPU_CHECK_OUT gets three files: log.txt (every check's output),
@@ -56,9 +59,10 @@ groups="${groups:-vitl14 embed}"
 work=/tmp/gpu_check                  # shards (a later call on the same machine reuses them) and runs
 checks="$work/checks"                # each check's output
 out="${GPU_CHECK_OUT:-$work}"        # log.txt, table.txt, results.jsonl
-mkdir -p "$checks" "$out"
+rm -rf "$checks" && mkdir -p "$checks" "$out"  # this call's checks only: the tables below read them
 log="$out/log.txt"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}:$work/site" PYTHONUNBUFFERED=1  # site: the carried wheels
+export LVD_DEBUG=1  # a failing check's log keeps its traceback: a device minute is too dear to rerun for it
 
 if ! python -c "import torch" 2>/dev/null; then  # some GPU images name their interpreter python3 only
   mkdir -p "$work/bin" && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" >"$work/bin/python"  # not a link:
@@ -70,6 +74,14 @@ fi
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name())" \
   || { echo "gpu_check: no CUDA GPU here; nothing measured"; exit 2; }
 
+figures() {  # a check's output: the lines worth a table cell, or for a failed check the error it died of
+  if [ "$status" = ok ]; then
+    tr '\r' '\n' <"$1" | grep -E 'ratio|MFU|peak|exported|loads|^profile|GPU busy|images/s|cores busy|final loss|curation value:|^loader|^colour|passed|failed' | grep -v '^lever '
+  else
+    grep -E '^(\[rank[0-9]+\]: )?(error: |[A-Za-z_.]*(Error|Exception|Failed)\b)' "$1" | grep -v ChildFailedError | tail -1
+  fi
+}
+
 rows=()
 check() {  # name, command...: run it, keep its output, add a row with its status
   local name="$1"; shift
@@ -77,7 +89,7 @@ check() {  # name, command...: run it, keep its output, add a row with its statu
   echo "gpu_check: $name ..."
   if "$@" >"$checks/$name.txt" 2>&1; then status=ok; else status="FAILED (see log.txt)"; fi
   { echo "===== $name"; cat "$checks/$name.txt"; } >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(grep -E 'ratio|MFU|peak|exported|loads|^profile|GPU busy|images/s|cores busy|curation value:|^loader|^colour|passed|failed' "$checks/$name.txt" | grep -v '^lever ' | tr '\n' ' ' | cut -c1-600)")
+  rows+=("$name|$status|$((SECONDS - started)) s|$(figures "$checks/$name.txt" | tr '\n' ' ' | cut -c1-600)")
   echo "gpu_check: ${rows[-1]}"  # as it finishes, so a call cut short still shows what ran
   if [ -f benchmarks/results.jsonl ]; then cp benchmarks/results.jsonl "$out/"; fi
 }
@@ -93,23 +105,38 @@ synthetic_shards(Path(sys.argv[1]), 2000)
 EOF
 }
 
+read -ra overrides <<<"${GPU_CHECK_OVERRIDES:-}"
+
 recipe() {  # vitl14 | vitg14: train it under FSDP2, load its export, then the bare step, unsharded and sharded
-  local name="$1" batch
+  local name="$1" batch eager=""
   batch=$([ "$name" = vitl14 ] && echo 32 || echo 12)
-  local common=(data.shards="$shards" data.workers=12 data.batch_size_per_gpu="$batch")
-  rm -rf "${work:?}/$name"  # a fresh run, not a resume of the last call's
+  local common=(data.shards="$shards" data.workers=12 data.batch_size_per_gpu="$batch" "${overrides[@]}")
   if [ "$name" = vitl14 ]; then  # colouring batches on the GPU: the CPU's crops, and no host syncs
     check "colour-tests" python -m pytest -p no:cacheprovider -q -rxX tests/test_train_augment.py -k cuda
   fi
-  check "$name-train" bash -c "torchrun --standalone --nproc-per-node 1 -m pipelines.pretrain \
-      configs/training/$name.yaml ${common[*]} run.output_dir=$work/$name run.max_steps=20 run.log_every=5 \
+  train_recipe "$name-train" "$name" "${common[@]}"
+  if [ "$status" != ok ] && compile_failed "$checks/$name-train.txt"; then
+    eager="-eager" common+=(run.compile=false)
+    train_recipe "$name-train$eager" "$name" "${common[@]}"
+  fi
+  check "$name-unsharded$eager" python benchmarks/train.py --config "configs/training/$name.yaml" --steps 15 $record \
+      "${common[@]}" run.parallel=ddp
+  check "$name-fsdp2$eager" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
+      --config "configs/training/$name.yaml" --steps 15 $record "${common[@]}" run.parallel=fsdp
+}
+
+compile_failed() {  # log: whether a run failed inside torch.compile (Dynamo or Inductor), not for want of memory
+  grep -qE '_dynamo|_inductor|BackendCompilerFailed|InductorError' "$1" && ! grep -q 'OutOfMemoryError' "$1"
+}
+
+train_recipe() {  # check name, recipe, overrides...: 20 steps under torchrun (FSDP2) from scratch, then load its export
+  local check_name="$1" name="$2"; shift 2
+  rm -rf "${work:?}/$name"  # a fresh run, not a resume of the last one's
+  check "$check_name" bash -c "torchrun --standalone --nproc-per-node 1 -m pipelines.pretrain \
+      configs/training/$name.yaml $* run.output_dir=$work/$name run.max_steps=20 run.log_every=5 \
       run.profile_steps=[12,17] \
     && python -c \"from models.backbones import load_backbone; \
       m = load_backbone('lvd:$work/$name/export'); print('export loads:', sum(p.numel() for p in m.parameters()), 'params')\""
-  check "$name-unsharded" python benchmarks/train.py --config "configs/training/$name.yaml" --steps 15 $record \
-      "${common[@]}" run.parallel=ddp
-  check "$name-fsdp2" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
-      --config "configs/training/$name.yaml" --steps 15 $record "${common[@]}" run.parallel=fsdp
 }
 
 # The embed stage in-process (no Ray here) against its bare model(x) loop, start-up left out: JPEGs
@@ -124,11 +151,11 @@ embed() {
 # Where vitl14's step spends its device time under FSDP2 and unsharded, and what each speed lever buys.
 levers() {
   check "vitl14-fsdp-profile" torchrun --standalone --nproc-per-node 1 benchmarks/train.py \
-      --config configs/training/vitl14.yaml --profile --steps 5 data.shards="$shards" run.parallel=fsdp
+      --config configs/training/vitl14.yaml --profile --steps 5 data.shards="$shards" run.parallel=fsdp "${overrides[@]}"
   check "vitl14-levers" python benchmarks/train.py --config configs/training/vitl14.yaml --levers --steps 10 \
-      $record data.shards="$shards"
+      $record data.shards="$shards" "${overrides[@]}"
   check "vitl14-profile" python benchmarks/train.py --config configs/training/vitl14.yaml --profile --steps 5 \
-      data.shards="$shards" run.parallel=ddp
+      data.shards="$shards" run.parallel=ddp "${overrides[@]}"
 }
 
 # Does curation pay, with four times the CPU run's steps (the curation itself runs on the CPU).
