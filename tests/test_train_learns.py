@@ -3,9 +3,9 @@
 The check is the one the DINOv2 paper reports, at toy scale: kNN top-1 of frozen features on
 labelled images of the synthetic concepts (fresh draws, not crawl images), compared with the same
 network at random init, and a distilled student compared with one trained from scratch for the
-same number of steps. Margins are set below the measured ones (teacher +0.077 over random init,
-distilled +0.027 over scratch, on 300 validation images, seed 0) so the test fails on a broken
-loss or a collapsed model, not on noise.
+same number of steps. Margins are set below the measured ones (seed 0: teacher +0.077 over random
+init; distilled student +0.043 over its random init) so the test fails on a broken loss or a
+collapsed model, not on noise.
 """
 
 from __future__ import annotations
@@ -68,9 +68,16 @@ def test_pretrained_features_beat_the_same_network_at_random_init(demo_rows):
     assert rows["teacher (pretrained)"].knn_top1 >= rows["teacher arch, random init"].knn_top1 + 0.03
 
 
-def test_distilled_student_beats_the_student_trained_from_scratch(demo_rows):
+def test_distilled_student_learns_and_keeps_level_with_the_one_trained_from_scratch(demo_rows):
+    """At the demo's scale distillation does not beat training from scratch by more than a seed's
+    spread (README, "Distillation at the demo's scale"): distilled minus scratch measured +0.020,
+    -0.010 and +0.013 kNN top-1 at seeds 0, 1, 2 (torch 2.14), and 0.000 at seed 0 with torch
+    2.11, so a strict win at one seed was a coin toss. What holds at every seed: the distilled
+    student clears its random init (+0.043, +0.023, +0.047) and stays within 0.02 of scratch."""
     _, rows = demo_rows
     distilled, scratch = rows["student (distilled)"], rows["student (from scratch)"]
+    at_init = rows["student arch, random init"].knn_top1
     assert (distilled.steps, distilled.params) == (scratch.steps, scratch.params)
-    assert distilled.knn_top1 > scratch.knn_top1
-    assert scratch.knn_top1 >= rows["student arch, random init"].knn_top1
+    assert distilled.knn_top1 >= at_init + 0.015
+    assert distilled.knn_top1 >= scratch.knn_top1 - 0.02
+    assert scratch.knn_top1 >= at_init
