@@ -7,6 +7,7 @@ Results come back in completion order; stages must not depend on it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -172,9 +173,15 @@ def ray_map(num_cpus: float = 1.0) -> MapFn:
                     crashed.append(item)
         finally:
             # A task's error ends the map: the rest is not waited for. Cancelled, their own errors
-            # are not printed as Ray's "unhandled errors" after the one the user is told.
+            # are not printed as Ray's "unhandled errors" after the one the user is told. A task that
+            # had already failed when the cancel came would be: so each outcome is read, quietly,
+            # once the cancels have landed (seconds at most; interrupted tasks end at once).
             for ref in pending:
                 ray.cancel(ref)
+            ended, _ = ray.wait(list(pending), num_returns=len(pending), timeout=10) if pending else ([], [])
+            for ref in ended:
+                with contextlib.suppress(Exception):
+                    ray.get(ref)
         if crashed:
             raise WorkerCrashed(crashed, "Ray's task retries exhausted")
 

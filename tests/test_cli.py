@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -140,13 +141,12 @@ def test_an_error_of_ours_in_a_ray_data_map_is_told_in_one_line_and_only_there()
 
 
 RAY_TASKS_FAILING = """
-import sys, time
+import sys
 from foundation.errors import CorruptInput
 from foundation.executors import ray_map
 from pipelines.entry import exit_code_of
 
 def damaged(i):
-    time.sleep(0.3 * i)
     raise CorruptInput(f"shard {i} is damaged")
 
 sys.exit(exit_code_of(lambda: list(ray_map()(damaged, range(4)))))
@@ -154,13 +154,16 @@ sys.exit(exit_code_of(lambda: list(ray_map()(damaged, range(4)))))
 
 
 def test_the_first_of_many_failing_ray_tasks_is_the_one_thing_told():
-    """The map stops at the first task's error; the tasks still running fail too, and without being
-    cancelled Ray prints each as an "unhandled error" when the driver exits."""
+    """The map stops at the first task's error. The other tasks fail too, at once, some before the
+    map's cancel reaches them: unless the map reads those outcomes, Ray prints each as an
+    "unhandled error" when the driver exits (it did, in one CI run out of many, when the tasks
+    were spaced 0.3 s apart)."""
     done = subprocess.run(
         [sys.executable, "-c", RAY_TASKS_FAILING], capture_output=True, text=True, env={**os.environ, "LVD_DEBUG": ""}
     )
     assert done.returncode == 2, done.stderr
-    assert "error: shard 0 is damaged" in done.stderr.splitlines(), done.stderr
+    told = [line for line in done.stderr.splitlines() if re.fullmatch(r"error: shard \d is damaged", line)]
+    assert len(told) == 1, done.stderr
     assert "Unhandled error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
