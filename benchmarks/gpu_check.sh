@@ -74,11 +74,11 @@ fi
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name())" \
   || { echo "gpu_check: no CUDA GPU here; nothing measured"; exit 2; }
 
-figures() {  # a check's output: the lines worth a table cell, or for a failed check the error it died of
-  if [ "$status" = ok ]; then
-    tr '\r' '\n' <"$1" | grep -E 'ratio|MFU|peak|exported|loads|^profile|GPU busy|images/s|cores busy|final loss|curation value:|^loader|^colour|passed|failed' | grep -v '^lever '
+figures() {  # status, a check's output: the lines worth a table cell, or for a failed check the error it died of
+  if [ "$1" = ok ]; then
+    tr '\r' '\n' <"$2" | grep -E 'ratio|MFU|peak|exported|loads|^profile|GPU busy|images/s|cores busy|final loss|curation value:|^loader|^colour|passed|failed' | grep -v '^lever '
   else
-    grep -E '^(\[rank[0-9]+\]: )?(error: |[A-Za-z_.]*(Error|Exception|Failed)\b)' "$1" | grep -v ChildFailedError | tail -1
+    grep -E '^(\[rank[0-9]+\]: )?(error: |[A-Za-z_.]*(Error|Exception|Failed)\b)' "$2" | grep -v ChildFailedError | tail -1
   fi
 }
 
@@ -89,7 +89,7 @@ check() {  # name, command...: run it, keep its output, add a row with its statu
   echo "gpu_check: $name ..."
   if "$@" >"$checks/$name.txt" 2>&1; then status=ok; else status="FAILED (see log.txt)"; fi
   { echo "===== $name"; cat "$checks/$name.txt"; } >>"$log"
-  rows+=("$name|$status|$((SECONDS - started)) s|$(figures "$checks/$name.txt" | tr '\n' ' ' | cut -c1-600)")
+  rows+=("$name|$status|$((SECONDS - started)) s|$(figures "$status" "$checks/$name.txt" | tr '\n' ' ' | cut -c1-600)")
   echo "gpu_check: ${rows[-1]}"  # as it finishes, so a call cut short still shows what ran
   if [ -f benchmarks/results.jsonl ]; then cp benchmarks/results.jsonl "$out/"; fi
 }

@@ -172,16 +172,17 @@ def ray_map(num_cpus: float = 1.0) -> MapFn:
                 except (WorkerCrashedError, OutOfMemoryError):
                     crashed.append(item)
         finally:
-            # A task's error ends the map: the rest is not waited for. Cancelled, their own errors
-            # are not printed as Ray's "unhandled errors" after the one the user is told. A task that
-            # had already failed when the cancel came would be: so each outcome is read, quietly,
-            # once the cancels have landed (seconds at most; interrupted tasks end at once).
+            # A task's error ends the map: the rest is cancelled, not waited for, so that their own
+            # errors are not printed as Ray's "unhandled errors" after the one the user is told. A
+            # task that had already failed when its cancel came still would be, unless its outcome
+            # is read: so each is, quietly, once the cancels have landed (interrupted tasks end at once).
             for ref in pending:
                 ray.cancel(ref)
-            ended, _ = ray.wait(list(pending), num_returns=len(pending), timeout=10) if pending else ([], [])
-            for ref in ended:
-                with contextlib.suppress(Exception):
-                    ray.get(ref)
+            if pending:
+                ended, _ = ray.wait(list(pending), num_returns=len(pending), timeout=10)
+                for ref in ended:
+                    with contextlib.suppress(Exception):
+                        ray.get(ref)
         if crashed:
             raise WorkerCrashed(crashed, "Ray's task retries exhausted")
 
