@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from curation import embed
 from curation.embed import read_embeddings
@@ -202,15 +201,11 @@ def test_through_ray_a_damaged_image_is_told_in_one_line_naming_it(embedded_run,
 
 @pytest.mark.parametrize("actors", [pytest.param(1, marks=pytest.mark.slow), 2])  # 2 cores: keep the default run short
 def test_ray_data_actor_pool(embedded_run, crawl, tmp_path, actors):
-    direct = direct_vectors(embedded_run)
-    try:
-        run_dir = run_dir_with(embedded_run, tmp_path / f"actors{actors}", ("ingest",))
-        config = load_curation_config(crawl / "curation.yaml", [f"embed.actors={actors}"])
-        curate(config, run_dir, ("embed",), executor="ray")
-        check_against_direct(run_dir, direct)
-        assert stage_files(run_dir, "embed") == stage_files(embedded_run, "embed")
-    finally:
-        ray.shutdown()
+    run_dir = run_dir_with(embedded_run, tmp_path / f"actors{actors}", ("ingest",))
+    command = curate_command(crawl / "curation.yaml", run_dir, f"embed.actors={actors}", executor="ray")
+    subprocess.run([*command, "--only", "embed"], check=True, capture_output=True)
+    check_against_direct(run_dir, direct_vectors(embedded_run))
+    assert stage_files(run_dir, "embed") == stage_files(embedded_run, "embed")
 
 
 def test_sigkill_mid_embed_then_rerun_is_byte_identical(crawl, tmp_path):
