@@ -164,9 +164,8 @@ def time_stage(config: EmbedConfig, run_dir: Path, use_ray: bool, preprocess: Pr
     part = one_pass(config, run_dir, f"{config.decode}-third", shards // 3, use_ray, preprocess)
     seconds = whole.seconds - part.seconds
     steady = (whole.images - part.images) / seconds
-    return Stage(
-        whole.images / whole.seconds, steady, (whole.busy - part.busy) / seconds, whole.seconds - whole.images / steady
-    )
+    startup = max(0.0, whole.seconds - whole.images / steady)  # a near-zero start-up can come out below zero
+    return Stage(whole.images / whole.seconds, steady, (whole.busy - part.busy) / seconds, startup)
 
 
 def main() -> None:
