@@ -14,6 +14,18 @@ from curation.synth.server import serve_in_background
 CRAWL_IMAGES = 2000
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ray runs in child processes only (the user's command, or a script). `ray.shutdown()` leaves
+    Ray's native gRPC threads alive, and a test process that had started Ray crashed at its exit
+    once (exit 139 after every test passed), so `ray.init` here refuses, naming the fix."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("start Ray in a child process (see tests/conftest.py), not in the test process")
+
+    ray.init = refuse
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
