@@ -117,8 +117,7 @@ def test_an_error_of_ours_in_a_ray_data_map_is_told_in_one_line_and_only_there()
     """A map function raising CorruptInput on a real embedded Ray: the driver gets that error (not
     Ray Data's UserCodeException), its one line drops the retry advice Ray appends to it, and Ray
     Data's console logs none of the tracebacks it writes for what it takes for its own bug. Any
-    other error keeps Ray's report. (Ray runs in a child process: its native threads outlive
-    `ray.shutdown()`, and the test process should not carry them to its exit.)"""
+    other error keeps Ray's report. Ray runs in a child process, as tests/conftest.py asks."""
     done = subprocess.run([sys.executable, "-c", RAY_DATA_MAPS_FAILING], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     ours, theirs = done.stdout.splitlines()

@@ -13,9 +13,9 @@ from tests.stage_output import curate_command, stage_files
 
 @pytest.mark.slow
 def test_ray_executor_matches_local_executor(crawl, tmp_path):
-    config = load_curation_config(crawl / "curation.yaml", ["ingest.shard_size=400"])
-    curate(config, tmp_path / "local", ("ingest",), executor="local")
-    command = curate_command(crawl / "curation.yaml", tmp_path / "ray", "ingest.shard_size=400", executor="ray")
+    overrides = ["ingest.shard_size=400"]
+    curate(load_curation_config(crawl / "curation.yaml", overrides), tmp_path / "local", ("ingest",), executor="local")
+    command = curate_command(crawl / "curation.yaml", tmp_path / "ray", *overrides, executor="ray")
     subprocess.run([*command, "--only", "ingest"], check=True, capture_output=True)
     local, remote = stage_files(tmp_path / "local"), stage_files(tmp_path / "ray")
     assert local == remote and sum(name.endswith(".tar") for name in local) == 5 + 5
