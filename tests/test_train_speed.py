@@ -92,7 +92,7 @@ def test_global_and_local_crops_in_one_pass_give_what_two_passes_give():
             features = [vit.forward_features(global_crops, masks), vit.forward_features(local_crops)]
         out = [f[key] for f in features for key in sorted(f)]
         sum(
-            (o * torch.randn_like(o, generator=torch.Generator().manual_seed(i))).sum() for i, o in enumerate(out)
+            (o * torch.randn(o.shape, generator=torch.Generator().manual_seed(i))).sum() for i, o in enumerate(out)
         ).backward()
         return out, {name: p.grad.clone() for name, p in vit.named_parameters() if p.grad is not None}
 
