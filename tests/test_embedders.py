@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from foundation.errors import ConfigError
@@ -35,6 +38,13 @@ def perturbed_vit(name: str) -> torch.nn.Module:
         for tensor in model.state_dict().values():
             tensor.add_(torch.randn_like(tensor) * 0.02)
     return model.eval()
+
+
+def test_preprocessed_crops_are_writable_so_torch_takes_them_without_a_warning():
+    jpeg = io.BytesIO()
+    Image.fromarray(random_images(1, 300)[0]).save(jpeg, "JPEG")
+    crop = Preprocess(resize=64, crop=56).from_jpeg(jpeg.getvalue())
+    assert crop.shape == (56, 56, 3) and crop.flags.writeable
 
 
 @pytest.mark.parametrize("name", ["vits14", "vits14_reg"])
