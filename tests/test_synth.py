@@ -46,8 +46,8 @@ def test_truth_plants_every_case(pool_truth, truth):
 def test_truth_sizes_match_the_files(crawl, pool_truth):
     for row in pool_truth[::37]:
         if row["broken_reason"] is None:
-            image = Image.open(crawl / row["path"])
-            size = image.size[::-1] if row["oddity"] == "exif_rotated" else image.size
+            with Image.open(crawl / row["path"]) as image:
+                size = image.size[::-1] if row["oddity"] == "exif_rotated" else image.size
             assert size == (row["width"], row["height"])
 
 
