@@ -62,6 +62,19 @@ def test_embed_benchmark_runs_without_them():
     assert "ratio stage/bare" in out and "CPU cores busy" in out
 
 
+def test_the_gpu_checks_test_selections_run_without_them():
+    """The pytest runs `gpu_check.sh` makes (its colour-tests and decode-tests checks): here their
+    tests skip for want of CUDA, but collecting and configuring them must not need Ray. (It did:
+    conftest imported Ray, and both checks would have died before running a test on the GPU.)"""
+    for path, selection in (("tests/test_train_augment.py", "cuda"), ("tests/test_device_decode.py", "overwrites")):
+        code = (
+            REFUSE
+            + f"import pytest; sys.exit(pytest.main(['-p', 'no:cacheprovider', '-q', {path!r}, '-k', {selection!r}]))"
+        )
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
+        assert done.returncode == 0 and " skipped" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def test_training_entry_points_import_without_them():
     out = run_without_them("benchmarks/train.py", "--help")
     assert "--levers" in out
