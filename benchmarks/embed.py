@@ -62,6 +62,7 @@ from foundation.config import validate_tree
 from foundation.gpus import gpu_peak
 from foundation.ray_session import connect_ray
 from models.embedders import Preprocess, create_embedder
+from models.embedders.jpeg_decoders import jpeg_decoder
 from training.profiling import kernel_seconds, profiler_for, top_operators
 
 
@@ -242,9 +243,10 @@ def repeat_shards(ingest_dir: Path, times: int) -> None:
 
 def report(stage: Stage, bare: Bare, decode: str, args: argparse.Namespace) -> None:
     """Print one pass's figures; with --record, append them (the last pass's rate is what --plan reads)."""
+    library = f" with {jpeg_decoder().name}" if decode == "device" else ""
     print(
         f"embed stage        : {stage.steady_images_per_s:8.1f} images/s without its start-up of "
-        f"{stage.startup_seconds:.1f} s; {stage.images_per_s:.1f} end to end  (decode {decode})"
+        f"{stage.startup_seconds:.1f} s; {stage.images_per_s:.1f} end to end  (decode {decode}{library})"
     )
     print(f"model utilisation  : {bare.mfu(stage.steady_images_per_s)} in the stage")
     ratio = stage.steady_images_per_s / bare.images_per_s

@@ -15,11 +15,11 @@
 #                   and peak memory: 3 minutes for vitl14 (1 + 1 + 1), vitg14's training alone 2.
 #                   vitl14 first runs the CUDA tests of colouring batches on the GPU (not yet timed).
 #                   `train` is both.
-#   embed           GPU decoding's tests (nvjpeg must not overwrite memory queued kernels still read),
-#                   then the embed stage in-process with ViT-H/14 fp16, JPEGs decoded on the CPU and
-#                   then on the GPU, against its bare loop (target >= 0.90 with GPU decoding), the
-#                   CPU cores busy meanwhile, and a profiled pass of each (GPU busy share, top
-#                   operators): 3 minutes without the profiles.
+#   embed           GPU decoding's tests with torchvision's and with TorchCodec's nvjpeg (neither may
+#                   overwrite memory queued kernels still read), then the embed stage in-process with
+#                   ViT-H/14 fp16, JPEGs decoded on the CPU and then on the GPU, against its bare loop
+#                   (target >= 0.90 with GPU decoding), the CPU cores busy meanwhile, and a profiled
+#                   pass of each (GPU busy share, top operators): 3 minutes without the profiles.
 #   levers          vitl14's top operators by device time under FSDP2 (--profile), then its bare
 #                   step plain, with each speed lever alone (twice the batch is one) and with all of
 #                   them (--levers), then the unsharded profile: about 5 minutes (the eager lever
@@ -42,7 +42,7 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d wheels \
 #       pydantic pydantic-core annotated-types typing-inspection typing-extensions \
-#       "webdataset<0.3" braceexpand faiss-cpu universal-pathlib pathlib-abc \
+#       "webdataset<0.3" braceexpand faiss-cpu universal-pathlib pathlib-abc torchcodec \
 #       pytest pluggy iniconfig packaging pygments pytest-timeout
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +68,7 @@ if ! python -c "import torch" 2>/dev/null; then  # some GPU images name their in
   mkdir -p "$work/bin" && printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" >"$work/bin/python"  # not a link:
   chmod +x "$work/bin/python" && export PATH="$work/bin:$PATH"  # a venv's python finds its packages by the path it was called by
 fi
-if [ -d wheels ] && ! python -c "import pydantic, webdataset, faiss, upath, pytest, pytest_timeout" 2>/dev/null; then
+if [ -d wheels ] && ! python -c "import pydantic, webdataset, faiss, upath, torchcodec, pytest, pytest_timeout" 2>/dev/null; then
   python -m pip install -q --no-deps --no-index --no-compile --target "$work/site" wheels/*.whl || exit 1
 fi
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name())" \

@@ -1,4 +1,5 @@
-"""Shared fixtures: one synthetic crawl with known truth per test session, and its loopback server."""
+"""Shared fixtures: one synthetic crawl with known truth per test session, its loopback server, and
+each JPEG library the embed stage can decode with."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from curation.synth.crawl import make_crawl
 from curation.synth.server import serve_in_background
+from models.embedders.jpeg_decoders import DECODERS, JpegDecoder
 
 CRAWL_IMAGES = 2000
 
@@ -59,3 +62,14 @@ def served_crawl(crawl: Path):
     yield crawl
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session", params=list(DECODERS))
+def jpeg_decoder(request: pytest.FixtureRequest) -> JpegDecoder:
+    """Each JPEG library in turn. TorchCodec's image decoders load with torch 2.11 or newer only
+    (CI's lowest-versions leg runs torch 2.9): there it is skipped; anywhere else it must load."""
+    decoder = DECODERS[request.param]()
+    if decoder is None and request.param == "torchcodec" and torch.__version__ < "2.11":
+        pytest.skip(f"TorchCodec's image decoders need torch 2.11 or newer, not {torch.__version__}")
+    assert decoder is not None, f"{request.param} is installed but cannot decode JPEGs here"
+    return decoder

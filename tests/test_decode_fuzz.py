@@ -132,12 +132,13 @@ def test_a_mutated_files_decoded_size_is_a_number_never_an_exception(data):
 
 @settings(FUZZ, max_examples=300, derandomize=True)
 @given(mutated_images())
-def test_a_mutated_file_in_a_device_decoded_batch_is_pixels_or_named_by_its_index(data):
-    """The embed stage's device decoding (its code run on the CPU) between two good files: the batch
-    decodes, or the error names the mutated file (the stage turns it into one line naming the key)."""
+def test_a_mutated_file_in_a_device_decoded_batch_is_pixels_or_named_by_its_index(jpeg_decoder, data):
+    """The embed stage's device decoding (its code run on the CPU, with each library) between two
+    good files: the batch decodes, or the error names the mutated file (the stage turns it into one
+    line naming the key)."""
     preprocess, good = Preprocess(resize=64, crop=56), SEEDS["jpeg"]
     try:
-        crops = decode_batch([good, data, good], preprocess, torch.device("cpu"))
+        crops = decode_batch([good, data, good], preprocess, torch.device("cpu"), decoder=jpeg_decoder)
     except UndecodableJpeg as exc:
         assert exc.index == 1 and exc.__cause__ is not None
         return

@@ -1,7 +1,7 @@
 """Decoding beside the model (nvjpeg on GPU) gives the CPU path's embeddings, to cosine >= 0.999.
 
-torchvision's `decode_jpeg` runs on CPU tensors too, so this is the GPU path's own code with
-`device="cpu"`: the same batch decode, the same resize and crop, the same fallback.
+torchvision's and TorchCodec's decoders run on CPU tensors too, so this is the GPU path's own code
+with `device="cpu"`: the same batch decode, the same resize and crop, the same fallback.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.io import decode_jpeg
 
 from curation.embed import read_embeddings
 from curation.pipeline import curate
 from curation.run_config import load_curation_config
+from foundation.errors import ConfigError
 from foundation.executors import prefetched
 from models.embedders import create_embedder, device_decode
 from models.embedders.device_decode import decode_batch
+from models.embedders.jpeg_decoders import DECODERS, JpegDecoder, jpeg_decoder
 from tests.stage_output import run_dir_with
 
 
@@ -49,12 +50,40 @@ def test_device_decoding_gives_the_cpu_paths_embeddings(crawl_jpegs, name, weigh
     assert float(cosine.min()) >= 0.999, float(cosine.min())
 
 
-def test_a_file_the_decoder_refuses_takes_the_cpu_path_not_the_batch_down(crawl_jpegs):
+def test_each_library_decodes_ingested_files_to_pils_pixels(crawl_jpegs, jpeg_decoder):
+    """On the CPU both libraries are libjpeg, as PIL is: the same pixels, so switching library (as a
+    torchvision without decoders forces) leaves the CPU-tested embeddings as they are."""
+    data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in crawl_jpegs]
+    for image, jpeg in zip(jpeg_decoder.decode(data, torch.device("cpu")), crawl_jpegs, strict=True):
+        assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(np.array(Image.open(io.BytesIO(jpeg)))))
+
+
+def test_the_first_library_that_loads_decodes(monkeypatch):
+    loads = dict.fromkeys(DECODERS, True)
+    for name in DECODERS:
+        monkeypatch.setitem(
+            DECODERS, name, lambda name=name: JpegDecoder(name, lambda data, device: data) if loads[name] else None
+        )
+    jpeg_decoder.cache_clear()
+    try:
+        assert jpeg_decoder().name == "torchvision"
+        jpeg_decoder.cache_clear()
+        loads["torchvision"] = False  # a torchvision without its image decoders
+        assert jpeg_decoder().name == "torchcodec"
+        jpeg_decoder.cache_clear()
+        loads["torchcodec"] = False
+        with pytest.raises(ConfigError, match="install torchcodec"):
+            jpeg_decoder()
+    finally:
+        jpeg_decoder.cache_clear()
+
+
+def test_a_file_the_decoder_refuses_takes_the_cpu_path_not_the_batch_down(crawl_jpegs, jpeg_decoder):
     embedder = create_embedder("tiny")
     buffer = io.BytesIO()
     Image.new("RGB", (80, 70), (10, 200, 30)).save(buffer, format="PNG")  # not a JPEG: nvjpeg refuses it
     files = [crawl_jpegs[0], buffer.getvalue(), crawl_jpegs[1]]
-    pixels = decode_batch(files, embedder.preprocess, torch.device("cpu"))
+    pixels = decode_batch(files, embedder.preprocess, torch.device("cpu"), decoder=jpeg_decoder)
     assert pixels.shape == (3, 64, 64, 3)
     assert torch.equal(pixels[1], torch.from_numpy(embedder.preprocess.from_jpeg(files[1])))
 
@@ -85,8 +114,8 @@ def test_images_resized_together_match_those_resized_alone(group, monkeypatch):
     monkeypatch.setattr("models.embedders.device_decode.DECODE_BYTES", budget)
     parts, decode = [], device_decode._decode
 
-    def noting_the_part(data, device):
-        images = decode(data, device)
+    def noting_the_part(data, device, decoder):
+        images = decode(data, device, decoder)
         parts.append([image.numel() for image in images])
         return images
 
@@ -166,25 +195,26 @@ def web_size_jpegs() -> list[bytes]:
 
 
 @needs_cuda
-@pytest.mark.xfail(reason="the hazard decode_batch guards against (pytorch/vision#9606)")
-def test_torchvisions_gpu_decode_overwrites_memory_that_queued_kernels_still_read(web_size_jpegs):
-    """Whether this GPU and torchvision have the hazard at all: if this passes (XPASS), the test
+@pytest.mark.xfail(reason="the hazard decode_batch guards against (pytorch/vision#9606, meta-pytorch/torchcodec#1634)")
+def test_the_librarys_own_gpu_decode_overwrites_memory_that_queued_kernels_still_read(web_size_jpegs, jpeg_decoder):
+    """Whether this GPU and library have the hazard at all: if this passes (XPASS), the test
     below cannot tell a guarded decode from an unguarded one here."""
     data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in web_size_jpegs]
+    device = torch.device("cuda")
     with torch.cuda.stream(torch.cuda.Stream()):  # as the embed worker's decode stream
-        decode_jpeg(data, device="cuda")  # nvjpeg's start-up, outside the measured rounds
-        assert corrupted_reads(lambda: decode_jpeg(data, device="cuda"), (3, 375, 500)) == 0
+        jpeg_decoder.decode(data, device)  # nvjpeg's start-up, outside the measured rounds
+        assert corrupted_reads(lambda: jpeg_decoder.decode(data, device), (3, 375, 500)) == 0
 
 
 @needs_cuda
-def test_gpu_decoding_never_overwrites_memory_that_queued_kernels_still_read(web_size_jpegs):
-    """torchvision's nvjpeg writes its output from a stream that does not wait for the caller's, into
-    blocks the caller's stream may have freed with reads still queued. `decode_batch` must leave
-    those reads their bytes, and give the pixels it gives when nothing else is queued."""
+def test_gpu_decoding_never_overwrites_memory_that_queued_kernels_still_read(web_size_jpegs, jpeg_decoder):
+    """nvjpeg writes its output without waiting for the caller's stream, into blocks the caller's
+    stream may have freed with reads still queued. `decode_batch` must leave those reads their
+    bytes, and give the pixels it gives when nothing else is queued."""
     preprocess, device = create_embedder("tiny").preprocess, torch.device("cuda")
     with torch.cuda.stream(torch.cuda.Stream()):
-        expected = decode_batch(web_size_jpegs, preprocess, device).cpu()
+        expected = decode_batch(web_size_jpegs, preprocess, device, decoder=jpeg_decoder).cpu()
         decoded = []
-        decode = lambda: decoded.append(decode_batch(web_size_jpegs, preprocess, device))  # noqa: E731
+        decode = lambda: decoded.append(decode_batch(web_size_jpegs, preprocess, device, decoder=jpeg_decoder))  # noqa: E731
         assert corrupted_reads(decode, (3, 375, 500)) == 0
     assert all(torch.equal(pixels.cpu(), expected) for pixels in decoded)

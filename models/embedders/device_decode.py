@@ -8,10 +8,9 @@ run this same code with `device="cpu"`. Ingest guarantees every pool and referen
 RGB JPEG; one the decoder still refuses goes through `Preprocess.from_jpeg` on the CPU instead
 of failing its batch.
 
-torchvision deprecated its image decoders in 0.29 in favour of TorchCodec; they still work, and
-this module is the one place to change when they go. On a GPU they need one guard (`_decode`):
-torchvision allocates nvjpeg's output on the caller's stream but writes it from a stream of its
-own that waits for nothing, so it can overwrite memory the caller's queued kernels still read.
+The decoding library is torchvision's or TorchCodec's (`jpeg_decoders`). On a GPU both need one
+guard (`_decode`): nvjpeg's output is allocated on the caller's stream but written by hardware
+that waits for nothing queued there, so it can overwrite memory the caller's kernels still read.
 """
 
 from __future__ import annotations
@@ -23,9 +22,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from models.embedders.base import Preprocess
+from models.embedders.jpeg_decoders import JpegDecoder, jpeg_decoder
 
 # On a GPU, images of one size are resized together, a few dozen at a time: one kernel launch per
 # group instead of one per image keeps the decode thread's host time (and its hold on the GIL, which
@@ -49,14 +48,22 @@ class UndecodableJpeg(ValueError):
 
 
 def decode_batch(
-    jpegs: list[bytes], preprocess: Preprocess, device: torch.device, group: int | None = None
+    jpegs: list[bytes],
+    preprocess: Preprocess,
+    device: torch.device,
+    group: int | None = None,
+    decoder: JpegDecoder | None = None,
 ) -> torch.Tensor:
     """B×crop×crop×3 uint8 on `device` from B JPEG files, resized `group` same-size images at a time
-    (default: `GPU_GROUP` on a GPU, 1 elsewhere). A file nothing can decode raises `UndecodableJpeg`."""
+    (default: `GPU_GROUP` on a GPU, 1 elsewhere), decoded by `decoder` (default: `jpeg_decoder()`).
+    A file nothing can decode raises `UndecodableJpeg`."""
     group = group or (GPU_GROUP if device.type == "cuda" else 1)
+    decoder = decoder or jpeg_decoder()
     crops = torch.empty((len(jpegs), 3, preprocess.crop, preprocess.crop), dtype=torch.uint8, device=device)
     for part in _parts(jpegs):
-        _decode_into(crops[part.start : part.stop], jpegs[part.start : part.stop], part.start, preprocess, group)
+        _decode_into(
+            crops[part.start : part.stop], jpegs[part.start : part.stop], part.start, preprocess, group, decoder
+        )
     return crops.permute(0, 2, 3, 1).contiguous()
 
 
@@ -83,16 +90,18 @@ def _decoded_bytes(jpeg: bytes) -> int:
     return 3 * width * height
 
 
-def _decode_into(crops: torch.Tensor, jpegs: list[bytes], first: int, preprocess: Preprocess, group: int) -> None:
+def _decode_into(
+    crops: torch.Tensor, jpegs: list[bytes], first: int, preprocess: Preprocess, group: int, decoder: JpegDecoder
+) -> None:
     """Fill `crops` (N×3×crop×crop uint8) from N JPEG files, the batch's from index `first` on: one
     batched decode, then a resize per `group` same-size images; a file the decoder refuses goes
     through the CPU path."""
     device = crops.device
     data = [_as_tensor(jpeg) for jpeg in jpegs]
     try:
-        images = _decode(data, device)
+        images = _decode(data, device, decoder)
     except RuntimeError:  # one bad file fails the batched call: decode one by one to find it
-        images = [_decode_or_none(tensor, device) for tensor in data]
+        images = [_decode_or_none(tensor, device, decoder) for tensor in data]
     for index in (i for i, image in enumerate(images) if image is None):
         try:
             crops[index] = _on_cpu(jpegs[index], preprocess, device)
@@ -106,7 +115,7 @@ def _decode_into(crops: torch.Tensor, jpegs: list[bytes], first: int, preprocess
 
 
 def _as_tensor(jpeg: bytes) -> torch.Tensor:
-    """The file's bytes as a uint8 tensor for `decode_jpeg` (torch.frombuffer refuses an empty one)."""
+    """The file's bytes as a uint8 tensor for the decoder (torch.frombuffer refuses an empty one)."""
     return torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) if jpeg else torch.empty(0, dtype=torch.uint8)
 
 
@@ -131,31 +140,31 @@ def _by_size(images: list[torch.Tensor | None]) -> dict[tuple[int, ...], list[in
     return groups
 
 
-def _decode_or_none(tensor: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+def _decode_or_none(tensor: torch.Tensor, device: torch.device, decoder: JpegDecoder) -> torch.Tensor | None:
     try:
-        return _decode([tensor], device)[0]
+        return _decode([tensor], device, decoder)[0]
     except RuntimeError:
         return None
 
 
-def _decode(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """`decode_jpeg` of a batch, with its outputs in memory no queued kernel still reads.
+def _decode(data: list[torch.Tensor], device: torch.device, decoder: JpegDecoder) -> list[torch.Tensor]:
+    """`decoder`'s batch decode, with its outputs in memory no queued kernel still reads.
 
-    On a GPU torchvision allocates each output on the current stream, then nvjpeg writes it from a
-    pool stream that does not wait for the current one (and nvjpeg's hardware engine does not wait
-    for its own stream either; pytorch/vision#9606, meta-pytorch/torchcodec#1634). The caching
-    allocator hands out a block as soon as it is freed on its stream, so on the decode stream,
-    with the last batch's resize still queued, nvjpeg would be given (and overwrite) memory that
-    resize has yet to read. So the outputs are allocated on a stream that never runs a kernel, whose
-    free blocks are truly free, and each is marked as used by the caller's stream, so its block
-    is not handed to nvjpeg again before the caller's kernels are done with it. torchvision waits
-    for the decode to finish before it returns, so the pixels are there for any stream to read.
+    On a GPU both libraries allocate each output on the current stream. torchvision then has nvjpeg
+    write it from a pool stream that does not wait for the current one, and nvjpeg's hardware engine
+    does not wait for the stream it is given either (pytorch/vision#9606, meta-pytorch/torchcodec#1634).
+    The caching allocator hands out a block as soon as it is freed on its stream, so on the decode
+    stream, with the last batch's resize still queued, nvjpeg would be given (and overwrite) memory
+    that resize has yet to read. So the outputs are allocated on a stream that never runs a kernel,
+    whose free blocks are truly free, and each is marked as used by the caller's stream, so its block
+    is not handed to nvjpeg again before the caller's kernels are done with it. Both libraries wait
+    for the decode to finish before they return, so the pixels are there for any stream to read.
     """
     if device.type != "cuda":
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        return decoder.decode(data, device)
     caller = torch.cuda.current_stream(device)
     with torch.cuda.stream(_idle_stream(caller.device)):
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        images = decoder.decode(data, device)
     for image in images:
         image.record_stream(caller)
     return images
