@@ -3,10 +3,10 @@ decoder, else TorchCodec.
 
 torchvision deprecated its image decoders in 0.29 in favour of TorchCodec, whose image decoders
 start at 0.16 and load with torch 2.11 or newer. Both wrap libjpeg on the CPU and batched nvjpeg
-on a GPU, raise `RuntimeError` on a file they refuse, and host-synchronise before returning, so
-`device_decode` guards them alike. torchvision's comes first because its GPU path is the one
-measured in this project; TorchCodec keeps the embed stage decoding once torchvision drops its
-decoders, and is what a torch 2.11+ install uses without torchvision's.
+on a GPU, raise `RuntimeError` on a file they refuse (tested on the CPU) and host-synchronise
+before returning, so `device_decode` guards them alike. torchvision's comes first because its GPU
+path is the one measured in this project (TorchCodec's has not run on a GPU here); TorchCodec
+keeps the embed stage decoding once torchvision drops its decoders.
 
 One difference: TorchCodec always applies a file's EXIF orientation, torchvision never does (nor
 does `Preprocess.from_jpeg`). Ingest re-encodes every file tagged with another orientation than
