@@ -12,7 +12,7 @@ from foundation.errors import ConfigError
 from models.embedders import create_embedder
 from tests.train_fixtures import tiny_train_tree, write_concept_shards
 from training.config import TrainConfig
-from training.data import shard_urls
+from training.data import shard_urls, tar_samples
 from training.student_teacher import DinoV2
 from training.train_loop import FiniteWatch, TrainingDiverged, train
 
@@ -135,3 +135,20 @@ def test_resuming_with_a_different_model_is_refused_before_loading(shards, tmp_p
     with pytest.raises(LvdError, match=r"different model\.embed_dim"):
         train(_config(shards, tmp_path, run={"max_steps": 4}, model={"embed_dim": 64}))
     assert train(_config(shards, tmp_path, run={"max_steps": 3}, optim={"base_lr": 0.001})).steps == 3
+
+
+def test_each_shard_is_closed_once_read_and_the_last_when_the_stream_is_dropped(shards, monkeypatch):
+    opened = []
+
+    def noting(url):
+        opened.append(open(url, "rb"))  # noqa: SIM115 (tar_samples closes it: the test checks that)
+        return opened[-1]
+
+    monkeypatch.setattr("training.data.open_input", noting)
+    urls = shard_urls(shards)
+    samples = tar_samples([{"url": url} for url in urls], handler=lambda exc: False)
+    for _ in range(16 + 1):  # the first shard whole (write_concept_shards: 16 images each), one of the second
+        next(samples)
+    assert [stream.closed for stream in opened] == [True, False]
+    samples.close()
+    assert [stream.closed for stream in opened] == [True, True]

@@ -46,15 +46,21 @@ def shard_urls(source: str | Location) -> list[str]:
 
 def tar_samples(shards: Iterable[dict], handler: Callable[[Exception], bool]) -> Iterator[dict]:
     """{'url'} dicts -> WebDataset samples, each shard opened with fsspec: webdataset's own opener
-    knows only a few URL schemes, fsspec knows every object store its plugins add."""
+    knows only a few URL schemes, fsspec knows every object store its plugins add.
+
+    Each shard's file is closed here once it is read, or when the stream is dropped mid-shard (the
+    end of training): webdataset's tar reader never closes the files it is given."""
 
     def opened() -> Iterator[dict]:
         for shard in shards:
             try:
-                yield {**shard, "stream": open_input(shard["url"])}
+                stream = open_input(shard["url"])
             except Exception as exc:
                 if not handler(exc):
                     raise
+                continue
+            with stream:
+                yield {**shard, "stream": stream}
 
     files = wds.tariterators.tar_file_expander(opened(), handler=handler)
     return wds.tariterators.group_by_keys(files, handler=handler)
