@@ -23,6 +23,7 @@ from foundation.executors import prefetched
 from models.embedders import create_embedder, device_decode
 from models.embedders.device_decode import decode_batch
 from models.embedders.jpeg_decoders import DECODERS, JpegDecoder, jpeg_decoder
+from tests.conftest import TORCHCODEC_LOADS
 from tests.stage_output import run_dir_with
 
 
@@ -56,6 +57,14 @@ def test_each_library_decodes_ingested_files_to_pils_pixels(crawl_jpegs, jpeg_de
     data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in crawl_jpegs]
     for image, jpeg in zip(jpeg_decoder.decode(data, torch.device("cpu")), crawl_jpegs, strict=True):
         assert torch.equal(image.permute(1, 2, 0), torch.from_numpy(np.array(Image.open(io.BytesIO(jpeg)))))
+
+
+def test_torchcodec_loads_with_torch_2_11_or_newer_and_torchvision_decodes_otherwise():
+    """TorchCodec is a dependency on every torch; below 2.11 its library refuses to load (OSError),
+    and the stage must then decode with torchvision's, not fail."""
+    assert (DECODERS["torchcodec"]() is not None) == TORCHCODEC_LOADS
+    if not TORCHCODEC_LOADS:
+        assert jpeg_decoder().name == "torchvision"
 
 
 def test_the_first_library_that_loads_decodes(monkeypatch):
