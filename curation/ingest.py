@@ -1,8 +1,9 @@
 """Ingest stage: crawled inputs -> WebDataset shards `ingest/{shard:06d}.tar`, an index and a quarantine.
 
 Every input ends in exactly one of two tables:
-- `ingest/index.parquet`: key, source, source_kind, width, height, bytes, sha256, shard, ...
-  (one row per sample in the shards; `{key}.jpg` is the normalised image, `{key}.json` its facts);
+- `ingest/index.parquet`: key, source, source_kind, width, height, bytes, sha256, shard, offset, ...
+  (one row per sample in the shards; `{key}.jpg` is the normalised image, `{key}.json` its facts;
+  the JPEG's `bytes` start at `offset` in shard `shard`, so later stages read it without a scan);
 - `ingest/quarantine.parquet`: key, source, source_kind, reason, detail (one row per rejected
   input: a broken file, a download error, an unsafe tar member).
 
@@ -50,6 +51,7 @@ INDEX_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
         ("shard", pa.int32()),
+        ("offset", pa.int64()),  # where the JPEG's bytes start in its shard, for `shards.read_at`
         ("original_format", pa.string()),
         ("original_mode", pa.string()),
         ("reencoded", pa.bool_()),
@@ -149,8 +151,8 @@ def ingest_shard(task: ShardTask, isolated: bool = False) -> tuple[int, int]:
             result = clean(found, task.limits) if isinstance(found, bytes) else Rejection(*found)
             if isinstance(result, CleanImage):
                 meta = _sample_meta(key, ref, result)
-                writer.write(key, {"jpg": result.jpeg, "json": meta})
-                rows.append({**meta, "bytes": len(result.jpeg), "shard": task.index})
+                offset = writer.write(key, {"jpg": result.jpeg, "json": meta})["jpg"]
+                rows.append({**meta, "bytes": len(result.jpeg), "shard": task.index, "offset": offset})
             else:
                 rejected.append(
                     {

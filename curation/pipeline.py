@@ -103,14 +103,17 @@ def retrieve_body(config: CurationConfig, run: RunDir, work: StageWork, executor
 
 def assemble_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
     rows = {row.name: row.strategy.kind for row in config.retrieve.sources}
-    counts = assemble.run_assemble(
-        config.assemble,
-        run.stage_path(ingest.STAGE),
-        run.stage_path(retrieve.STAGE),
-        rows,
-        work.path,
-        seed=config.run.seed,
-    )
+    with tqdm(desc="curated images", unit="image", file=sys.stderr) as bar:
+        counts = assemble.run_assemble(
+            config.assemble,
+            run.stage_path(ingest.STAGE),
+            run.stage_path(retrieve.STAGE),
+            rows,
+            work.path,
+            choose_map(executor, config.assemble.workers),
+            bar.update,
+            seed=config.run.seed,
+        )
     upstream = [run.stage_record(stage.STAGE)["counts"] for stage in (ingest, dedup, decontam)]
     counts.update(assemble.account(*upstream, counts["curated.pool"]))
     return counts

@@ -60,16 +60,23 @@ class ShardWriter:
         self._written = 0
         self.count = 0
 
-    def write(self, key: str, members: dict[str, bytes | dict[str, Any]]) -> None:
-        """Add one sample: `members` maps an extension (`jpg`, `json`) to bytes or a JSON-able dict."""
-        chunks = []
+    def write(self, key: str, members: dict[str, bytes | dict[str, Any]]) -> dict[str, int]:
+        """Add one sample: `members` maps an extension (`jpg`, `json`) to bytes or a JSON-able dict.
+
+        Returns where each member's data starts in the tar (extension -> byte offset): an index
+        that keeps it lets `read_at` fetch the member without scanning the tar.
+        """
+        chunks, offsets, position = [], {}, self._written
         for ext, value in members.items():
             payload = value if isinstance(value, bytes) else canonical_json(value)
-            chunks += [ustar_header(f"{key}.{ext}", len(payload)), payload, bytes(-len(payload) % BLOCK)]
-        block = b"".join(chunks)
-        self._file.write(block)
-        self._written += len(block)
+            padding = bytes(-len(payload) % BLOCK)
+            chunks += [ustar_header(f"{key}.{ext}", len(payload)), payload, padding]
+            offsets[ext] = position + BLOCK
+            position += BLOCK + len(payload) + len(padding)
+        self._file.write(b"".join(chunks))
+        self._written = position
         self.count += 1
+        return offsets
 
     def close(self) -> None:
         end = self._written + 2 * BLOCK
@@ -125,14 +132,6 @@ def list_members(tar_path: str | Location) -> tuple[list[tarfile.TarInfo], str |
     return members, None
 
 
-def read_members(tar_path: str | Location, names: set[str]) -> dict[str, bytes]:
-    """Bytes of the named regular-file members of a tar this project wrote; a broken one is an error."""
-    found, error = read_members_until_error(tar_path, names)
-    if error:
-        raise CorruptInput(f"cannot read tar {tar_path}: {error}; re-run the stage that wrote it")
-    return found
-
-
 def read_members_until_error(tar_path: str | Location, names: set[str]) -> tuple[dict[str, bytes], str | None]:
     """Bytes of the named regular-file members, reading the tar (local or any fsspec URL) once, in
     order, and why reading stopped early (None when it reached the end)."""
@@ -146,6 +145,31 @@ def read_members_until_error(tar_path: str | Location, names: set[str]) -> tuple
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         return found, f"{type(exc).__name__}: {exc}"
     return found, None
+
+
+def read_at(tar_path: str | Location, members: dict[str, tuple[int, int]]) -> dict[str, bytes]:
+    """Bytes of members of a tar `ShardWriter` wrote, each read at the (data offset, size) an index
+    recorded, in offset order, without scanning the tar.
+
+    The header before each member must be the one the writer made for that name and size, so an
+    index that no longer matches its tar (the tar rewritten, damaged or cut short) is an error
+    naming the tar, never another member's bytes.
+    """
+    found: dict[str, bytes] = {}
+    try:
+        with open_input(tar_path) as raw:
+            for name, (offset, size) in sorted(members.items(), key=lambda item: item[1][0]):
+                raw.seek(offset - BLOCK)
+                block = raw.read(BLOCK + size)
+                if len(block) < BLOCK + size or block[:BLOCK] != ustar_header(name, size):
+                    raise CorruptInput(
+                        f"tar {tar_path} holds no {name} of {size} bytes at offset {offset}, where its index "
+                        "says; re-run the stage that wrote it"
+                    )
+                found[name] = block[BLOCK:]
+    except (OSError, ValueError) as exc:  # ValueError: a negative seek, from an index that is not this tar's
+        raise CorruptInput(f"cannot read tar {tar_path}: {type(exc).__name__}: {exc}") from exc
+    return found
 
 
 def iter_samples(tar_path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:

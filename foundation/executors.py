@@ -36,11 +36,13 @@ class WritesOneFile(Protocol):
     out: str
 
 
-def run_unfinished(map_fn: MapFn, fn: Callable[[Any], object], tasks: list[WritesOneFile]) -> None:
+def run_unfinished(
+    map_fn: MapFn, fn: Callable[[Any], R], tasks: list[WritesOneFile], done: Callable[[R], object] = lambda _: None
+) -> None:
     """Run the tasks whose output file (`task.out`, written atomically) does not exist yet, so a
-    killed stage keeps the chunks it finished."""
-    for _ in map_fn(fn, [task for task in tasks if not Path(task.out).exists()]):
-        pass
+    killed stage keeps the chunks it finished; `done` is called with each task's result."""
+    for result in map_fn(fn, [task for task in tasks if not Path(task.out).exists()]):
+        done(result)
 
 
 def serial_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:

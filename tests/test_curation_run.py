@@ -12,14 +12,20 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from curation import shards
+from curation.assemble import AssembleConfig, run_assemble
 from curation.pipeline import STAGES, curate
 from curation.run_config import load_curation_config
 from curation.rundir import RunDir
 from curation.shards import iter_samples
+from foundation.errors import CorruptInput, StageError
+from foundation.executors import process_map, serial_map
+from foundation.storage import open_input
 from tests.stage_output import curate_command, stage_files, with_an_image_zeroed
 
 
@@ -184,3 +190,83 @@ def test_verify_sends_back_to_the_curated_stage_when_only_its_shards_are_damaged
     done = lvd_verify(run_dir)
     assert done.returncode == 2 and f"images changed (first {changed})" in done.stdout, done.stdout + done.stderr
     assert done.stderr.rstrip().endswith("re-run from curated (--from curated)"), done.stderr
+
+
+def assemble_into(run_dir: Path, out: Path, map_fn=serial_map, shard_size: int = 10) -> dict[str, int]:
+    """The curated stage alone, over `run_dir`'s finished ingest and retrieve, into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    sources = RunDir(run_dir).read_manifest()["config"]["retrieve"]["sources"]
+    rows = {row["name"]: row["strategy"]["kind"] for row in sources}
+    config = AssembleConfig(shard_size=shard_size)
+    return run_assemble(config, run_dir / "ingest", run_dir / "retrieve", rows, out, map_fn)
+
+
+def test_assembly_reads_each_curated_image_once_and_nothing_else(curated_run, tmp_path, monkeypatch):
+    """Output shards are filled by reading at the offsets ingest recorded: the bytes read are the
+    curated JPEGs and their tar headers, not the ingest shards they lie in (the whole pool)."""
+    read = Counter()
+
+    def counting(path):
+        handle = open_input(path)
+        plain_read = handle.read
+        handle.read = lambda *size: read.update({str(path): len(data := plain_read(*size))}) or data
+        return handle
+
+    monkeypatch.setattr(shards, "open_input", counting)
+    counts = assemble_into(curated_run, tmp_path / "curated")
+    sizes = [len(sample["jpg"]) for sample in curated_samples(tmp_path)]
+    assert counts["curated"] == len(sizes) and counts["shards"] == -(-len(sizes) // 10) > 3
+    assert sum(read.values()) == sum(sizes) + 512 * len(sizes)
+    pool_tars = sum(p.stat().st_size for p in (curated_run / "ingest").glob("*.tar"))
+    assert sum(read.values()) < pool_tars / 10
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_assembly_gives_the_same_bytes_in_one_process_or_several(curated_run, tmp_path, workers):
+    assemble_into(curated_run, tmp_path / "serial")
+    assemble_into(curated_run, tmp_path / "processes", process_map(workers))
+    assert stage_files(tmp_path, "serial") == stage_files(tmp_path, "processes")
+
+
+def test_a_killed_assembly_keeps_its_finished_shards_and_ends_with_the_same_bytes(curated_run, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def dies_after_two(fn, tasks):
+        for done, task in enumerate(tasks):
+            if done == 2:
+                raise Killed
+            yield fn(task)
+
+    with pytest.raises(Killed):
+        assemble_into(curated_run, tmp_path / "curated", dies_after_two)
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "curated").glob("*.tar")}
+    assert len(kept) == 2 and not (tmp_path / "curated" / "index.parquet").exists()
+    written = []
+    assemble_into(curated_run, tmp_path / "curated", lambda fn, tasks: (written.append(t) or fn(t) for t in tasks))
+    assert {Path(t.out).name for t in written}.isdisjoint(kept)
+    assert all((tmp_path / "curated" / name).stat().st_mtime_ns == ns for name, ns in kept.items())
+    assemble_into(curated_run, tmp_path / "again" / "curated")
+    assert stage_files(tmp_path, "curated") == stage_files(tmp_path / "again", "curated")
+
+
+def test_an_ingest_index_without_offsets_asks_for_a_new_ingest(curated_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(curated_run, run_dir)
+    index = run_dir / "ingest" / "index.parquet"
+    pq.write_table(pq.read_table(index).drop_columns(["offset"]), index)
+    with pytest.raises(
+        StageError, match=r"index.parquet has no offset column: .* re-run from ingest \(--from ingest\)"
+    ):
+        assemble_into(run_dir, tmp_path / "curated")
+
+
+def test_an_ingest_index_that_no_longer_matches_its_shard_stops_the_stage_naming_the_shard(curated_run, tmp_path):
+    """A rewritten ingest shard whose offsets moved: the header check refuses, never copies other bytes."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(curated_run, run_dir)
+    index = pq.read_table(run_dir / "ingest" / "index.parquet")
+    shifted = index.set_column(index.schema.get_field_index("offset"), "offset", pc.add(index["offset"], 512))
+    pq.write_table(shifted, run_dir / "ingest" / "index.parquet")
+    with pytest.raises(CorruptInput, match=r"tar .*ingest/\d{6}\.tar holds no \w+\.jpg of \d+ bytes at offset \d+"):
+        assemble_into(run_dir, tmp_path / "curated")

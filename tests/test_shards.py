@@ -8,7 +8,7 @@ import tarfile
 import pytest
 import webdataset as wds
 
-from curation.shards import ShardWriter, iter_samples, unsafe_member_reason
+from curation.shards import ShardWriter, iter_samples, read_at, unsafe_member_reason
 from foundation.errors import CorruptInput
 
 
@@ -64,3 +64,33 @@ def test_headers_are_what_tarfile_reads(tmp_path):
         assert all(m.isfile() and m.mode == 0o444 and m.mtime == 0 and m.uid == 0 for m in members)
         assert tar.extractfile("k2.jpg").read() == bytes([2]) * 10
     assert (tmp_path / "a.tar").stat().st_size % 10240 == 0
+
+
+def test_the_writer_says_where_each_member_lies_and_read_at_reads_it_there(tmp_path):
+    offsets = {}
+    with ShardWriter(tmp_path / "a.tar") as writer:
+        for i, size in enumerate([0, 1, 511, 512, 513, 5000]):
+            at = writer.write(f"k{i}", {"jpg": bytes([i + 1]) * size, "json": {"key": f"k{i}"}})
+            offsets[f"k{i}.jpg"] = (at["jpg"], size)
+            offsets[f"k{i}.json"] = (at["json"], len(b'{"key":"k0"}'))
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        assert {m.name: (m.offset_data, m.size) for m in tar} == offsets
+    found = read_at(tmp_path / "a.tar", {name: offsets[name] for name in ("k5.jpg", "k2.jpg", "k3.json")})
+    assert found == {"k5.jpg": bytes([6]) * 5000, "k2.jpg": bytes([3]) * 511, "k3.json": b'{"key":"k3"}'}
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        {"k1.jpg": (512, 1)},  # another member's offset
+        {"k3.jpg": (4 * 512, 511)},  # k2.jpg's offset and size under another name
+        {"k5.jpg": (0, 5000)},  # before the first header
+        {"k4.jpg": (1 << 20, 513)},  # past the end
+    ],
+)
+def test_read_at_refuses_an_index_that_does_not_match_the_tar(tmp_path, wrong):
+    with ShardWriter(tmp_path / "a.tar") as writer:
+        for i, size in enumerate([0, 1, 511, 512, 513, 5000]):
+            writer.write(f"k{i}", {"jpg": bytes([i + 1]) * size})
+    with pytest.raises(CorruptInput, match=rf"^(tar|cannot read tar) {tmp_path / 'a.tar'}"):
+        read_at(tmp_path / "a.tar", wrong)
