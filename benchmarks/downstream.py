@@ -10,17 +10,19 @@ timed against its bare operation on the same data:
   bare `faiss.Kmeans` training and assignment with the same clusters and iterations; the whole
   stage's time is printed beside it (at this size its fixed costs, reading the pool and the sample
   rows' index, outweigh the k-means);
-- curated: the stage against bare reading of the curated images from the ingest tars and writing
-  them into one tar. A `balanced` row is added to the crawl's config so that thousands of images
-  are curated, not the demo's few dozen.
+- curated: the stage with one worker process against bare reading of the curated images at their
+  ingest offsets and writing them into one tar, in one process; then the stage again with a worker
+  per core, to show how it spreads. A `balanced` row is added to the crawl's config so that
+  thousands of images are curated, not the demo's few dozen, in shards of 250.
 Recorded rates: decontam.pool_images_per_s; retrieve.kmeans_point_clusters_per_s, i.e.
 (iterations x training points + pool) x clusters per second, faiss training on at most 256 points
-per centroid; assemble.images_per_s. Each figure is the median of the repeats.
+per centroid; assemble.images_per_s_per_worker (one worker). Each figure is the median of the repeats.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -37,7 +39,7 @@ from curation.measurements import record
 from curation.pipeline import curate
 from curation.retrieve import Pool, PoolClusters
 from curation.run_config import CurationConfig, load_curation_config
-from curation.shards import ShardWriter, read_members
+from curation.shards import ShardWriter, read_at
 from curation.synth.crawl import make_crawl
 
 MAX_POINTS_PER_CENTROID = 256  # faiss.Kmeans' default: training samples at most this many per cluster
@@ -64,15 +66,16 @@ def bare_kmeans(pool: Pool, clusters: int, iterations: int) -> None:
 
 
 def bare_assemble(run: Path, out: Path) -> None:
-    index = pq.read_table(run / "ingest" / "index.parquet", columns=["key", "shard"]).to_pylist()
+    """The curated pool images, read at the offsets in ingest's index, into one tar."""
+    index = pq.read_table(run / "ingest" / "index.parquet", columns=["key", "shard", "offset", "bytes"]).to_pylist()
     curated = set(pq.read_table(run / "curated" / "index.parquet", columns=["key"])["key"].to_pylist())
-    by_shard: dict[int, set[str]] = {}
+    by_shard: dict[int, dict[str, tuple[int, int]]] = {}
     for row in index:
         if row["key"] in curated:
-            by_shard.setdefault(row["shard"], set()).add(f"{row['key']}.jpg")
+            by_shard.setdefault(row["shard"], {})[f"{row['key']}.jpg"] = (row["offset"], row["bytes"])
     with ShardWriter(out) as writer:
-        for shard, names in sorted(by_shard.items()):
-            for name, data in sorted(read_members(run / "ingest" / f"{shard:06d}.tar", names).items()):
+        for shard, members in sorted(by_shard.items()):
+            for name, data in sorted(read_at(run / "ingest" / f"{shard:06d}.tar", members).items()):
                 writer.write(name.removesuffix(".jpg"), {"jpg": data})
 
 
@@ -89,7 +92,9 @@ def main() -> None:
         balanced = {"kind": "balanced", "images": args.images // 2, "levels": [args.clusters, 8]}
         tree["retrieve"]["sources"].append({"name": "web_balanced", "strategy": balanced})
         (crawl / "benchmark.yaml").write_text(yaml.safe_dump(tree))
-        config = load_curation_config(crawl / "benchmark.yaml", [f"retrieve.clusters={args.clusters}"])
+        overrides = [f"retrieve.clusters={args.clusters}", "assemble.shard_size=250", "assemble.workers=1"]
+        config = load_curation_config(crawl / "benchmark.yaml", overrides)
+        spread = config.model_copy(update={"assemble": config.assemble.model_copy(update={"workers": os.cpu_count()})})
         run = Path(tmp) / "run"
         curate(config, run, executor="local")
         pool = Pool.load(run / "embed", config.retrieve.role, run / "decontam")
@@ -101,6 +106,10 @@ def main() -> None:
         stage_ops["kmeans"] = lambda: PoolClusters.fit(pool, args.clusters, config.retrieve.kmeans_iterations, seed=0)
         whole_retrieve = statistics.median(
             timed(lambda: curate(config, run, ("retrieve",), start_from="retrieve", executor="local"))
+            for _ in range(args.repeats)
+        )
+        spread_curated = statistics.median(
+            timed(lambda: curate(spread, run, ("curated",), start_from="curated", executor="local"))
             for _ in range(args.repeats)
         )
         for name, bare_op in (
@@ -118,6 +127,10 @@ def main() -> None:
     for name in stage:
         print(f"{name:<9} stage {stage[name]:7.2f} s   bare {bare[name]:7.2f} s   ratio {bare[name] / stage[name]:.2f}")
     print(f"retrieve, the whole stage: {whole_retrieve:.2f} s (k-means {stage['kmeans']:.2f} s of it)")
+    print(
+        f"curated with {os.cpu_count()} workers: {spread_curated:.2f} s, "
+        f"{stage['curated'] / spread_curated:.2f}x the one-worker stage"
+    )
     rates = {  # metric: (value, unit, subject); a subject's @ names the size --plan extrapolates from
         "decontam.pool_images_per_s": (len(pool.keys) / stage["decontam"], "images/s", f"decontam@{len(pool.keys)}"),
         "retrieve.kmeans_point_clusters_per_s": (
@@ -125,7 +138,7 @@ def main() -> None:
             "point-clusters/s",
             f"d@{pool.vectors.shape[1]}",
         ),
-        "assemble.images_per_s": (curated / stage["curated"], "images/s", "assemble"),
+        "assemble.images_per_s_per_worker": (curated / stage["curated"], "images/s", "assemble"),
     }
     for metric, (value, unit, subject) in rates.items():
         print(f"{metric} [{subject}]: {value:,.0f} {unit}")
