@@ -17,7 +17,8 @@ Scaling rules, per stage:
   eval images' search: N·sqrt(N), from the size it was measured at;
 - retrieve: the cluster rows' k-means, (iterations x min(N, 256·K) training points + N assigned)
   x K clusters x 2·D FLOPs; the sample rows' search is small beside it and not counted;
-- curated: linear in the curated images, one process (the assembly runs in the driver).
+- curated: linear in the curated images, spread over CPU cores (one task per output shard; the
+  rate is per worker process).
 """
 
 from __future__ import annotations
@@ -203,11 +204,11 @@ def _retrieve(config: CurationConfig, pool: float, fleet: Fleet, results: list[M
 def _curated(config: CurationConfig, fleet: Fleet, results: list[Measurement]) -> PlanRow:
     images = config.retrieve.expected_total()
     work = f"{images:,} retrieved images copied into shards with lineage"
-    rate = latest(results, "assemble.images_per_s", "assemble", "cpu")
+    rate = latest(results, "assemble.images_per_s_per_worker", "assemble", "cpu")
     if rate is None:
         return _missing("curated", work, "python benchmarks/downstream.py --record")
-    hours = images / rate.value / 3600
-    return PlanRow("curated", work, rate, hours, hours, "one process (the driver), core-hours")
+    core_hours = images / rate.value / 3600
+    return PlanRow("curated", work, rate, core_hours, core_hours / fleet.cpus, f"{fleet.cpus} CPU workers (core-hours)")
 
 
 def plan(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> list[PlanRow]:

@@ -105,12 +105,16 @@ def test_cpu_rates_are_per_machine_and_spread_over_cores(config):
     results = [
         _m("embed.images_per_s", 100, config.embed.models["retrieval"].name, device="cpu", cores=4),
         _m("dedup.knn_vectors_per_s", 8e3, "ivf_pq@1000000", device="cpu", cores=2),
+        _m("assemble.images_per_s_per_worker", 500, "assemble", device="cpu", cores=2),
     ]
     rows = {r.stage: r for r in cost_model.plan(config, 4e6, cost_model.Fleet(0, None, 40), results)}
     assert rows["embed (retrieval)"].device_hours == pytest.approx(4e6 / 25 / 3600)  # 25 images/s per core
     assert rows["embed (retrieval)"].wall_hours == pytest.approx(4e6 / 25 / 3600 / 40)
     core_hours = 4e6 * 2 / 4e3 / 3600  # per-query cost doubles from 1M to 4M; 4,000 vectors/s per core
     assert (rows["dedup"].device_hours, rows["dedup"].wall_hours) == pytest.approx((core_hours, core_hours / 40))
+    curated = config.retrieve.expected_total()
+    assert rows["curated"].device_hours == pytest.approx(curated / 500 / 3600)  # one task per shard, a core each
+    assert rows["curated"].wall_hours == pytest.approx(curated / 500 / 3600 / 40)
 
 
 def test_results_file_round_trips(tmp_path):
