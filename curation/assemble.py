@@ -9,22 +9,24 @@ global shuffle with a fixed seed, so shards can be read in order by a trainer. T
 every pool input to exactly one fate: curated, not retrieved, contaminated, duplicate or
 quarantined, and they must add up to the ingest's inputs (checked; a mismatch stops the run).
 
-The driver plans: it joins the retrieved keys with the ingest indexes, which say where each JPEG
-lies (shard, byte offset, size), and writes the parquet index. Each output shard is then one task
-on the stage's executor (local processes or Ray tasks) that reads its images at those offsets, so
-the stage reads each curated image once however many shards it writes, and a killed stage keeps
-the shards it finished. A shuffle that scanned every ingest shard touching an output shard would
-read the whole pool once per output shard.
+The driver plans in Arrow columns, not Python objects (at the paper's 142M samples, a few
+hundred bytes of Python each would be tens of GB): it groups the rows' selections into one
+lineage list per image, shuffles, joins the ingest indexes, which say where each JPEG lies
+(shard, byte offset, size), and writes the plan with one row group per output shard. Each output
+shard is then one task on the stage's executor (local processes or Ray tasks) that reads its row
+group and its images at those offsets, so the stage reads each curated image once however many
+shards it writes, and a killed stage keeps the shards it finished. (A shuffle that scanned every
+ingest shard touching an output shard would read the whole pool once per output shard.)
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -32,15 +34,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from curation.ingest import INDEX_SCHEMA as INGEST_SCHEMA
 from curation.ingest import POOL, collection_dir
 from curation.shards import ShardWriter, read_at
 from foundation.config import Section
 from foundation.errors import StageError
 from foundation.executors import MapFn, run_unfinished
+from foundation.files import atomic_path
 
 STAGE = "curated"  # the stage is named for what it leaves: RUN/curated/
-Member = tuple[str, str]  # (collection, key)
-STORED = ["key", "shard", "offset", "bytes", "source"]  # the ingest index columns that locate an image
+PLAN = "plan.parquet"  # in the stage's work folder while it runs; removed when the index is written
+LINEAGE = ["seed_set", "strategy", "query_key", "similarity"]
+STORED = ["shard", "offset", "bytes", "source"]  # the ingest index columns that locate an image
+COLUMNS = ["key", *STORED]
 INDEX_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -61,37 +67,11 @@ class AssembleConfig(Section):
 
 
 @dataclass(frozen=True)
-class Sample:
-    """One image: where ingest stored its JPEG (`size` bytes at `offset` in `tar`), and for a
-    curated sample the json written beside it."""
-
-    key: str
-    tar: str
-    offset: int
-    size: int
-    meta: dict[str, Any] | None = None  # key, collection, source, lineage
-
-
-@dataclass(frozen=True)
 class ShardTask:
     out: str  # the curated shard this task writes (atomically, so its presence means done)
-    samples: tuple[Sample, ...]
-
-
-def gather_lineage(retrieve_dir: Path, rows: dict[str, str]) -> dict[Member, list[dict]]:
-    """(collection, key) -> lineage entries from every row's selection; `rows` maps row -> strategy."""
-    lineage: dict[Member, list[dict]] = defaultdict(list)
-    for row, strategy in rows.items():
-        for sel in pq.read_table(retrieve_dir / row / "selected.parquet").to_pylist():
-            lineage[(sel["collection"], sel["key"])].append(
-                {
-                    "seed_set": row,
-                    "strategy": strategy,
-                    "query_key": sel["query_key"],
-                    "similarity": round(float(sel["similarity"]), 6),
-                }
-            )
-    return lineage
+    plan: str  # the plan's parquet file; row group `shard` holds this shard's samples in order
+    shard: int
+    ingest_dir: str
 
 
 def run_assemble(
@@ -105,108 +85,165 @@ def run_assemble(
     seed: int = 0,
 ) -> dict[str, int]:
     """Write the curated shards and index into `work_dir`; returns counts (with the pool's accounting).
-    `progress` is called with each finished shard's sample count."""
-    lineage = gather_lineage(retrieve_dir, rows)
-    order = sorted(lineage)
-    order = [order[i] for i in np.random.default_rng(seed).permutation(len(order))]
-    stored = locate(ingest_dir, order)
-    tasks = [
-        ShardTask(
-            str(work_dir / f"{shard:06d}.tar"),
-            tuple(
-                curated_sample(ingest_dir, m, stored[m], lineage[m]) for m in order[start : start + config.shard_size]
-            ),
-        )
-        for shard, start in enumerate(range(0, len(order), config.shard_size))
-    ]
+    `rows` maps each retrieval row to its strategy; `progress` is called with each finished shard's
+    sample count."""
+    plan_path = work_dir / PLAN
+    if not plan_path.exists():  # deterministic: a re-run after a kill may reuse it
+        write_plan(plan(ingest_dir, retrieve_dir, rows, seed), plan_path, config.shard_size)
+    shards = pq.ParquetFile(plan_path).num_row_groups
+    tasks = [ShardTask(str(work_dir / f"{i:06d}.tar"), str(plan_path), i, str(ingest_dir)) for i in range(shards)]
     run_unfinished(map_fn, write_shard, tasks, progress)
-    write_index(tasks, work_dir / "index.parquet")
-    curated_pool = sum(collection == POOL for collection, _ in order)
+    collections = write_index(plan_path, work_dir / "index.parquet")
+    plan_path.unlink()
     return {
-        "curated": len(order),
-        "curated.pool": curated_pool,
-        "curated.seed_images": len(order) - curated_pool,
-        "shards": len(tasks),
+        "curated": sum(collections.values()),
+        "curated.pool": collections.get(POOL, 0),
+        "curated.seed_images": sum(n for c, n in collections.items() if c != POOL),
+        "shards": shards,
     }
 
 
-def curated_sample(ingest_dir: Path, member: Member, row: dict, lineage: list[dict]) -> Sample:
-    collection, key = member
-    meta = {"key": key, "collection": collection, "source": row["source"], "lineage": lineage}
-    return stored_sample(ingest_dir, collection, row, meta)
+def write_plan(table: pa.Table, path: Path, shard_size: int) -> None:
+    """The plan with one row group per output shard (none when nothing was selected)."""
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, table.schema) as writer:
+        for start in range(0, table.num_rows, shard_size):
+            writer.write_table(table.slice(start, shard_size), row_group_size=shard_size)
 
 
-def write_shard(task: ShardTask) -> int:
-    """One curated shard: its images read from the ingest tars at their offsets, in the task's order."""
-    with ShardWriter(task.out) as writer:
-        for sample, jpeg in zip(task.samples, read_samples(task.samples), strict=True):
-            writer.write(sample.key, {"jpg": jpeg, "json": sample.meta})
-    return len(task.samples)
+def selections(retrieve_dir: Path, rows: dict[str, str]) -> pa.Table:
+    """Every row's selected images (collection, key) with their lineage entries, rows in `rows`' order."""
+    parts = []
+    for row, strategy in rows.items():
+        part = pq.read_table(
+            retrieve_dir / row / "selected.parquet", columns=["collection", "key", "query_key", "similarity"]
+        )
+        part = part.append_column("seed_set", pa.array([row] * part.num_rows, pa.string()))
+        parts.append(part.append_column("strategy", pa.array([strategy] * part.num_rows, pa.string())))
+    return pa.concat_tables(parts)
 
 
-def write_index(tasks: list[ShardTask], path: Path) -> None:
-    index_rows = [
+def plan(ingest_dir: Path, retrieve_dir: Path, rows: dict[str, str], seed: int) -> pa.Table:
+    """One row per curated image in output order: key, collection, where ingest stored it, and its
+    lineage (a list of every selection of it, in the rows' order)."""
+    selected = selections(retrieve_dir, rows)
+    selected = selected.append_column("position", pa.array(np.arange(selected.num_rows)))
+    by_member = [("collection", "ascending"), ("key", "ascending"), ("position", "ascending")]
+    selected = selected.take(pc.sort_indices(selected, by_member)).combine_chunks()
+    member = member_names(selected).combine_chunks()
+    firsts = np.flatnonzero(np.r_[True, pc.not_equal(member[1:], member[:-1]).to_numpy(zero_copy_only=False)])
+    firsts = firsts[firsts < selected.num_rows]  # no selections: no members
+    lineage = pa.ListArray.from_arrays(
+        pa.array(np.r_[firsts, selected.num_rows], pa.int32()),
+        pa.StructArray.from_arrays([selected[name].combine_chunks() for name in LINEAGE], LINEAGE),
+    )
+    members = pa.table(
+        {"key": selected["key"].take(firsts), "collection": selected["collection"].take(firsts), "lineage": lineage}
+    )
+    members = members.take(np.random.default_rng(seed).permutation(members.num_rows))
+    stored = locate(ingest_dir, members.select(["collection", "key"]))
+    return pa.table(
         {
-            "key": sample.meta["key"],
-            "collection": sample.meta["collection"],
-            "shard": shard,
-            "source": sample.meta["source"],
-            "seed_sets": sorted({e["seed_set"] for e in sample.meta["lineage"]}),
-            "strategies": sorted({e["strategy"] for e in sample.meta["lineage"]}),
+            **{n: members[n] for n in ("key", "collection")},
+            **{n: stored[n] for n in STORED},
+            "lineage": members["lineage"],
         }
-        for shard, task in enumerate(tasks)
-        for sample in task.samples
-    ]
-    pq.write_table(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA), path)
+    )
 
 
-def locate(ingest_dir: Path, members: Iterable[Member]) -> dict[Member, dict]:
-    """(collection, key) -> the ingest index's key, shard, offset, bytes and source of each member.
+def locate(ingest_dir: Path, members: pa.Table) -> pa.Table:
+    """Where ingest stored each of `members` (collection, key), row for row: key, shard, offset,
+    bytes, source and collection.
 
-    Each collection's index is streamed in batches and only the members' rows are kept: the pool's
-    index has a row for every crawled image, of which a curated set is a few percent.
+    Each collection's index is streamed and only the members' rows are kept: the pool's index has
+    a row for every crawled image, of which a curated set is a few percent. `is_in` hashes the
+    members' keys again for every batch, so a batch holds at least as many rows as there are
+    members; pre-buffering is off because it keeps every column chunk read until the file closes.
     """
-    wanted: dict[str, set[str]] = defaultdict(set)
-    for collection, key in members:
-        wanted[collection].add(key)
-    found: dict[Member, dict] = {}
-    for collection, keys in sorted(wanted.items()):
+    found = []
+    for collection in pc.unique(members["collection"]).to_pylist():
         path = collection_dir(ingest_dir, collection) / "index.parquet"
-        index = pq.ParquetFile(path)
+        index = pq.ParquetFile(path, pre_buffer=False)
         if "offset" not in index.schema_arrow.names:
             raise StageError(
                 f"{path} has no offset column: it was ingested before images were read by offset; "
                 "re-run from ingest (--from ingest)"
             )
-        value_set = pa.array(sorted(keys), pa.string())
-        rows = [
-            row
-            for batch in index.iter_batches(columns=STORED)
-            for row in batch.filter(pc.is_in(batch["key"], value_set=value_set)).to_pylist()
-        ]
-        if len(rows) < len(keys):
-            absent = sorted(keys - {row["key"] for row in rows})
-            raise StageError(
-                f"{len(absent)} selected images are not in {path} (first: {absent[0]}); re-run from ingest"
-            )
-        found.update(((collection, row["key"]), row) for row in rows)
-    return found
+        wanted = members.filter(pc.equal(members["collection"], collection))["key"].combine_chunks()
+        rows = pa.Table.from_batches(
+            (
+                b.filter(pc.is_in(b["key"], value_set=wanted))
+                for b in index.iter_batches(max(1 << 20, len(wanted)), columns=COLUMNS)
+            ),
+            pa.schema([INGEST_SCHEMA.field(name) for name in COLUMNS]),
+        )
+        found.append(rows.append_column("collection", pa.array([collection] * rows.num_rows, pa.string())))
+    if not found:
+        return pa.schema(
+            [*(INGEST_SCHEMA.field(name) for name in ["key", *STORED]), ("collection", pa.string())]
+        ).empty_table()
+    found = pa.concat_tables(found)
+    at = pc.index_in(member_names(members), value_set=member_names(found).combine_chunks())
+    if at.null_count:
+        absent = members.filter(pc.is_null(at))
+        raise StageError(
+            f"{absent.num_rows} selected images are not in their collection's ingest index (first: "
+            f"{absent['collection'][0]}/{absent['key'][0]}); re-run from ingest (--from ingest)"
+        )
+    return found.take(at)
 
 
-def stored_sample(ingest_dir: Path, collection: str, row: dict, meta: dict[str, Any] | None = None) -> Sample:
-    """The Sample for an ingest index row (as `locate` returns it) of `collection`."""
-    tar = collection_dir(ingest_dir, collection) / f"{row['shard']:06d}.tar"
-    return Sample(row["key"], str(tar), row["offset"], row["bytes"], meta)
+def member_names(table: pa.Table) -> pa.ChunkedArray:
+    """`collection/key` for each row: one string per image (keys are hex, so it is unambiguous)."""
+    return pc.binary_join_element_wise(table["collection"], table["key"], "/")
 
 
-def read_samples(samples: Iterable[Sample]) -> list[bytes]:
-    """Each sample's JPEG bytes, in order, reading each ingest tar once, at the samples' offsets."""
-    samples = list(samples)
-    by_tar: dict[str, dict[str, tuple[int, int]]] = defaultdict(dict)
-    for sample in samples:
-        by_tar[sample.tar][f"{sample.key}.jpg"] = (sample.offset, sample.size)
+def write_shard(task: ShardTask) -> int:
+    """One curated shard: its samples from the plan, their images read at their ingest offsets."""
+    samples = pq.ParquetFile(task.plan).read_row_group(task.shard).to_pylist()
+    images = read_images(Path(task.ingest_dir), samples)
+    with ShardWriter(task.out) as writer:
+        for sample, jpeg in zip(samples, images, strict=True):
+            lineage = [entry | {"similarity": round(float(entry["similarity"]), 6)} for entry in sample["lineage"]]
+            meta = {
+                "key": sample["key"],
+                "collection": sample["collection"],
+                "source": sample["source"],
+                "lineage": lineage,
+            }
+            writer.write(sample["key"], {"jpg": jpeg, "json": meta})
+    return len(samples)
+
+
+def write_index(plan_path: Path, path: Path) -> dict[str, int]:
+    """The curated index from the plan, a row group (an output shard) at a time; returns the
+    number of samples per collection."""
+    counts: dict[str, int] = defaultdict(int)
+    plan_file = pq.ParquetFile(plan_path)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, INDEX_SCHEMA) as writer:
+        for shard in range(plan_file.num_row_groups):
+            rows = plan_file.read_row_group(shard, columns=["key", "collection", "source", "lineage"]).to_pylist()
+            for row in rows:
+                counts[row["collection"]] += 1
+                row |= {
+                    "shard": shard,
+                    "seed_sets": sorted({e["seed_set"] for e in row["lineage"]}),
+                    "strategies": sorted({e["strategy"] for e in row["lineage"]}),
+                }
+            writer.write_table(pa.Table.from_pylist(rows, INDEX_SCHEMA))
+    return dict(counts)
+
+
+def read_images(ingest_dir: Path, stored: list[dict]) -> list[bytes]:
+    """The JPEG bytes of ingested images, in order: `stored` holds each one's collection, key,
+    shard, offset and bytes (as `locate` gives them); each ingest tar is read once, at the offsets."""
+    by_tar: dict[Path, dict[str, tuple[int, int]]] = defaultdict(dict)
+    tars = []
+    for row in stored:
+        tar = collection_dir(ingest_dir, row["collection"]) / f"{row['shard']:06d}.tar"
+        by_tar[tar][f"{row['key']}.jpg"] = (row["offset"], row["bytes"])
+        tars.append(tar)
     found = {tar: read_at(tar, named) for tar, named in sorted(by_tar.items())}
-    return [found[sample.tar][f"{sample.key}.jpg"] for sample in samples]
+    return [found[tar][f"{row['key']}.jpg"] for tar, row in zip(tars, stored, strict=True)]
 
 
 def account(ingest_counts: dict, dedup_counts: dict, decontam_counts: dict, curated_pool: int) -> dict[str, int]:

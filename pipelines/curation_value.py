@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from curation.assemble import locate, read_samples, stored_sample
+from curation.assemble import locate, read_images
 from curation.decontam import component_of
 from curation.ingest import POOL
 from curation.pipeline import curate
@@ -149,16 +149,13 @@ def write_shards(ingest_dir: Path, members: list[Member], out: Path) -> None:
     if (out / "members.parquet").exists():
         return
     out.mkdir(parents=True, exist_ok=True)
-    stored = locate(ingest_dir, members)
-    for shard, start in enumerate(range(0, len(members), SHARD_SIZE)):
-        chunk = [
-            stored_sample(ingest_dir, collection, stored[(collection, key)])
-            for collection, key in members[start : start + SHARD_SIZE]
-        ]
-        with ShardWriter(out / f"{shard:06d}.tar") as writer:
-            for sample, jpeg in zip(chunk, read_samples(chunk), strict=True):
-                writer.write(sample.key, {"jpg": jpeg})
     table = pa.table({"collection": [c for c, _ in members], "key": [k for _, k in members]})
+    stored = locate(ingest_dir, table)
+    for shard, start in enumerate(range(0, len(members), SHARD_SIZE)):
+        chunk = stored.slice(start, SHARD_SIZE).to_pylist()
+        with ShardWriter(out / f"{shard:06d}.tar") as writer:
+            for row, jpeg in zip(chunk, read_images(ingest_dir, chunk), strict=True):
+                writer.write(row["key"], {"jpg": jpeg})
     pq.write_table(table, out / "members.parquet")
 
 

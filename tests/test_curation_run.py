@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -270,3 +271,18 @@ def test_an_ingest_index_that_no_longer_matches_its_shard_stops_the_stage_naming
     pq.write_table(shifted, run_dir / "ingest" / "index.parquet")
     with pytest.raises(CorruptInput, match=r"tar .*ingest/\d{6}\.tar holds no \w+\.jpg of \d+ bytes at offset \d+"):
         assemble_into(run_dir, tmp_path / "curated")
+
+
+def test_a_selection_of_nothing_assembles_an_empty_index_and_no_shards(tmp_path):
+    (tmp_path / "retrieve" / "row").mkdir(parents=True)
+    nothing = pa.table({name: pa.array([], pa.string()) for name in ("key", "collection", "query_key")})
+    pq.write_table(
+        nothing.append_column("similarity", pa.array([], pa.float32())),
+        tmp_path / "retrieve" / "row" / "selected.parquet",
+    )
+    (tmp_path / "curated").mkdir()
+    config, rows = AssembleConfig(), {"row": "as_is"}
+    counts = run_assemble(config, tmp_path / "ingest", tmp_path / "retrieve", rows, tmp_path / "curated", serial_map)
+    assert counts == {"curated": 0, "curated.pool": 0, "curated.seed_images": 0, "shards": 0}
+    assert [p.name for p in (tmp_path / "curated").iterdir()] == ["index.parquet"]
+    assert pq.read_table(tmp_path / "curated" / "index.parquet").num_rows == 0
