@@ -18,7 +18,7 @@ Scaling rules, per stage:
 - retrieve: the cluster rows' k-means, (iterations x min(N, 256·K) training points + N assigned)
   x K clusters x 2·D FLOPs; the sample rows' search is small beside it and not counted;
 - curated: linear in the curated images, spread over CPU cores (one task per output shard; the
-  rate is per worker process).
+  rate is per worker process); the driver's plan takes memory linear in the curated images.
 """
 
 from __future__ import annotations
@@ -208,7 +208,11 @@ def _curated(config: CurationConfig, fleet: Fleet, results: list[Measurement]) -
     if rate is None:
         return _missing("curated", work, "python benchmarks/downstream.py --record")
     core_hours = images / rate.value / 3600
-    return PlanRow("curated", work, rate, core_hours, core_hours / fleet.cpus, f"{fleet.cpus} CPU workers (core-hours)")
+    note = f"{fleet.cpus} CPU workers (core-hours)"
+    driver = latest(results, "assemble.plan_bytes_per_image", "assemble", "cpu")
+    if driver is not None:
+        note += f"; the driver's plan peaks near {images * driver.value / 2**30:,.0f} GiB"
+    return PlanRow("curated", work, rate, core_hours, core_hours / fleet.cpus, note)
 
 
 def plan(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> list[PlanRow]:

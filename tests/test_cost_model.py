@@ -115,6 +115,10 @@ def test_cpu_rates_are_per_machine_and_spread_over_cores(config):
     curated = config.retrieve.expected_total()
     assert rows["curated"].device_hours == pytest.approx(curated / 500 / 3600)  # one task per shard, a core each
     assert rows["curated"].wall_hours == pytest.approx(curated / 500 / 3600 / 40)
+    assert rows["curated"].note == "40 CPU workers (core-hours)"
+    results.append(_m("assemble.plan_bytes_per_image", 2**30 / 1e6, "assemble", device="cpu", cores=2))
+    rows = {r.stage: r for r in cost_model.plan(config, 4e6, cost_model.Fleet(0, None, 40), results)}
+    assert rows["curated"].note.endswith(f"the driver's plan peaks near {curated / 1e6:,.0f} GiB")
 
 
 def test_results_file_round_trips(tmp_path):
