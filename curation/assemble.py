@@ -36,7 +36,7 @@ from pydantic import Field
 
 from curation.ingest import INDEX_SCHEMA as INGEST_SCHEMA
 from curation.ingest import POOL, collection_dir
-from curation.shards import ShardWriter, read_at
+from curation.shards import ShardWriter, read_each_at
 from foundation.config import Section
 from foundation.errors import StageError
 from foundation.executors import MapFn, run_unfinished
@@ -159,7 +159,7 @@ def locate(ingest_dir: Path, members: pa.Table) -> pa.Table:
     members' keys again for every batch, so a batch holds at least as many rows as there are
     members; pre-buffering is off because it keeps every column chunk read until the file closes.
     """
-    found = []
+    found, schema = [], pa.schema([INGEST_SCHEMA.field(name) for name in COLUMNS])
     for collection in pc.unique(members["collection"]).to_pylist():
         path = collection_dir(ingest_dir, collection) / "index.parquet"
         index = pq.ParquetFile(path, pre_buffer=False)
@@ -169,18 +169,11 @@ def locate(ingest_dir: Path, members: pa.Table) -> pa.Table:
                 "re-run from ingest (--from ingest)"
             )
         wanted = members.filter(pc.equal(members["collection"], collection))["key"].combine_chunks()
-        rows = pa.Table.from_batches(
-            (
-                b.filter(pc.is_in(b["key"], value_set=wanted))
-                for b in index.iter_batches(max(1 << 20, len(wanted)), columns=COLUMNS)
-            ),
-            pa.schema([INGEST_SCHEMA.field(name) for name in COLUMNS]),
-        )
+        batches = index.iter_batches(max(1 << 20, len(wanted)), columns=COLUMNS)
+        rows = pa.Table.from_batches((b.filter(pc.is_in(b["key"], value_set=wanted)) for b in batches), schema)
         found.append(rows.append_column("collection", pa.array([collection] * rows.num_rows, pa.string())))
     if not found:
-        return pa.schema(
-            [*(INGEST_SCHEMA.field(name) for name in ["key", *STORED]), ("collection", pa.string())]
-        ).empty_table()
+        return schema.append(pa.field("collection", pa.string())).empty_table()
     found = pa.concat_tables(found)
     at = pc.index_in(member_names(members), value_set=member_names(found).combine_chunks())
     if at.null_count:
@@ -236,14 +229,17 @@ def write_index(plan_path: Path, path: Path) -> dict[str, int]:
 def read_images(ingest_dir: Path, stored: list[dict]) -> list[bytes]:
     """The JPEG bytes of ingested images, in order: `stored` holds each one's collection, key,
     shard, offset and bytes (as `locate` gives them); each ingest tar is read once, at the offsets."""
-    by_tar: dict[Path, dict[str, tuple[int, int]]] = defaultdict(dict)
-    tars = []
-    for row in stored:
-        tar = collection_dir(ingest_dir, row["collection"]) / f"{row['shard']:06d}.tar"
-        by_tar[tar][f"{row['key']}.jpg"] = (row["offset"], row["bytes"])
-        tars.append(tar)
-    found = {tar: read_at(tar, named) for tar, named in sorted(by_tar.items())}
-    return [found[tar][f"{row['key']}.jpg"] for tar, row in zip(tars, stored, strict=True)]
+    return read_each_at(
+        [
+            (
+                collection_dir(ingest_dir, row["collection"]) / f"{row['shard']:06d}.tar",
+                f"{row['key']}.jpg",
+                row["offset"],
+                row["bytes"],
+            )
+            for row in stored
+        ]
+    )
 
 
 def account(ingest_counts: dict, dedup_counts: dict, decontam_counts: dict, curated_pool: int) -> dict[str, int]:

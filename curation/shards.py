@@ -12,6 +12,7 @@ import json
 import os
 import tarfile
 import zlib
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -170,6 +171,15 @@ def read_at(tar_path: str | Location, members: dict[str, tuple[int, int]]) -> di
     except (OSError, ValueError) as exc:  # ValueError: a negative seek, from an index that is not this tar's
         raise CorruptInput(f"cannot read tar {tar_path}: {type(exc).__name__}: {exc}") from exc
     return found
+
+
+def read_each_at(members: list[tuple[str | Path, str, int, int]]) -> list[bytes]:
+    """Bytes of each (tar, name, data offset, size), in order, opening each tar once (`read_at`)."""
+    by_tar: dict[str | Path, dict[str, tuple[int, int]]] = defaultdict(dict)
+    for tar, name, offset, size in members:
+        by_tar[tar][name] = (offset, size)
+    found = {tar: read_at(tar, named) for tar, named in by_tar.items()}
+    return [found[tar][name] for tar, name, _, _ in members]
 
 
 def iter_samples(tar_path: str | Path) -> Iterator[tuple[str, dict[str, bytes]]]:

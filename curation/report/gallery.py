@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
-from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from PIL import Image
 
-from curation.shards import read_at
+from curation.shards import read_each_at
 
-STORED = ["key", "shard", "offset", "bytes"]  # where each JPEG lies in its ingest shard
+LOCATION = ["shard", "offset", "bytes"]  # where each JPEG lies in its ingest shard
 
 THUMBNAIL = 96
 
@@ -23,20 +22,17 @@ class Thumbnails:
     def __init__(self, collection_dir: Path):
         self.root = collection_dir
         index_path = collection_dir / "index.parquet"
-        table = pq.read_table(index_path, columns=STORED) if index_path.exists() else None
-        self.stored = {row["key"]: row for row in table.to_pylist()} if table else {}
+        table = pq.read_table(index_path, columns=["key", *LOCATION]) if index_path.exists() else None
+        rows = zip(*(table[name].to_pylist() for name in table.column_names), strict=True) if table else ()
+        self.location = {key: (shard, offset, size) for key, shard, offset, size in rows}
 
     def get(self, keys: list[str]) -> dict[str, str]:
         """key -> data URI, for the keys found in this collection."""
-        by_shard: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)
-        for key in keys:
-            if row := self.stored.get(key):
-                by_shard[row["shard"]][f"{key}.jpg"] = (row["offset"], row["bytes"])
-        found: dict[str, str] = {}
-        for shard, members in by_shard.items():
-            for name, data in read_at(self.root / f"{shard:06d}.tar", members).items():
-                found[name.removesuffix(".jpg")] = thumbnail_uri(data)
-        return found
+        found = {key: self.location[key] for key in keys if key in self.location}
+        members = [
+            (self.root / f"{shard:06d}.tar", f"{key}.jpg", offset, size) for key, (shard, offset, size) in found.items()
+        ]
+        return {key: thumbnail_uri(jpeg) for key, jpeg in zip(found, read_each_at(members), strict=True)}
 
 
 def thumbnail_uri(jpeg: bytes) -> str:
