@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -151,9 +152,7 @@ def check_complete(ingest_dir: Path, role_dir: Path, role: str) -> dict[str, int
     block reads as the archive's end) changed on storage since; no re-run of this stage fixes that."""
     counts = {}
     for name, folder in ingest.collections(ingest_dir).items():
-        ingested = pq.read_table(folder / "index.parquet", columns=["shard"]).column("shard")
-        per_shard = pc.value_counts(ingested).to_pylist()  # one entry per shard, not a list of every image
-        expected = {f"{entry['values']:06d}": entry["counts"] for entry in per_shard}
+        expected = images_per_shard(folder / "index.parquet")
         got = {p.stem: pq.ParquetFile(p).metadata.num_rows for p in (role_dir / name).glob("*.parquet")}
         short = sorted(stem for stem in expected.keys() & got.keys() if got[stem] != expected[stem])
         if short:
@@ -163,11 +162,21 @@ def check_complete(ingest_dir: Path, role_dir: Path, role: str) -> dict[str, int
                 "has changed since ingest wrote it (`lvd verify RUN` names every damaged shard): "
                 "re-run from ingest (--from ingest)"
             )
-        if sum(got.values()) != len(ingested):
+        ingested = sum(expected.values())
+        if sum(got.values()) != ingested:
             raise StageError(
-                f"embed {role}/{name}: {sum(got.values())} vectors for {len(ingested)} ingested images; re-run to finish"
+                f"embed {role}/{name}: {sum(got.values())} vectors for {ingested} ingested images; re-run to finish"
             )
-        counts[f"{role}.{name}"] = len(ingested)
+        counts[f"{role}.{name}"] = ingested
+    return counts
+
+
+def images_per_shard(index: Path) -> Counter[str]:
+    """Images per shard name (`000042`) of an ingest index, streaming its `shard` column: one entry
+    per shard is held, not one per image."""
+    counts: Counter[str] = Counter()
+    for batch in pq.ParquetFile(index, pre_buffer=False).iter_batches(1 << 20, columns=["shard"]):
+        counts.update({f"{e['values']:06d}": e["counts"] for e in pc.value_counts(batch.column(0)).to_pylist()})
     return counts
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -35,7 +36,7 @@ from curation.sources import InputRef, Source, read_refs, source_for_path
 from foundation.config import Section
 from foundation.errors import CorruptInput, WorkerCrashed
 from foundation.executors import MapFn
-from foundation.files import write_parquet
+from foundation.files import concat_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -243,16 +244,17 @@ def ingest_collection(
 
 
 def _merge_parts(tasks: list[ShardTask], out_dir: Path) -> dict[str, int]:
-    index = pa.concat_tables([pq.read_table(t.index_part) for t in tasks] or [INDEX_SCHEMA.empty_table()])
-    quarantine = pa.concat_tables(
-        [pq.read_table(t.quarantine_part) for t in tasks] or [QUARANTINE_SCHEMA.empty_table()]
-    )
-    pq.write_table(index.cast(INDEX_SCHEMA), out_dir / "index.parquet")
-    pq.write_table(quarantine.cast(QUARANTINE_SCHEMA), out_dir / "quarantine.parquet")
-    reasons = Counter(quarantine.column("reason").to_pylist())
+    """The shards' index and quarantine parts, in shard order, as the collection's two tables."""
+    ingested = concat_parquet([t.index_part for t in tasks], out_dir / "index.parquet", INDEX_SCHEMA)
+    quarantined = concat_parquet([t.quarantine_part for t in tasks], out_dir / "quarantine.parquet", QUARANTINE_SCHEMA)
+    reasons = Counter()
+    for batch in pq.ParquetFile(out_dir / "quarantine.parquet").iter_batches(columns=["reason"]):
+        reasons.update(
+            {entry["values"]: entry["counts"] for entry in pc.value_counts(batch.column("reason")).to_pylist()}
+        )
     return {
-        "ingested": index.num_rows,
-        "quarantined": quarantine.num_rows,
+        "ingested": ingested,
+        "quarantined": quarantined,
         **{f"quarantined.{r}": n for r, n in sorted(reasons.items())},
     }
 

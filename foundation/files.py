@@ -35,6 +35,30 @@ def write_parquet(table: pa.Table, path: str | Path) -> None:
         pq.write_table(table, tmp)
 
 
+ROW_GROUP_ROWS = 1 << 17
+"""Rows per row group of a concatenated file: few enough row groups that the footer stays small at
+a billion rows, small enough that a reader of a few thousand rows reads little else."""
+
+
+def concat_parquet(parts: list[Path], path: str | Path, schema: pa.Schema) -> int:
+    """Write the rows of `parts`, in order, into one parquet file at `path` in full row groups of
+    ROW_GROUP_ROWS, holding about one row group at a time (a merge of every part in memory would
+    hold the whole pool's index); returns the number of rows."""
+    rows, pending = 0, schema.empty_table()
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            table = pq.read_table(part).cast(schema)
+            rows += table.num_rows
+            pending = pa.concat_tables([pending, table])
+            full = pending.num_rows // ROW_GROUP_ROWS * ROW_GROUP_ROWS
+            if full:
+                writer.write_table(pending.slice(0, full), row_group_size=ROW_GROUP_ROWS)
+                pending = pending.slice(full)
+        if pending.num_rows:
+            writer.write_table(pending, row_group_size=ROW_GROUP_ROWS)
+    return rows
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
