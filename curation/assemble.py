@@ -2,7 +2,7 @@
 
     RUN/curated/{shard:06d}.tar   {key}.jpg + {key}.json (key, collection, source, lineage: [
                                   {seed_set, strategy, query_key, similarity}, ...])
-    RUN/curated/index.parquet     key, collection, shard, source, seed_sets, strategies
+    RUN/curated/index.parquet     key, collection, shard, source, sha256, seed_sets, strategies
 
 An image retrieved by several rows is stored once and carries every lineage entry. The order is a
 global shuffle with a fixed seed, so shards can be read in order by a trainer. The counts tie
@@ -17,10 +17,15 @@ shard is then one task on the stage's executor (local processes or Ray tasks) th
 group and its images at those offsets, so the stage reads each curated image once however many
 shards it writes, and a killed stage keeps the shards it finished. (A shuffle that scanned every
 ingest shard touching an output shard would read the whole pool once per output shard.)
+
+Each image's sha256 is checked against the one ingest recorded before it is copied, so bytes that
+changed on storage since ingest stop the stage instead of entering the curated set, and the curated
+index records it, so the curated shards can be verified without the run that made them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable
@@ -38,14 +43,14 @@ from curation.ingest import INDEX_SCHEMA as INGEST_SCHEMA
 from curation.ingest import POOL, collection_dir
 from curation.shards import ShardWriter, read_each_at
 from foundation.config import Section
-from foundation.errors import StageError
+from foundation.errors import CorruptInput, StageError
 from foundation.executors import MapFn, run_unfinished
 from foundation.files import atomic_path
 
 STAGE = "curated"  # the stage is named for what it leaves: RUN/curated/
 PLAN = "plan.parquet"  # in the stage's work folder while it runs; removed when the index is written
 LINEAGE = ["seed_set", "strategy", "query_key", "similarity"]
-STORED = ["shard", "offset", "bytes", "source"]  # the ingest index columns that locate an image
+STORED = ["shard", "offset", "bytes", "source", "sha256"]  # what ingest recorded of an image, and where
 COLUMNS = ["key", *STORED]
 INDEX_SCHEMA = pa.schema(
     [
@@ -53,10 +58,13 @@ INDEX_SCHEMA = pa.schema(
         ("collection", pa.string()),
         ("shard", pa.int32()),
         ("source", pa.string()),
+        ("sha256", pa.string()),
         ("seed_sets", pa.list_(pa.string())),
         ("strategies", pa.list_(pa.string())),
     ]
 )
+INDEX_LAYOUT = "sha256"
+"""Hashed into the stage, so a curated index from before it recorded each image's sha256 is rebuilt."""
 
 
 class AssembleConfig(Section):
@@ -194,6 +202,8 @@ def write_shard(task: ShardTask) -> int:
     """One curated shard: its samples from the plan, their images read at their ingest offsets."""
     samples = pq.ParquetFile(task.plan).read_row_group(task.shard).to_pylist()
     images = read_images(Path(task.ingest_dir), samples)
+    for sample, jpeg in zip(samples, images, strict=True):
+        require_recorded_hash(Path(task.ingest_dir), sample, jpeg)
     with ShardWriter(task.out) as writer:
         for sample, jpeg in zip(samples, images, strict=True):
             lineage = [entry | {"similarity": round(float(entry["similarity"]), 6)} for entry in sample["lineage"]]
@@ -207,6 +217,19 @@ def write_shard(task: ShardTask) -> int:
     return len(samples)
 
 
+def require_recorded_hash(ingest_dir: Path, stored: dict, jpeg: bytes) -> None:
+    """Raise CorruptInput unless `jpeg` has the sha256 ingest recorded for it: a same-size change
+    on storage (bit rot, a bad copy) passes the tar header check, and would otherwise be copied."""
+    found = hashlib.sha256(jpeg).hexdigest()
+    if found != stored["sha256"]:
+        tar = collection_dir(ingest_dir, stored["collection"]) / f"{stored['shard']:06d}.tar"
+        raise CorruptInput(
+            f"{tar}: {stored['key']}.jpg has sha256 {found[:16]}…, not the {stored['sha256'][:16]}… ingest "
+            "recorded; the shard changed after ingest wrote it (`lvd verify RUN` names every damaged shard): "
+            "re-run from ingest (--from ingest)"
+        )
+
+
 def write_index(plan_path: Path, path: Path) -> dict[str, int]:
     """The curated index from the plan, a row group (an output shard) at a time; returns the
     number of samples per collection."""
@@ -214,7 +237,8 @@ def write_index(plan_path: Path, path: Path) -> dict[str, int]:
     plan_file = pq.ParquetFile(plan_path)
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, INDEX_SCHEMA) as writer:
         for shard in range(plan_file.num_row_groups):
-            rows = plan_file.read_row_group(shard, columns=["key", "collection", "source", "lineage"]).to_pylist()
+            rows = plan_file.read_row_group(shard, columns=["key", "collection", "source", "sha256", "lineage"])
+            rows = rows.to_pylist()
             for row in rows:
                 counts[row["collection"]] += 1
                 row |= {

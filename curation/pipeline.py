@@ -157,7 +157,7 @@ PIPELINE = (
     ),
     Stage(
         assemble.STAGE,
-        lambda c: {"assemble": c.assemble, "seed": c.run.seed},
+        lambda c: {"assemble": c.assemble, "seed": c.run.seed, "index": assemble.INDEX_LAYOUT},
         (ingest.STAGE, dedup.STAGE, decontam.STAGE, retrieve.STAGE),
         assemble_body,
         assemble.summary_line,

@@ -162,21 +162,22 @@ def stats(run_dir: Path) -> None:
 
 @app.command()
 def verify(
-    run_dir: Path,
+    path: Annotated[Path, typer.Argument(help="a run directory, or a curated folder on its own")],
     workers: Annotated[int, typer.Option(help="processes reading shards")] = os.cpu_count() or 1,
 ) -> None:
-    """Read back every image of a run's ingest and curated shards against the sha256 ingest recorded."""
+    """Read back every image of a run's ingest and curated shards (or of a curated folder) against
+    its recorded sha256."""
     from tqdm import tqdm
 
-    from curation.verify import shard_checks, summary_line, verify_shards
+    from curation.verify import is_curated_folder, summary_line, verify_all, verify_tasks
     from foundation.executors import process_map
 
-    checks = shard_checks(run_dir)
-    with tqdm(total=len(checks), desc="verify", unit="shard", file=sys.stderr) as bar:
-        verdicts = verify_shards(checks, process_map(workers), bar.update)
+    tasks = verify_tasks(path)
+    with tqdm(total=sum(t.shards for t in tasks), desc="verify", unit="shard", file=sys.stderr) as bar:
+        verdicts = verify_all(tasks, process_map(workers), bar.update)
     for verdict in sorted((v for v in verdicts if v.problem), key=lambda v: v.tar):
         console.print(f"{verdict.tar}: {verdict.problem}", highlight=False, soft_wrap=True)
-    line = summary_line(verdicts)
+    line = summary_line(verdicts, curated_folder=is_curated_folder(path))
     if any(v.problem for v in verdicts):
         raise CorruptInput(line)
     console.print(line, highlight=False, soft_wrap=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,6 +26,7 @@ from curation.pipeline import STAGES, curate
 from curation.run_config import load_curation_config
 from curation.rundir import RunDir
 from curation.shards import iter_samples
+from curation.verify import verify_tasks
 from foundation.errors import CorruptInput, StageError
 from foundation.executors import process_map, serial_map
 from foundation.storage import open_input
@@ -82,6 +85,11 @@ def test_lineage_and_index_describe_every_sample(curated_run):
         for entry in meta["lineage"]:
             assert {"seed_set", "strategy", "query_key", "similarity"} <= set(entry)
         assert index[sample["__key__"]]["seed_sets"] == sorted({e["seed_set"] for e in meta["lineage"]})
+    for path in (curated_run / "curated").glob("*.tar"):
+        with tarfile.open(path) as tar:
+            for member in (m for m in tar if m.name.endswith(".jpg")):
+                jpeg = tar.extractfile(member).read()
+                assert index[member.name.removesuffix(".jpg")]["sha256"] == hashlib.sha256(jpeg).hexdigest()
 
 
 def test_rows_meet_their_targets_or_say_why_not(curated_run):
@@ -193,6 +201,29 @@ def test_verify_sends_back_to_the_curated_stage_when_only_its_shards_are_damaged
     assert done.stderr.rstrip().endswith("re-run from curated (--from curated)"), done.stderr
 
 
+def test_a_curated_folder_copied_on_its_own_is_verified_against_its_index(curated_run, tmp_path):
+    """What a published curated set's users hold: its shards and index, not the run that made them."""
+    copy = tmp_path / "published"
+    shutil.copytree(curated_run / "curated", copy)
+    curated = pq.ParquetFile(copy / "index.parquet").metadata.num_rows
+    intact = lvd_verify(copy)
+    assert intact.returncode == 0 and f"curated 0 of {curated} images damaged" in intact.stdout, intact.stderr
+    changed = with_an_image_zeroed(copy / "000000.tar", copy / "000000.tar")
+    damaged = lvd_verify(copy)
+    assert damaged.returncode == 2 and f"images changed (first {changed})" in damaged.stdout, damaged.stderr
+    assert damaged.stderr.rstrip().endswith("copy the damaged shards again from where this folder came from")
+
+
+def test_a_curated_index_without_hashes_asks_for_a_new_assembly(curated_run, tmp_path):
+    run_dir = tmp_path / "run"
+    for stage in ("ingest", "curated"):
+        shutil.copytree(curated_run / stage, run_dir / stage)
+    index = run_dir / "curated" / "index.parquet"
+    pq.write_table(pq.read_table(index).drop_columns(["sha256"]), index)
+    with pytest.raises(StageError, match=r"has no sha256 column: .* re-run from curated \(--from curated\)"):
+        verify_tasks(run_dir)
+
+
 def assemble_into(run_dir: Path, out: Path, map_fn=serial_map, shard_size: int = 10) -> dict[str, int]:
     """The curated stage alone, over `run_dir`'s finished ingest and retrieve, into `out`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -271,6 +302,23 @@ def test_an_ingest_index_that_no_longer_matches_its_shard_stops_the_stage_naming
     pq.write_table(shifted, run_dir / "ingest" / "index.parquet")
     with pytest.raises(CorruptInput, match=r"tar .*ingest/\d{6}\.tar holds no \w+\.jpg of \d+ bytes at offset \d+"):
         assemble_into(run_dir, tmp_path / "curated")
+
+
+def test_an_image_changed_on_storage_since_ingest_stops_the_stage_before_it_is_copied(curated_run, tmp_path):
+    """Same size, same offset, other bytes (bit rot, a bad copy): only the recorded sha256 tells."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(curated_run, run_dir)
+    key = pq.read_table(run_dir / "curated" / "index.parquet", filters=[("collection", "==", "pool")])["key"][0]
+    row = pq.read_table(run_dir / "ingest" / "index.parquet", filters=[("key", "==", key.as_py())]).to_pylist()[0]
+    tar = run_dir / "ingest" / f"{row['shard']:06d}.tar"
+    data = bytearray(tar.read_bytes())
+    data[row["offset"] : row["offset"] + row["bytes"]] = bytes(row["bytes"])
+    tar.write_bytes(bytes(data))
+    with pytest.raises(CorruptInput, match=rf"{tar}: {key}\.jpg has sha256 \w+…, not the \w+… ingest recorded"):
+        assemble_into(run_dir, tmp_path / "curated")
+    for written in (tmp_path / "curated").glob("*.tar"):
+        with tarfile.open(written) as shard:
+            assert f"{key}.jpg" not in shard.getnames()
 
 
 def test_a_selection_of_nothing_assembles_an_empty_index_and_no_shards(tmp_path):
