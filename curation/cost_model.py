@@ -18,7 +18,11 @@ Scaling rules, per stage:
 - retrieve: the cluster rows' k-means, (iterations x min(N, 256·K) training points + N assigned)
   x K clusters x 2·D FLOPs; the sample rows' search is small beside it and not counted;
 - curated: linear in the curated images, spread over CPU cores (one task per output shard; the
-  rate is per worker process); the driver's plan takes memory linear in the curated images.
+  rate is per worker process).
+
+Memory: dedup, decontam and retrieve each load a role's pool vectors into one process
+(`embed.read_embeddings`), and the curated stage's driver holds its plan; the plan states what that
+process needs, since past one machine's memory no fleet size helps.
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ class PlanRow:
     note: str = ""
     basis: str = "measured"  # measured | estimate | missing
     on_gpu: bool = False
+    memory: float | None = None  # bytes one process of the stage holds, when that grows with the data
+    memory_note: str = ""
 
 
 def _missing(stage: str, work: str, how: str) -> PlanRow:
@@ -208,20 +214,39 @@ def _curated(config: CurationConfig, fleet: Fleet, results: list[Measurement]) -
     if rate is None:
         return _missing("curated", work, "python benchmarks/downstream.py --record")
     core_hours = images / rate.value / 3600
-    note = f"{fleet.cpus} CPU workers (core-hours)"
+    row = PlanRow("curated", work, rate, core_hours, core_hours / fleet.cpus, f"{fleet.cpus} CPU workers (core-hours)")
     driver = latest(results, "assemble.plan_bytes_per_image", "assemble", "cpu")
-    if driver is not None:
-        note += f"; the driver's plan peaks near {images * driver.value / 2**30:,.0f} GiB"
-    return PlanRow("curated", work, rate, core_hours, core_hours / fleet.cpus, note)
+    if driver is None:
+        return row
+    why = f"the driver's plan, {driver.value:,.0f} bytes a curated image [{driver.cite()}]"
+    return replace(row, memory=images * driver.value, memory_note=why)
+
+
+def _holding_vectors(
+    row: PlanRow, config: CurationConfig, role: str, pool: float, results: list[Measurement]
+) -> PlanRow:
+    """`row` with the memory of the one process that loads `role`'s pool vectors: 4·d bytes of
+    float32 each, plus what the measured load held beyond its own vectors (the keys, mostly)."""
+    loads = [m for m in results if m.metric == "embed.load_bytes_per_image" and m.device == "cpu"]
+    if not loads:
+        return replace(row, memory_note="memory: not measured; run python benchmarks/embeddings_load.py --record")
+    load = max(reversed(loads), key=lambda m: m.date)
+    dim = _dim(config, role)
+    per_image = 4 * dim + load.value - 4 * int(load.subject.split("@")[1])
+    why = f"the pool's {role} vectors (d={dim}) in one process, {per_image:,.0f} bytes an image [{load.cite()}]"
+    return replace(row, memory=pool * per_image, memory_note=why)
 
 
 def plan(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> list[PlanRow]:
     rows = [_ingest(pool, fleet, results)]
     for role, spec in config.embed.models.items():
         rows.append(_embed(role, spec.name, pool, fleet, results))
-    rows.append(_dedup(config, pool, fleet, results))
-    rows.append(_decontam(config, pool, fleet, results))
-    rows.append(_retrieve(config, pool, fleet, results))
+    for stage, role in (
+        (_dedup, config.dedup.role),
+        (_decontam, config.decontam.role),
+        (_retrieve, config.retrieve.role),
+    ):
+        rows.append(_holding_vectors(stage(config, pool, fleet, results), config, role, pool, results))
     rows.append(_curated(config, fleet, results))
     return rows
 
@@ -268,6 +293,10 @@ def render(rows: list[PlanRow], pool: float, fleet: Fleet, results: list[Measure
         rate = f"{row.rate.value:,.1f} {row.rate.unit} [{row.rate.cite()}]" if row.rate else ""
         lines.append(f"  {row.stage:<18} {row.work}")
         lines.append(f"  {'':<18} [{row.basis}] {cost}  {rate}  {row.note}".rstrip())
+        if row.memory is not None:
+            lines.append(f"  {'':<18} memory: {size(row.memory)}: {row.memory_note}")
+        elif row.memory_note:
+            lines.append(f"  {'':<18} {row.memory_note}")
     known = [r for r in rows if r.wall_hours is not None]
     unknown = [r.stage for r in rows if r.wall_hours is None]
     gpu_hours = sum(r.device_hours for r in known if r.on_gpu)
@@ -281,8 +310,21 @@ def render(rows: list[PlanRow], pool: float, fleet: Fleet, results: list[Measure
         + (f"; estimated, not measured: {', '.join(estimated)}" if estimated else "")
         + (f"; unmeasured stages: {', '.join(unknown)}" if unknown else ""),
     ]
+    holding = [r for r in rows if r.memory is not None]
+    if holding:
+        most = max(holding, key=lambda r: r.memory)
+        lines.append(
+            f"largest process: {size(most.memory)} ({most.stage}); a stage needs a machine with that much memory "
+            "whatever the fleet's size"
+        )
     cores = decode_cores(rows, pool, fleet, results or [])
     if cores:
         lines.append(cores)
     lines.append(f"reference: {PAPER}")
     return "\n".join(lines)
+
+
+def size(n_bytes: float) -> str:
+    """Bytes in GiB, or TiB from 1,024 GiB on."""
+    gib = n_bytes / 2**30
+    return f"{gib / 1024:,.1f} TiB" if gib >= 1024 else f"{gib:,.1f} GiB"

@@ -290,15 +290,24 @@ def write_embeddings(path: Path, keys: list[str], vectors: np.ndarray) -> None:
 
 
 def read_embeddings(folder: Path) -> tuple[list[str], np.ndarray]:
-    """All keys and vectors (float32, N×D) of one role and collection, in shard then key order."""
-    tables = [pq.read_table(p) for p in sorted(folder.glob("*.parquet"))]
-    if not tables:
+    """All keys and vectors (float32, N×D) of one role and collection, in shard then key order.
+
+    The float32 array is allocated once and filled a shard at a time: converting one whole fp16
+    table would hold both copies, and this is the largest thing dedup, decontam and retrieve hold."""
+    parts = sorted(folder.glob("*.parquet"))
+    if not parts:
         return [], np.zeros((0, 0), np.float32)
-    table = pa.concat_tables(tables)
-    column = table.column("embedding").combine_chunks()
-    dim = column.type.list_size
-    vectors = column.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-    return table.column("key").to_pylist(), vectors
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    vectors = np.empty((rows, pq.ParquetFile(parts[0]).schema_arrow.field("embedding").type.list_size), np.float32)
+    keys: list[str] = []
+    for part in parts:
+        table = pq.read_table(part)
+        column = table.column("embedding").combine_chunks()
+        vectors[len(keys) : len(keys) + len(column)] = column.values.to_numpy(zero_copy_only=False).reshape(
+            len(column), -1
+        )
+        keys += table.column("key").to_pylist()
+    return keys, vectors
 
 
 def write_embedder_card(role_dir: Path, spec: EmbedderSpec, embedder: Embedder) -> None:

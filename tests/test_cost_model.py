@@ -118,7 +118,25 @@ def test_cpu_rates_are_per_machine_and_spread_over_cores(config):
     assert rows["curated"].note == "40 CPU workers (core-hours)"
     results.append(_m("assemble.plan_bytes_per_image", 2**30 / 1e6, "assemble", device="cpu", cores=2))
     rows = {r.stage: r for r in cost_model.plan(config, 4e6, cost_model.Fleet(0, None, 40), results)}
-    assert rows["curated"].note.endswith(f"the driver's plan peaks near {curated / 1e6:,.0f} GiB")
+    assert rows["curated"].memory == pytest.approx(curated * 2**30 / 1e6)
+
+
+def test_the_stages_that_load_the_pools_vectors_state_the_memory_of_that_one_process(config):
+    """Measured at one width, the bytes beyond the float32 vector carry over; 4·d grows with it."""
+    fleet = cost_model.Fleet(8, "H100", 96)
+    unmeasured = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, [])}
+    assert unmeasured["dedup"].memory is None
+    assert "run python benchmarks/embeddings_load.py --record" in unmeasured["dedup"].memory_note
+    results = [_m("embed.load_bytes_per_image", 4 * 128 + 90, "d@128", device="cpu", cores=2)]
+    rows = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, results)}
+    dims = {"dedup": config.dedup.role, "decontam": config.decontam.role, "retrieve": config.retrieve.role}
+    for stage, role in dims.items():
+        dim = cost_model._model(config.embed.models[role].name)[1]
+        assert rows[stage].memory == pytest.approx(1e9 * (4 * dim + 90)), stage
+    text = cost_model.render(list(rows.values()), 1e9, fleet, results)
+    largest = max(rows.values(), key=lambda r: r.memory or 0)
+    assert f"largest process: {cost_model.size(largest.memory)} ({largest.stage})" in text
+    assert cost_model.size(2**30 * 1023) == "1,023.0 GiB" and cost_model.size(2**40 * 8.6) == "8.6 TiB"
 
 
 def test_results_file_round_trips(tmp_path):
