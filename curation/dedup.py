@@ -33,6 +33,7 @@ from typing import ClassVar, Literal
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 from scipy.sparse import coo_matrix
@@ -42,6 +43,7 @@ from curation.embed import read_embeddings
 from curation.ingest import POOL
 from curation.knn import IndexSpec, inner_products_by_id, open_saved, saved_index, search
 from foundation.config import Section
+from foundation.errors import StageError
 from foundation.executors import MapFn, run_unfinished
 from foundation.files import write_parquet
 
@@ -223,9 +225,16 @@ def run_dedup(
 
 
 def _pixels_by_key(ingest_dir: Path, keys: list[str]) -> np.ndarray:
-    index = pq.read_table(ingest_dir / "index.parquet", columns=["key", "width", "height"]).to_pydict()
-    pixels = {k: w * h for k, w, h in zip(index["key"], index["width"], index["height"], strict=True)}
-    return np.array([pixels[k] for k in keys], dtype=np.int64)
+    """Width × height of each of `keys`, from the ingest index, joined in Arrow (a Python dict of
+    the whole index would cost several times the vectors' key list)."""
+    index = pq.read_table(ingest_dir / "index.parquet", columns=["key", "width", "height"])
+    at = pc.index_in(pa.array(keys, pa.string()), value_set=index["key"].combine_chunks())
+    if at.null_count:
+        raise StageError(
+            f"{at.null_count} embedded images are not in the ingest index; re-run from ingest (--from ingest)"
+        )
+    pixels = pc.multiply(index["width"].cast(pa.int64()), index["height"].cast(pa.int64())).to_numpy()
+    return pixels[at.to_numpy()]
 
 
 def _write_outputs(keys: list[str], vectors: np.ndarray, labels: np.ndarray, kept: np.ndarray, work_dir: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Annotated, ClassVar, Literal
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
@@ -129,8 +130,8 @@ class Pool:
     @classmethod
     def load(cls, embed_dir: Path, role: str, decontam_dir: Path) -> Pool:
         keys, vectors = read_embeddings(embed_dir / role / POOL)
-        keep = set(pq.read_table(decontam_dir / "keep.parquet").column("key").to_pylist())
-        rows = np.array([i for i, k in enumerate(keys) if k in keep], dtype=np.int64)
+        keep = pq.read_table(decontam_dir / "keep.parquet", columns=["key"])["key"].combine_chunks()
+        rows = np.flatnonzero(pc.is_in(pa.array(keys, pa.string()), value_set=keep).to_numpy(zero_copy_only=False))
         return cls(np.array(keys, dtype=object)[rows], vectors[rows] if len(rows) else vectors[:0])
 
 
