@@ -294,7 +294,7 @@ def render(rows: list[PlanRow], pool: float, fleet: Fleet, results: list[Measure
         lines.append(f"  {row.stage:<18} {row.work}")
         lines.append(f"  {'':<18} [{row.basis}] {cost}  {rate}  {row.note}".rstrip())
         if row.memory is not None:
-            lines.append(f"  {'':<18} memory: {size(row.memory)}: {row.memory_note}")
+            lines.append(f"  {'':<18} memory: at least {size(row.memory)}: {row.memory_note}")
         elif row.memory_note:
             lines.append(f"  {'':<18} {row.memory_note}")
     known = [r for r in rows if r.wall_hours is not None]
@@ -314,8 +314,8 @@ def render(rows: list[PlanRow], pool: float, fleet: Fleet, results: list[Measure
     if holding:
         most = max(holding, key=lambda r: r.memory)
         lines.append(
-            f"largest process: {size(most.memory)} ({most.stage}); a stage needs a machine with that much memory "
-            "whatever the fleet's size"
+            f"largest process: at least {size(most.memory)} ({most.stage}); a stage needs a machine with that much "
+            "memory whatever the fleet's size"
         )
     cores = decode_cores(rows, pool, fleet, results or [])
     if cores:
