@@ -20,9 +20,9 @@ Scaling rules, per stage:
 - curated: linear in the curated images, spread over CPU cores (one task per output shard; the
   rate is per worker process).
 
-Memory: dedup, decontam and retrieve each load a role's pool vectors into one process
-(`embed.read_embeddings`), and the curated stage's driver holds its plan; the plan states what that
-process needs, since past one machine's memory no fleet size helps.
+Memory: ingest's driver lists every input, dedup, decontam and retrieve each load a role's pool
+vectors into one process (`embed.read_embeddings`), and the curated stage's driver holds its plan;
+the plan states what that process needs, since past one machine's memory no fleet size helps.
 """
 
 from __future__ import annotations
@@ -117,7 +117,12 @@ def _ingest(pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
     if rate is None:
         return _missing("ingest", work, "python benchmarks/ingest.py --record")
     core_hours = pool / rate.value / 3600
-    return PlanRow("ingest", work, rate, core_hours, core_hours / fleet.cpus, f"{fleet.cpus} CPU workers (core-hours)")
+    row = PlanRow("ingest", work, rate, core_hours, core_hours / fleet.cpus, f"{fleet.cpus} CPU workers (core-hours)")
+    listing = latest(results, "ingest.listing_bytes_per_input", "ingest", "cpu")
+    if listing is None:
+        return replace(row, memory_note="memory: not measured; run python benchmarks/memory.py --record")
+    why = f"the driver's list of every input, {listing.value:,.0f} bytes an input [{listing.cite()}]"
+    return replace(row, memory=pool * listing.value, memory_note=why)
 
 
 def _embed(role: str, model: str, pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
@@ -229,7 +234,7 @@ def _holding_vectors(
     float32 each, plus what the measured load held beyond its own vectors (the keys, mostly)."""
     loads = [m for m in results if m.metric == "embed.load_bytes_per_image" and m.device == "cpu"]
     if not loads:
-        return replace(row, memory_note="memory: not measured; run python benchmarks/embeddings_load.py --record")
+        return replace(row, memory_note="memory: not measured; run python benchmarks/memory.py --record")
     load = max(reversed(loads), key=lambda m: m.date)
     dim = _dim(config, role)
     per_image = 4 * dim + load.value - 4 * int(load.subject.split("@")[1])

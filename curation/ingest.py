@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -185,18 +186,22 @@ def _sample_meta(key: str, ref: InputRef, image: CleanImage) -> dict[str, object
 
 
 def list_inputs(sources: list[Source], shard_size: int, work_dir: Path) -> list[InputRef]:
-    """All inputs of all sources, each source sorted; a key collision between inputs is an error."""
+    """All inputs of all sources, each source sorted; a key collision between inputs is an error.
+    Collisions are found on the keys as 64-bit integers, sorted (a dict of key strings would cost
+    more than the refs themselves)."""
     refs: list[InputRef] = []
     for source in sources:
         refs.extend(source.refs(work_dir, shard_size))
-    keys: dict[str, InputRef] = {}
-    for ref in refs:
-        other = keys.setdefault(key_of(ref.identity), ref)
-        if other is not ref:
-            raise CorruptInput(
-                f"inputs {other.source!r} and {ref.source!r} have the same identity {ref.identity!r} (key "
-                f"{key_of(ref.identity)}): a file listed twice, or two sources whose folders have the same name"
-            )
+    keys = np.fromiter((int(key_of(ref.identity), 16) for ref in refs), np.uint64, len(refs))
+    order = np.argsort(keys, kind="stable")
+    repeated = np.flatnonzero(keys[order][1:] == keys[order][:-1])
+    if len(repeated):  # name the first input, in listing order, whose key an earlier one has
+        later = int(order[repeated + 1].min())
+        first, then = refs[int(np.flatnonzero(keys == keys[later])[0])], refs[later]
+        raise CorruptInput(
+            f"inputs {first.source!r} and {then.source!r} have the same identity {then.identity!r} (key "
+            f"{key_of(then.identity)}): a file listed twice, or two sources whose folders have the same name"
+        )
     return refs
 
 

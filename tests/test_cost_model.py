@@ -121,14 +121,20 @@ def test_cpu_rates_are_per_machine_and_spread_over_cores(config):
     assert rows["curated"].memory == pytest.approx(curated * 2**30 / 1e6)
 
 
-def test_the_stages_that_load_the_pools_vectors_state_the_memory_of_that_one_process(config):
-    """Measured at one width, the bytes beyond the float32 vector carry over; 4·d grows with it."""
+def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config):
+    """Ingest's listing per input; the vectors measured at one width, the bytes beyond the float32
+    vector carry over and 4·d grows with each role's width."""
     fleet = cost_model.Fleet(8, "H100", 96)
     unmeasured = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, [])}
     assert unmeasured["dedup"].memory is None
-    assert "run python benchmarks/embeddings_load.py --record" in unmeasured["dedup"].memory_note
-    results = [_m("embed.load_bytes_per_image", 4 * 128 + 90, "d@128", device="cpu", cores=2)]
+    assert "run python benchmarks/memory.py --record" in unmeasured["dedup"].memory_note
+    results = [
+        _m("embed.load_bytes_per_image", 4 * 128 + 90, "d@128", device="cpu", cores=2),
+        _m("ingest.images_per_s_per_worker", 1000, "ingest", device="cpu", cores=2),
+        _m("ingest.listing_bytes_per_input", 300, "ingest", device="cpu", cores=2),
+    ]
     rows = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, results)}
+    assert rows["ingest"].memory == pytest.approx(1e9 * 300)
     dims = {"dedup": config.dedup.role, "decontam": config.decontam.role, "retrieve": config.retrieve.role}
     for stage, role in dims.items():
         dim = cost_model._model(config.embed.models[role].name)[1]

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from curation.ingest import key_of
+from curation.ingest import key_of, list_inputs
 from curation.pipeline import curate
 from curation.run_config import load_curation_config
 from curation.rundir import RunDir
-from foundation.errors import ConfigError
+from curation.sources import FolderSource
+from foundation.errors import ConfigError, CorruptInput
 from tests.ingest_checks import check_accounting, check_shards_readable, read_run
 
 
@@ -129,3 +131,19 @@ def test_seed_and_eval_sets_are_ingested_beside_the_pool(folder_run, truth):
             assert counts[f"{prefix}/{name}.ingested"] == expected
             index = pq.read_table(folder_run / "ingest" / prefix / name / "index.parquet")
             assert index.num_rows == expected
+
+
+def test_two_sources_that_name_the_same_input_are_refused_naming_both(tmp_path):
+    """Folders of the same name give their files the same identity, so the same keys: refused
+    before any work, as one line naming both files, not as images that overwrite each other."""
+    for mount in ("disk1", "disk2"):
+        (tmp_path / mount / "photos" / "a").mkdir(parents=True)
+        for name in ("x.jpg", "y.jpg"):
+            (tmp_path / mount / "photos" / "a" / name).write_bytes(b"")
+    (tmp_path / "disk2" / "photos" / "a" / "z.jpg").write_bytes(b"")
+    sources = [FolderSource(path=tmp_path / mount / "photos") for mount in ("disk1", "disk2")]
+    first, then = (str(tmp_path / mount / "photos" / "a" / "x.jpg") for mount in ("disk1", "disk2"))
+    message = f"inputs '{first}' and '{then}' have the same identity 'photos/a/x.jpg' (key {key_of('photos/a/x.jpg')})"
+    with pytest.raises(CorruptInput, match=re.escape(message)):
+        list_inputs(sources, 1000, tmp_path)
+    assert len(list_inputs(sources[1:], 1000, tmp_path)) == 3
