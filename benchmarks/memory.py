@@ -48,28 +48,18 @@ def write_crawl(folder: Path, n: int) -> None:
 
 
 def measure(kind: str, folder: Path) -> dict[str, float]:
-    """In this process: the peak resident memory's growth while loading or listing `folder` (the
-    peak is reset after the imports, whose own transient peak would otherwise hide it), and the
-    bare bytes."""
+    """In this process: the peak resident memory's growth while loading or listing `folder`, and
+    the bare bytes."""
     from curation.embed import read_embeddings
     from curation.ingest import list_inputs
+    from curation.measurements import peak_memory_growth
     from curation.sources import FolderSource
 
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
-    before = resident("VmRSS")
     if kind == "vectors":
-        keys, vectors = read_embeddings(folder)
-        items, bare = len(keys), vectors.nbytes
-    else:
-        refs = list_inputs([FolderSource(path=folder / "photos")], 1000, folder)
-        items, bare = len(refs), sum(len(ref.source) for ref in refs)
-    return {"grown": resident("VmHWM") - before, "items": items, "bare": bare}
-
-
-def resident(field: str) -> int:
-    """A memory figure of this process from /proc/self/status, in bytes."""
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
-    return int(line.split()[1]) * 1024
+        (keys, vectors), grown = peak_memory_growth(lambda: read_embeddings(folder))
+        return {"grown": grown, "items": len(keys), "bare": vectors.nbytes}
+    refs, grown = peak_memory_growth(lambda: list_inputs([FolderSource(path=folder / "photos")], 1000, folder))
+    return {"grown": grown, "items": len(refs), "bare": sum(len(ref.source) for ref in refs)}
 
 
 def slope(kind: str, sizes: list[int], dim: int) -> tuple[float, float]:

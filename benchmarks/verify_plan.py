@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,20 +39,20 @@ def write_index(path: Path, rows: int, shard_size: int) -> None:
 
 
 def measure(side: str, index: Path) -> dict[str, float]:
-    """In this process: seconds for `side`, peak RSS growth in bytes, and the tasks it made."""
+    """In this process: seconds for `side`, its peak resident memory's growth, and the tasks it made."""
+    from curation.measurements import peak_memory_growth
     from curation.verify import index_ranges
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started = time.perf_counter()
-    tasks = 0
-    if side == "ranges":
-        tasks = len(index_ranges("ingest", index.parent, index))
-    else:
+    def scan() -> int:
         for _ in pq.ParquetFile(index, pre_buffer=False).iter_batches(1 << 20, columns=["shard"]):
             pass
-    seconds = time.perf_counter() - started
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-    return {"seconds": seconds, "rss": grown, "tasks": tasks}
+        return 0
+
+    started = time.perf_counter()
+    tasks, grown = peak_memory_growth(
+        (lambda: len(index_ranges("ingest", index.parent, index))) if side == "ranges" else scan
+    )
+    return {"seconds": time.perf_counter() - started, "rss": grown, "tasks": tasks}
 
 
 def in_fresh_process(side: str, index: Path) -> dict[str, float]:

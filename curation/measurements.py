@@ -13,11 +13,14 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from foundation.gpus import gpu_kind
 
+T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results.jsonl"
 
 
@@ -96,3 +99,18 @@ def same_device(wanted: str, recorded: str) -> bool:
     not taken for an SXM one's; another name need only appear in the recorded one."""
     kind = gpu_kind(wanted)
     return gpu_kind(recorded) == kind if kind else wanted.lower() in recorded.lower()
+
+
+def peak_memory_growth(work: Callable[[], T]) -> tuple[T, int]:
+    """`work()`'s result and how far it raised this process's peak resident memory above what the
+    process held when it began, in bytes. The peak is reset first (Linux: `clear_refs`), so an
+    earlier transient peak, such as the imports', cannot hide the growth."""
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _status_bytes("VmRSS")
+    result = work()
+    return result, _status_bytes("VmHWM") - before
+
+
+def _status_bytes(field: str) -> int:
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
