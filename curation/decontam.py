@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -22,9 +24,11 @@ from curation.embed import read_embeddings
 from curation.ingest import POOL
 from curation.knn import IndexSpec, build_index, neighbours_above, on_device
 from foundation.config import Section
+from foundation.errors import StageError
 from foundation.storage import ConfigPath
 
 STAGE = "decontam"
+DEDUP_TABLES = ("keep.parquet", "removed.parquet")  # every deduplicated image is in one of them
 
 
 class EvalSet(Section):
@@ -47,8 +51,8 @@ def run_decontam(
 ) -> dict[str, int]:
     """Drop every dedup component that holds a pool image close to an eval image; returns manifest counts."""
     keys, vectors = read_embeddings(embed_dir / config.role / POOL)
-    component = component_of(dedup_dir)
-    kept_of_component = {c: k for k, c in zip(*_columns(dedup_dir / "keep.parquet", "key", "component"), strict=True)}
+    kept = pq.read_table(dedup_dir / "keep.parquet", columns=["key", "component"])
+    component = components_of_rows(dedup_dir, keys)
     index = on_device(build_index(vectors, config.index, seed), config.index) if keys else None
     closest: dict[int, tuple[float, str, str, str]] = {}
     for eval_set in config.eval_sets:
@@ -57,15 +61,16 @@ def run_decontam(
             continue
         rows, ids, sims = neighbours_above(index, config.index, vectors, eval_vectors, config.k, config.threshold)
         for row, pool_row, sim in zip(rows, ids, sims, strict=True):
-            hit_component = component[keys[pool_row]]
+            hit_component = int(component[pool_row])
             best = closest.get(hit_component)
             if best is None or sim > best[0]:
                 closest[hit_component] = (float(sim), eval_set.name, eval_keys[row], keys[pool_row])
-    removed = sorted((kept_of_component[c], c, *hit) for c, hit in closest.items())
-    removed_keys = {r[0] for r in removed}
-    keep = sorted(k for k in kept_of_component.values() if k not in removed_keys)
+    hit = pa.array(sorted(closest), pa.int64())
+    kept_of_hit = kept["key"].take(pc.index_in(hit, value_set=kept["component"].combine_chunks()))
+    removed = sorted((key, c, *closest[c]) for key, c in zip(kept_of_hit.to_pylist(), hit.to_pylist(), strict=True))
+    keep = kept.filter(pc.invert(pc.is_in(kept["component"], value_set=hit))).select(["key"]).sort_by("key")
     work_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"key": pa.array(keep, pa.string())}), work_dir / "keep.parquet")
+    pq.write_table(keep, work_dir / "keep.parquet")
     pq.write_table(
         pa.table(
             {
@@ -79,19 +84,18 @@ def run_decontam(
         ),
         work_dir / "removed.parquet",
     )
-    return {"images": len(kept_of_component), "kept": len(keep), "removed": len(removed)}
+    return {"images": kept.num_rows, "kept": keep.num_rows, "removed": len(removed)}
 
 
-def _columns(path: Path, *names: str) -> list[list]:
-    table = pq.read_table(path, columns=list(names))
-    return [table.column(n).to_pylist() for n in names]
-
-
-def component_of(dedup_dir: Path) -> dict[str, int]:
-    """Every deduplicated image's component, kept or removed."""
-    keep_keys, keep_components = _columns(dedup_dir / "keep.parquet", "key", "component")
-    removed_keys, removed_components = _columns(dedup_dir / "removed.parquet", "key", "component")
-    return dict(zip(keep_keys + removed_keys, keep_components + removed_components, strict=True))
+def components_of_rows(dedup_dir: Path, keys: list[str]) -> np.ndarray:
+    """The dedup component of each of `keys` (kept or removed there), joined in Arrow: a dict of
+    the whole pool's keys would cost more than its vectors' key list."""
+    kept, removed = (pq.read_table(dedup_dir / name, columns=["key", "component"]) for name in DEDUP_TABLES)
+    known = pa.concat_tables([kept, removed.cast(kept.schema)])
+    at = pc.index_in(pa.array(keys, pa.string()), value_set=known["key"].combine_chunks())
+    if at.null_count:
+        raise StageError(f"{at.null_count} embedded pool images are not in the dedup stage's tables; re-run from dedup")
+    return known["component"].combine_chunks().to_numpy()[at.to_numpy()]
 
 
 def summary_line(counts: dict[str, int]) -> str:

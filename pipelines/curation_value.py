@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 import torch
 
 from curation.assemble import locate, read_images
-from curation.decontam import component_of
+from curation.decontam import components_of_rows
 from curation.ingest import POOL
 from curation.pipeline import curate
 from curation.retrieve import Balanced, Pool, balanced
@@ -129,10 +129,10 @@ def raw_pool(run: Path) -> list[Member]:
     Decontamination removes one kept image per component; here the copies dedup dropped are in
     the set, so a copy of a leaked evaluation image must go with it.
     """
-    component = component_of(run / "dedup")
-    contaminated = set(_column(run / "decontam" / "removed.parquet", "component"))
     ingested = sorted(_column(run / "ingest" / "index.parquet", "key"))
-    return [(POOL, key) for key in ingested if component[key] not in contaminated]
+    component = components_of_rows(run / "dedup", ingested)
+    contaminated = set(_column(run / "decontam" / "removed.parquet", "component"))
+    return [(POOL, key) for key, c in zip(ingested, component.tolist(), strict=True) if c not in contaminated]
 
 
 def _column(path: Path, name: str) -> list:
