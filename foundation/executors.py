@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import multiprocessing
 import os
@@ -147,8 +148,13 @@ def prefetched(fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator
             yield window.popleft().result()
 
 
-def ray_map(num_cpus: float = 1.0) -> MapFn:
+def ray_map(num_cpus: float = 1.0, in_flight: int | None = None) -> MapFn:
     """A map over Ray tasks on whatever cluster `ray.init()` connected to (one task per item).
+
+    At most `in_flight` tasks are out at once (by default twice as many as the cluster's CPUs run
+    together, and at least 64), items being drawn as tasks finish: submitting a million shards at
+    once would hold a million task handles and their arguments, and every `ray.wait` would scan
+    them all, which makes the map quadratic in the number of tasks.
 
     Ray already runs a task again when its worker process dies (up to `max_retries`); an item
     still killing its worker after that is reported in a `WorkerCrashed` once the others are done,
@@ -163,12 +169,15 @@ def ray_map(num_cpus: float = 1.0) -> MapFn:
 
     def run(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         remote = ray.remote(num_cpus=num_cpus)(fn)
-        pending = {remote.remote(item): item for item in items}
+        limit = in_flight or max(64, int(2 * ray.cluster_resources().get("CPU", 1) / num_cpus))
+        todo = iter(items)
+        pending = {remote.remote(item): item for item in itertools.islice(todo, limit)}
         crashed: list[T] = []
         try:
             while pending:
                 (done,), _ = ray.wait(list(pending), num_returns=1)
                 item = pending.pop(done)
+                pending.update({remote.remote(more): more for more in itertools.islice(todo, 1)})
                 try:
                     yield ray.get(done)
                 except (WorkerCrashedError, OutOfMemoryError):
