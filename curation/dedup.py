@@ -146,6 +146,11 @@ def knn_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, map_fn: 
     return edges_dir
 
 
+SEMDEDUP_BLOCK = 4096
+"""Rows of a cluster compared with the whole cluster at once: a cluster's full similarity matrix
+grows with the square of its size (a 100K-image cluster would be 40 GB)."""
+
+
 def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, seed: int) -> tuple[Path, np.ndarray]:
     """Within-cluster pairs at cosine >= 1 - eps; returns the edge folder and each vector's centroid similarity."""
     clusters = min(config.semdedup_clusters, len(vectors))
@@ -154,12 +159,18 @@ def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, see
     _, assignment = kmeans.index.search(vectors, 1)
     assignment = assignment[:, 0]
     centroid_similarity = np.einsum("nd,nd->n", vectors, kmeans.centroids[assignment])
-    parts = []
+    order = np.argsort(assignment, kind="stable")  # each cluster's rows, ascending, without a pass per cluster
+    bounds = np.searchsorted(assignment[order], np.arange(clusters + 1))
+    parts = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
     for cluster in range(clusters):
-        members = np.flatnonzero(assignment == cluster)
-        sims = vectors[members] @ vectors[members].T
-        rows, cols = np.nonzero(np.triu(sims >= 1 - config.semdedup_eps, k=1))
-        parts.append((members[rows], members[cols], sims[rows, cols]))
+        members = order[bounds[cluster] : bounds[cluster + 1]]
+        member_vectors = vectors[members]
+        for start in range(0, len(members), SEMDEDUP_BLOCK):
+            sims = member_vectors[start : start + SEMDEDUP_BLOCK] @ member_vectors.T
+            rows, cols = np.nonzero(sims >= 1 - config.semdedup_eps)
+            upper = cols > rows + start  # each pair once, never an image with itself
+            rows, cols = rows[upper], cols[upper]
+            parts.append((members[rows + start], members[cols], sims[rows, cols]))
     src, dst, sim = (np.concatenate(p) for p in zip(*parts, strict=True))
     edges_dir = work_dir / ROW_EDGES
     edges_dir.mkdir(parents=True, exist_ok=True)

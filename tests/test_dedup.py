@@ -136,3 +136,24 @@ def test_semdedup_mode_removes_exact_copies(deduped_run, crawl, pool_truth, tmp_
     assert counts["removed"] >= len(exact_copies) and len(groups_with_exact) > 0
     uniques = {k for k, r in truth.items() if not r["dup_group"] and not r["leak_of"]}
     assert len(uniques & removed) <= 0.002 * len(uniques)
+
+
+def test_semdedup_compares_a_cluster_in_blocks_of_rows_with_the_same_edges(tmp_path, monkeypatch):
+    """Blocks of 7 rows (clusters span several, the last one short) find the pairs one block finds."""
+    import numpy as np
+
+    from curation import dedup
+    from curation.synth.vectors import planted_vectors
+
+    vectors = planted_vectors(600, 32)
+    config = dedup.DedupConfig(mode="semdedup", semdedup_clusters=4, semdedup_eps=0.3)
+    found = []
+    for block, folder in ((1 << 20, tmp_path / "whole"), (7, tmp_path / "blocks")):
+        monkeypatch.setattr(dedup, "SEMDEDUP_BLOCK", block)
+        edges_dir, _ = dedup.semdedup_edges(vectors, config, folder, seed=0)
+        found.append(pq.read_table(edges_dir / "000000000000.parquet"))
+    whole, blocks = found
+    assert whole.num_rows > 30 and whole.select(["src", "dst"]).equals(blocks.select(["src", "dst"]))
+    src, dst = whole["src"].to_numpy(), whole["dst"].to_numpy()
+    assert (src < dst).all()
+    assert np.allclose(np.einsum("nd,nd->n", vectors[src], vectors[dst]), whole["similarity"].to_numpy(), atol=1e-5)
