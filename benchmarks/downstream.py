@@ -97,7 +97,7 @@ def main() -> None:
         spread = config.model_copy(update={"assemble": config.assemble.model_copy(update={"workers": os.cpu_count()})})
         run = Path(tmp) / "run"
         curate(config, run, executor="local")
-        pool = Pool.load(run / "embed", config.retrieve.role, run / "decontam")
+        pool = Pool.load(run / "embed", config.retrieve.role, run / "decontam", Path(tmp) / "pool.npy")
         stage, bare = {}, {}
         stage_ops = {
             name: (lambda n=name: curate(config, run, (n,), start_from=n, executor="local"))

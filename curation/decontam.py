@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from curation.embed import read_embeddings
+from curation.embed import embeddings_on_disk, read_embeddings
 from curation.ingest import POOL
 from curation.knn import IndexSpec, build_index, neighbours_above, on_device
 from foundation.config import Section
@@ -29,6 +29,7 @@ from foundation.storage import ConfigPath
 
 STAGE = "decontam"
 DEDUP_TABLES = ("keep.parquet", "removed.parquet")  # every deduplicated image is in one of them
+VECTORS = "vectors.npy"  # work file: the pool's vectors, memory-mapped
 
 
 class EvalSet(Section):
@@ -49,11 +50,14 @@ class DecontamConfig(Section):
 def run_decontam(
     config: DecontamConfig, embed_dir: Path, dedup_dir: Path, work_dir: Path, seed: int = 0
 ) -> dict[str, int]:
-    """Drop every dedup component that holds a pool image close to an eval image; returns manifest counts."""
-    keys, vectors = read_embeddings(embed_dir / config.role / POOL)
+    """Drop every dedup component that holds a pool image close to an eval image; returns manifest counts.
+
+    The pool's vectors stay in a memory map (a scratch file, removed at the end): the process holds
+    the index, and per image a key and its component."""
+    keys, vectors = embeddings_on_disk(embed_dir / config.role / POOL, work_dir / VECTORS)
     kept = pq.read_table(dedup_dir / "keep.parquet", columns=["key", "component"])
     component = components_of_rows(dedup_dir, keys)
-    index = on_device(build_index(vectors, config.index, seed), config.index) if keys else None
+    index = on_device(build_index(vectors, config.index, seed), config.index) if len(keys) else None
     closest: dict[int, tuple[float, str, str, str]] = {}
     for eval_set in config.eval_sets:
         eval_keys, eval_vectors = read_embeddings(embed_dir / config.role / "eval" / eval_set.name)
@@ -64,11 +68,12 @@ def run_decontam(
             hit_component = int(component[pool_row])
             best = closest.get(hit_component)
             if best is None or sim > best[0]:
-                closest[hit_component] = (float(sim), eval_set.name, eval_keys[row], keys[pool_row])
+                closest[hit_component] = (float(sim), eval_set.name, eval_keys[row], keys[int(pool_row)].as_py())
     hit = pa.array(sorted(closest), pa.int64())
     kept_of_hit = kept["key"].take(pc.index_in(hit, value_set=kept["component"].combine_chunks()))
     removed = sorted((key, c, *closest[c]) for key, c in zip(kept_of_hit.to_pylist(), hit.to_pylist(), strict=True))
     keep = kept.filter(pc.invert(pc.is_in(kept["component"], value_set=hit))).select(["key"]).sort_by("key")
+    (work_dir / VECTORS).unlink(missing_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(keep, work_dir / "keep.parquet")
     pq.write_table(
@@ -87,12 +92,12 @@ def run_decontam(
     return {"images": kept.num_rows, "kept": keep.num_rows, "removed": len(removed)}
 
 
-def components_of_rows(dedup_dir: Path, keys: list[str]) -> np.ndarray:
+def components_of_rows(dedup_dir: Path, keys: pa.Array) -> np.ndarray:
     """The dedup component of each of `keys` (kept or removed there), joined in Arrow: a dict of
     the whole pool's keys would cost more than its vectors' key list."""
     kept, removed = (pq.read_table(dedup_dir / name, columns=["key", "component"]) for name in DEDUP_TABLES)
     known = pa.concat_tables([kept, removed.cast(kept.schema)])
-    at = pc.index_in(pa.array(keys, pa.string()), value_set=known["key"].combine_chunks())
+    at = pc.index_in(keys, value_set=known["key"].combine_chunks().cast(keys.type))
     if at.null_count:
         raise StageError(f"{at.null_count} embedded pool images are not in the dedup stage's tables; re-run from dedup")
     return known["component"].combine_chunks().to_numpy()[at.to_numpy()]

@@ -39,9 +39,17 @@ from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curation.embed import read_embeddings
+from curation.embed import embeddings_on_disk
 from curation.ingest import POOL
-from curation.knn import IndexSpec, inner_products_by_id, open_saved, saved_index, search
+from curation.knn import (
+    IndexSpec,
+    inner_products_by_id,
+    open_saved,
+    pair_similarity,
+    saved_index,
+    search,
+    spherical_kmeans,
+)
 from foundation.config import Section
 from foundation.errors import StageError
 from foundation.executors import MapFn, run_unfinished
@@ -50,6 +58,7 @@ from foundation.files import write_parquet
 STAGE = "dedup"
 ROW_EDGES = "edge_rows"  # work files: edges as row numbers, renamed to keys in edges/ at the end
 ROW_NEAREST = "nearest_rows"  # work files: each row's nearest other row
+VECTORS = "vectors.npy"  # work file: the pool's vectors, memory-mapped by the stage and its search tasks
 EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("similarity", pa.float32())])
 
 
@@ -121,16 +130,19 @@ def _nearest(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray) -> np.nd
     return np.where(tied == np.iinfo(np.int64).max, -1, tied)
 
 
-def knn_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, map_fn: MapFn, seed: int) -> Path:
-    """Build the index once, search every chunk as a task, return the folder of edge files."""
+def knn_edges(vectors_path: Path, n: int, config: DedupConfig, work_dir: Path, map_fn: MapFn, seed: int) -> Path:
+    """Build the index over the `n` saved vectors once, search every chunk as a task, return the
+    folder of edge files."""
     edges_dir, nearest_dir = work_dir / ROW_EDGES, work_dir / ROW_NEAREST
     edges_dir.mkdir(parents=True, exist_ok=True)
     nearest_dir.mkdir(exist_ok=True)
-    index_path, vectors_path = saved_index(vectors, config.index, work_dir, seed)
+    if not n:
+        return edges_dir
+    index_path = saved_index(vectors_path, config.index, seed)
     tasks = [
         EdgeTask(
             start,
-            min(start + config.chunk_size, len(vectors)),
+            min(start + config.chunk_size, n),
             str(index_path),
             str(vectors_path),
             str(edges_dir / f"{start:012d}.parquet"),
@@ -140,7 +152,7 @@ def knn_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, map_fn: 
             config.index,
             config.threads,
         )
-        for start in range(0, len(vectors), config.chunk_size)
+        for start in range(0, n, config.chunk_size)
     ]
     run_unfinished(map_fn, search_chunk, tasks)
     return edges_dir
@@ -154,11 +166,7 @@ grows with the square of its size (a 100K-image cluster would be 40 GB)."""
 def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, seed: int) -> tuple[Path, np.ndarray]:
     """Within-cluster pairs at cosine >= 1 - eps; returns the edge folder and each vector's centroid similarity."""
     clusters = min(config.semdedup_clusters, len(vectors))
-    kmeans = faiss.Kmeans(vectors.shape[1], clusters, niter=20, seed=seed, spherical=True)
-    kmeans.train(vectors)
-    _, assignment = kmeans.index.search(vectors, 1)
-    assignment = assignment[:, 0]
-    centroid_similarity = np.einsum("nd,nd->n", vectors, kmeans.centroids[assignment])
+    _, assignment, centroid_similarity = spherical_kmeans(vectors, clusters, 20, seed)
     order = np.argsort(assignment, kind="stable")  # each cluster's rows, ascending, without a pass per cluster
     bounds = np.searchsorted(assignment[order], np.arange(clusters + 1))
     parts = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
@@ -195,36 +203,47 @@ def components_of(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def choose_kept(labels: np.ndarray, keys: list[str], preference: np.ndarray) -> np.ndarray:
-    """Row kept per component: highest `preference`, then smallest key. Returns kept row per row."""
-    order = sorted(range(len(keys)), key=lambda i: (labels[i], -preference[i], keys[i]))
-    kept_of_label: dict[int, int] = {}
-    for i in order:
-        kept_of_label.setdefault(int(labels[i]), i)
-    return np.array([kept_of_label[int(label)] for label in labels])
+def choose_kept(labels: np.ndarray, by_key: np.ndarray, preference: np.ndarray) -> np.ndarray:
+    """Row kept per component: highest `preference`, then smallest key (`by_key`: the rows in key
+    order). Returns the kept row of every row, sorted in numpy: a Python sort of a billion rows
+    would take hours and a hundred bytes a row."""
+    if not len(labels):
+        return np.zeros(0, np.int64)
+    key_rank = np.empty(len(by_key), np.int64)
+    key_rank[by_key] = np.arange(len(by_key))
+    order = np.lexsort((key_rank, -preference, labels))
+    ordered = labels[order]
+    first = np.concatenate([[True], ordered[1:] != ordered[:-1]])
+    kept_of_label = np.empty(int(labels.max()) + 1, np.int64)
+    kept_of_label[ordered[first]] = order[first]
+    return kept_of_label[labels]
 
 
 def run_dedup(
     config: DedupConfig, ingest_dir: Path, embed_dir: Path, work_dir: Path, map_fn: MapFn, seed: int = 0
 ) -> dict[str, int]:
-    """Deduplicate the pool's `config.role` embeddings into `work_dir`; returns manifest counts."""
-    keys, vectors = read_embeddings(embed_dir / config.role / POOL)
+    """Deduplicate the pool's `config.role` embeddings into `work_dir`; returns manifest counts.
+
+    Per image the driver holds a key and a few numbers, never a Python object: the vectors stay in
+    a memory map, and an IVF index holds codes."""
+    keys, vectors = embeddings_on_disk(embed_dir / config.role / POOL, work_dir / VECTORS)
+    by_key = pc.sort_indices(keys).to_numpy().astype(np.int64)
     pixels = _pixels_by_key(ingest_dir, keys)
     if config.mode == "knn":
-        edges_dir = knn_edges(vectors, config, work_dir, map_fn, seed)
+        edges_dir = knn_edges(work_dir / VECTORS, len(keys), config, work_dir, map_fn, seed)
         preference = pixels
     else:
         edges_dir, centroid_similarity = semdedup_edges(vectors, config, work_dir, seed)
         preference = -centroid_similarity if config.semdedup_keep == "farthest" else centroid_similarity
     src, dst = unique_edges(len(keys), edges_dir)
     labels = components_of(len(keys), src, dst)
-    kept = choose_kept(labels, keys, preference)
-    _write_outputs(keys, vectors, labels, kept, work_dir)
+    kept = choose_kept(labels, by_key, preference)
+    _write_outputs(keys, by_key, vectors, labels, kept, work_dir)
     _write_edges(keys, vectors, src, dst, work_dir / "edges")
     shutil.rmtree(edges_dir)
     if config.mode == "knn":
-        _write_nearest(keys, vectors, work_dir / ROW_NEAREST, work_dir / "nearest.parquet")
-    for scratch in ("vectors.npy", "index.faiss"):
+        _write_nearest(keys, by_key, vectors, work_dir / ROW_NEAREST, work_dir / "nearest.parquet")
+    for scratch in (VECTORS, "index.faiss"):
         (work_dir / scratch).unlink(missing_ok=True)
     is_removed = kept != np.arange(len(keys))
     return {
@@ -235,11 +254,10 @@ def run_dedup(
     }
 
 
-def _pixels_by_key(ingest_dir: Path, keys: list[str]) -> np.ndarray:
-    """Width × height of each of `keys`, from the ingest index, joined in Arrow (a Python dict of
-    the whole index would cost several times the vectors' key list)."""
+def _pixels_by_key(ingest_dir: Path, keys: pa.Array) -> np.ndarray:
+    """Width × height of each of `keys`, from the ingest index, joined in Arrow."""
     index = pq.read_table(ingest_dir / "index.parquet", columns=["key", "width", "height"])
-    at = pc.index_in(pa.array(keys, pa.string()), value_set=index["key"].combine_chunks())
+    at = pc.index_in(keys, value_set=index["key"].combine_chunks().cast(keys.type))
     if at.null_count:
         raise StageError(
             f"{at.null_count} embedded images are not in the ingest index; re-run from ingest (--from ingest)"
@@ -248,63 +266,78 @@ def _pixels_by_key(ingest_dir: Path, keys: list[str]) -> np.ndarray:
     return pixels[at.to_numpy()]
 
 
-def _write_outputs(keys: list[str], vectors: np.ndarray, labels: np.ndarray, kept: np.ndarray, work_dir: Path) -> None:
+KEY_CHUNK = 1 << 20
+"""Keys an output string array holds: one Arrow string array holds at most 2 GiB of text."""
+
+
+def _key_column(keys: pa.Array, rows: np.ndarray) -> pa.ChunkedArray:
+    """keys[rows] as Arrow strings (the column type dedup has always written), KEY_CHUNK a chunk."""
+    chunks = [keys.take(rows[start : start + KEY_CHUNK]).cast(pa.string()) for start in range(0, len(rows), KEY_CHUNK)]
+    return pa.chunked_array(chunks, pa.string())
+
+
+def _write_outputs(
+    keys: pa.Array, by_key: np.ndarray, vectors: np.ndarray, labels: np.ndarray, kept: np.ndarray, work_dir: Path
+) -> None:
     """keep/removed tables, sorted by key."""
     sizes = np.bincount(labels)
-    rows = np.arange(len(keys))
-    is_kept = kept == rows
-    removed_rows = rows[~is_kept]  # only these need a similarity: `vectors[kept]` would copy every vector
-    similarity = np.einsum("nd,nd->n", vectors[removed_rows], vectors[kept[removed_rows]]).astype(np.float32)
-    key_array = np.array(keys, dtype=object)
-    keep = pa.table({"key": key_array[is_kept], "component": labels[is_kept], "component_size": sizes[labels[is_kept]]})
-    removed = pa.table(
+    is_kept = kept[by_key] == by_key
+    kept_rows, removed_rows = by_key[is_kept], by_key[~is_kept]
+    keep = pa.table(
         {
-            "key": key_array[~is_kept],
-            "component": labels[~is_kept],
-            "kept_key": key_array[kept[~is_kept]],
-            "similarity": similarity,
+            "key": _key_column(keys, kept_rows),
+            "component": labels[kept_rows],
+            "component_size": sizes[labels[kept_rows]],
         }
     )
-    pq.write_table(keep.sort_by("key"), work_dir / "keep.parquet")
-    pq.write_table(removed.sort_by("key"), work_dir / "removed.parquet")
+    removed = pa.table(
+        {
+            "key": _key_column(keys, removed_rows),
+            "component": labels[removed_rows],
+            "kept_key": _key_column(keys, kept[removed_rows]),
+            "similarity": pair_similarity(vectors, removed_rows, kept[removed_rows]),
+        }
+    )
+    pq.write_table(keep, work_dir / "keep.parquet")
+    pq.write_table(removed, work_dir / "removed.parquet")
 
 
 EDGE_FILE_ROWS = 1_000_000
 
 
-def _write_edges(keys: list[str], vectors: np.ndarray, src: np.ndarray, dst: np.ndarray, out_dir: Path) -> None:
+def _write_edges(keys: pa.Array, vectors: np.ndarray, src: np.ndarray, dst: np.ndarray, out_dir: Path) -> None:
     """edges/part-NNNNN.parquet: keys and exact similarity of each edge, EDGE_FILE_ROWS per file."""
     out_dir.mkdir(exist_ok=True)
-    key_array = np.array(keys, dtype=object)
     for part, start in enumerate(range(0, max(len(src), 1), EDGE_FILE_ROWS)):
         a, b = src[start : start + EDGE_FILE_ROWS], dst[start : start + EDGE_FILE_ROWS]
         table = pa.table(
             {
-                "src_key": pa.array(key_array[a], pa.string()),
-                "dst_key": pa.array(key_array[b], pa.string()),
-                "similarity": np.einsum("nd,nd->n", vectors[a], vectors[b]).astype(np.float32),
+                "src_key": _key_column(keys, a),
+                "dst_key": _key_column(keys, b),
+                "similarity": pair_similarity(vectors, a, b),
             }
         )
         pq.write_table(table, out_dir / f"part-{part:05d}.parquet")
 
 
-def _write_nearest(keys: list[str], vectors: np.ndarray, nearest_dir: Path, out: Path) -> None:
+def _write_nearest(keys: pa.Array, by_key: np.ndarray, vectors: np.ndarray, nearest_dir: Path, out: Path) -> None:
     """nearest.parquet sorted by key; similarity recomputed from the vectors, so chunking cannot change it."""
-    parts = [pq.read_table(p) for p in sorted(nearest_dir.glob("*.parquet"))]
-    table = pa.concat_tables(parts).sort_by("row")
-    rows, nearest = table.column("row").to_numpy(), table.column("nearest").to_numpy()
+    nearest = np.full(len(keys), -1, np.int64)
+    for part in sorted(nearest_dir.glob("*.parquet")):
+        table = pq.read_table(part)
+        nearest[table.column("row").to_numpy()] = table.column("nearest").to_numpy()
+    nearest = nearest[by_key]
     found = nearest >= 0
-    similarity = np.full(len(rows), np.nan, np.float32)
-    similarity[found] = np.einsum("nd,nd->n", vectors[rows[found]], vectors[nearest[found]])
-    key_array = np.array(keys, dtype=object)
+    similarity = np.full(len(keys), np.nan, np.float32)
+    similarity[found] = pair_similarity(vectors, by_key[found], nearest[found])
     named = pa.table(
         {
-            "key": pa.array(key_array[rows], pa.string()),
-            "nearest_key": pa.array(np.where(found, key_array[np.maximum(nearest, 0)], None), pa.string()),
+            "key": _key_column(keys, by_key),
+            "nearest_key": pc.if_else(pa.array(found), _key_column(keys, np.maximum(nearest, 0)), None),
             "similarity": pa.array(similarity, pa.float32(), mask=~found),
         }
     )
-    pq.write_table(named.sort_by("key"), out)
+    pq.write_table(named, out)
     shutil.rmtree(nearest_dir)
 
 

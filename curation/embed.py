@@ -25,6 +25,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from pydantic import Field
@@ -33,7 +34,7 @@ from curation.ingest import collections
 from curation.shards import iter_samples
 from foundation.config import Section
 from foundation.errors import CorruptInput
-from foundation.files import write_parquet
+from foundation.files import atomic_path, write_parquet
 from foundation.storage import ConfigPath
 from models.embedders import Embedder, Preprocess, create_embedder
 from models.embedders.device_decode import UndecodableJpeg, decode_batch
@@ -290,24 +291,66 @@ def write_embeddings(path: Path, keys: list[str], vectors: np.ndarray) -> None:
 
 
 def read_embeddings(folder: Path) -> tuple[list[str], np.ndarray]:
-    """All keys and vectors (float32, N×D) of one role and collection, in shard then key order.
-
-    The float32 array is allocated once and filled a shard at a time: converting one whole fp16
-    table would hold both copies, and this is the largest thing dedup, decontam and retrieve hold."""
+    """All keys and vectors (float32, N×D) of one role and collection in memory, in shard then key
+    order: for the small collections (seed and evaluation sets); the pool goes through
+    `embeddings_on_disk`."""
     parts = sorted(folder.glob("*.parquet"))
+    vectors = np.empty(_stacked_shape(parts), np.float32)
+    _fill(parts, vectors)
+    return _keys(parts).to_pylist(), vectors
+
+
+def embeddings_on_disk(folder: Path, path: Path, keep: pa.Array | None = None) -> tuple[pa.Array, np.ndarray]:
+    """Keys (Arrow large strings) and vectors of one role and collection, only the keys in `keep` if
+    given, the vectors as a read-only float32 memory map of `path` (an .npy file, written a shard at
+    a time unless it is there).
+
+    The pool's vectors are the largest thing dedup, decontam and retrieve touch (4·d bytes an image,
+    5 TiB for 1.2B ViT-H vectors): on disk they cost page cache the kernel can evict, not memory
+    a process must hold, and search tasks on the same node map the same file.
+    """
+    parts = sorted(folder.glob("*.parquet"))
+    keys = _keys(parts)
+    kept = None if keep is None else pc.is_in(keys, value_set=keep.cast(keys.type)).to_numpy(zero_copy_only=False)
+    if kept is not None:
+        keys = keys.filter(kept)
+    shape = (len(keys), _stacked_shape(parts)[1])
+    if not shape[0]:  # numpy cannot map an empty file
+        return keys, np.zeros(shape, np.float32)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            vectors = np.lib.format.open_memmap(tmp, "w+", np.float32, shape)
+            _fill(parts, vectors, kept)
+            vectors.flush()
+            del vectors
+    return keys, np.load(path, mmap_mode="r")
+
+
+def _stacked_shape(parts: list[Path]) -> tuple[int, int]:
     if not parts:
-        return [], np.zeros((0, 0), np.float32)
+        return 0, 0
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-    vectors = np.empty((rows, pq.ParquetFile(parts[0]).schema_arrow.field("embedding").type.list_size), np.float32)
-    keys: list[str] = []
+    return rows, pq.ParquetFile(parts[0]).schema_arrow.field("embedding").type.list_size
+
+
+def _fill(parts: list[Path], vectors: np.ndarray, kept: np.ndarray | None = None) -> None:
+    """Convert each part's fp16 vectors (those `kept`, a mask over all parts' rows, if given) into
+    the next rows of `vectors`: converting the whole table at once would hold both copies."""
+    read = filled = 0
     for part in parts:
-        table = pq.read_table(part)
-        column = table.column("embedding").combine_chunks()
-        vectors[len(keys) : len(keys) + len(column)] = column.values.to_numpy(zero_copy_only=False).reshape(
-            len(column), -1
-        )
-        keys += table.column("key").to_pylist()
-    return keys, vectors
+        column = pq.read_table(part, columns=["embedding"]).column("embedding").combine_chunks()
+        block = column.values.to_numpy(zero_copy_only=False).reshape(len(column), vectors.shape[1])
+        if kept is not None:
+            block = block[kept[read : read + len(column)]]
+        vectors[filled : filled + len(block)] = block
+        read, filled = read + len(column), filled + len(block)
+
+
+def _keys(parts: list[Path]) -> pa.Array:
+    """Every part's keys, in order, as one Arrow array (large strings: a billion keys pass 2 GiB)."""
+    arrays = [pq.read_table(p, columns=["key"]).column("key").combine_chunks().cast(pa.large_string()) for p in parts]
+    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.large_string())
 
 
 def write_embedder_card(role_dir: Path, spec: EmbedderSpec, embedder: Embedder) -> None:

@@ -48,8 +48,9 @@ def gpu_available() -> bool:
 
 
 def build_index(vectors: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:
-    """A CPU index over `vectors` (N×D float32, unit norm), trained on a seeded sample when it needs
-    training; `on_device` moves it to a GPU for searching (CPU indexes are what serialise)."""
+    """A CPU index over `vectors` (N×D float32, unit norm, in memory or memory-mapped), trained on a
+    seeded sample when it needs training; `on_device` moves it to a GPU for searching (CPU indexes
+    are what serialise)."""
     n, dim = vectors.shape
     if spec.kind == "exact":
         index: faiss.Index = faiss.IndexFlatIP(dim)
@@ -65,11 +66,62 @@ def build_index(vectors: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.In
             else:
                 index = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, m, 4, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        sample = np.random.default_rng(seed).choice(n, min(n, spec.train_size), replace=False)
-        index.train(vectors[np.sort(sample)])
+        index.train(training_sample(vectors, spec.train_size, seed))
         index.nprobe = min(spec.nprobe or max(1, nlist // 16), nlist)
-    index.add(vectors)
+    for start in range(0, n, ADD_BATCH):
+        index.add(np.ascontiguousarray(vectors[start : start + ADD_BATCH]))
     return index
+
+
+ADD_BATCH = 1 << 18
+"""Rows added to an index at once: `vectors` may be a memory map of the whole pool, and an IVF
+index keeps only codes, so the process never holds more than this many vectors."""
+
+
+def training_sample(vectors: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """At most `size` rows of `vectors`, a seeded sample in row order, in memory: what IVF lists and
+    k-means train on, so a memory-mapped pool is read only for its sample."""
+    rows = np.random.default_rng(seed).choice(len(vectors), min(len(vectors), size), replace=False)
+    return np.ascontiguousarray(vectors[np.sort(rows)])
+
+
+KMEANS_POINTS_PER_CENTROID = 256
+"""Training points per centroid: Faiss subsamples to this many itself, but only after its Python
+wrapper has copied every point into memory."""
+
+
+def spherical_kmeans(
+    vectors: np.ndarray, k: int, iterations: int, seed: int, gpu: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded spherical k-means of `vectors` (in memory or memory-mapped): (centroids k×D, each row's
+    cluster, each row's similarity to its centroid), rows assigned ADD_BATCH at a time.
+
+    Similarities are each pair's own dot product, not the search's: BLAS sums' last bit depends on
+    the thread count (a Ray job runs with OMP_NUM_THREADS=1), and callers order rows by them.
+    """
+    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=iterations, seed=seed, spherical=True, gpu=gpu)
+    kmeans.train(training_sample(vectors, KMEANS_POINTS_PER_CENTROID * k, seed))
+    assignment = np.empty(len(vectors), np.int64)
+    similarity = np.empty(len(vectors), np.float32)
+    for start in range(0, len(vectors), ADD_BATCH):
+        block = np.ascontiguousarray(vectors[start : start + ADD_BATCH])
+        rows = slice(start, start + len(block))
+        assignment[rows] = kmeans.index.search(block, 1)[1][:, 0]
+        similarity[rows] = np.einsum("nd,nd->n", block, kmeans.centroids[assignment[rows]])
+    return kmeans.centroids, assignment, similarity
+
+
+def pair_similarity(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """vectors[a[i]] · vectors[b[i]] for every i (float32), PAIR_BATCH pairs at a time: gathering
+    every pair's rows at once would copy 8·d bytes a pair out of a memory-mapped pool."""
+    out = np.empty(len(a), np.float32)
+    for start in range(0, len(a), PAIR_BATCH):
+        block = slice(start, start + PAIR_BATCH)
+        out[block] = np.einsum("nd,nd->n", vectors[a[block]], vectors[b[block]])
+    return out
+
+
+PAIR_BATCH = 1 << 16
 
 
 def _largest_divisor_at_most(dim: int, limit: int) -> int:
@@ -156,19 +208,17 @@ def neighbours_above(
     return rows, ids[rows, cols], sims[rows, cols]
 
 
-def saved_index(vectors: np.ndarray, spec: IndexSpec, work_dir: Path, seed: int = 0) -> tuple[Path, Path]:
-    """Build the index once into `work_dir` (with the vectors it re-scores from); (index path, vectors path).
+def saved_index(vectors_path: Path, spec: IndexSpec, seed: int = 0) -> Path:
+    """Build the index over the vectors saved at `vectors_path` (.npy) once, beside them; its path.
 
     Search tasks open both memory-mapped, so many tasks on one node share one copy; a killed stage
-    that already saved them does not build again.
+    that already saved the index does not build it again.
     """
-    index_path, vectors_path = work_dir / "index.faiss", work_dir / "vectors.npy"
+    index_path = vectors_path.with_name("index.faiss")
     if not index_path.exists():
-        work_dir.mkdir(parents=True, exist_ok=True)
-        np.save(vectors_path, vectors)
         with atomic_path(index_path) as tmp:
-            faiss.write_index(build_index(vectors, spec, seed), str(tmp))
-    return index_path, vectors_path
+            faiss.write_index(build_index(np.load(vectors_path, mmap_mode="r"), spec, seed), str(tmp))
+    return index_path
 
 
 def open_saved(index_path: str | Path, vectors_path: str | Path, spec: IndexSpec) -> tuple[faiss.Index, np.ndarray]:

@@ -24,16 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from curation.embed import read_embeddings
+from curation.embed import embeddings_on_disk, read_embeddings
 from curation.ingest import POOL
-from curation.knn import IndexSpec, open_saved, saved_index, search, use_gpu
+from curation.knn import IndexSpec, open_saved, saved_index, search, spherical_kmeans, use_gpu
 from foundation.config import Section
 from foundation.executors import MapFn, run_unfinished
 from foundation.files import write_parquet
@@ -122,17 +120,20 @@ SELECTION_SCHEMA = pa.schema(
 
 @dataclass
 class Pool:
-    """The images retrieval draws from: decontaminated pool keys and their retrieval vectors."""
+    """The images retrieval draws from: decontaminated pool keys (Arrow) and their retrieval vectors,
+    memory-mapped from `vectors_path` (absent when the pool is empty)."""
 
-    keys: np.ndarray
+    keys: pa.Array
     vectors: np.ndarray
+    vectors_path: Path
 
     @classmethod
-    def load(cls, embed_dir: Path, role: str, decontam_dir: Path) -> Pool:
-        keys, vectors = read_embeddings(embed_dir / role / POOL)
+    def load(cls, embed_dir: Path, role: str, decontam_dir: Path, vectors_path: Path) -> Pool:
         keep = pq.read_table(decontam_dir / "keep.parquet", columns=["key"])["key"].combine_chunks()
-        rows = np.flatnonzero(pc.is_in(pa.array(keys, pa.string()), value_set=keep).to_numpy(zero_copy_only=False))
-        return cls(np.array(keys, dtype=object)[rows], vectors[rows] if len(rows) else vectors[:0])
+        return cls(*embeddings_on_disk(embed_dir / role / POOL, vectors_path, keep), vectors_path)
+
+    def keys_of(self, rows: np.ndarray | list[int]) -> list[str]:
+        return self.keys.take(np.asarray(rows, np.int64)).to_pylist()
 
 
 @dataclass
@@ -248,9 +249,7 @@ def sample(
             else f"the pool holds only {len(pool.keys)} images"
         )
     )
-    return Selection(
-        [pool.keys[i] for i in rows], POOL, [best[i][1] for i in rows], [best[i][0] for i in rows], target, cause
-    )
+    return Selection(pool.keys_of(rows), POOL, [best[i][1] for i in rows], [best[i][0] for i in rows], target, cause)
 
 
 @dataclass
@@ -264,15 +263,7 @@ class PoolClusters:
     @classmethod
     def fit(cls, pool: Pool, clusters: int, iterations: int, seed: int, gpu: bool = False) -> PoolClusters:
         k = max(1, min(clusters, len(pool.keys)))
-        kmeans = faiss.Kmeans(pool.vectors.shape[1], k, niter=iterations, seed=seed, spherical=True, gpu=gpu)
-        kmeans.train(pool.vectors)
-        _, assignment = kmeans.index.search(pool.vectors, 1)
-        assignment = assignment[:, 0]
-        # Scores from the index's search are BLAS sums whose last bit depends on the thread count
-        # (a Ray job runs with OMP_NUM_THREADS=1); each pair's own dot product does not, and these
-        # scores order the members and are written into the lineage.
-        similarity = np.einsum("nd,nd->n", pool.vectors, kmeans.centroids[assignment])
-        return cls(kmeans.centroids, assignment, similarity)
+        return cls(*spherical_kmeans(pool.vectors, k, iterations, seed, gpu))
 
     def nearest(self, queries: np.ndarray) -> np.ndarray:
         return np.argmax(np.einsum("qd,cd->qc", queries, self.centroids), axis=1)  # not BLAS: see fit
@@ -301,7 +292,7 @@ def cluster(
         room = target - len(keys)
         taken = members[: min(strategy.images_per_cluster, room)]
         short_clusters += len(taken) < min(strategy.images_per_cluster, room)
-        keys += [pool.keys[i] for i in taken]
+        keys += pool.keys_of(taken)
         sims += [float(clusters.centroid_similarity[i]) for i in taken]
         query_of += [f"cluster:{c}"] * len(taken)
         if len(keys) >= target:
@@ -327,9 +318,7 @@ def balanced(pool: Pool, strategy: Balanced, iterations: int, seed: int, gpu: bo
     leaves = tree.parents[0][rows]
     sims = np.einsum("ij,ij->i", pool.vectors[rows], tree.leaf_centroids[leaves])
     cause = "" if len(rows) == strategy.images else f"the pool holds only {len(pool.keys)} images"
-    return Selection(
-        [pool.keys[i] for i in rows], POOL, [f"cluster:{c}" for c in leaves], sims.tolist(), strategy.images, cause
-    )
+    return Selection(pool.keys_of(rows), POOL, [f"cluster:{c}" for c in leaves], sims.tolist(), strategy.images, cause)
 
 
 def run_retrieve(
@@ -346,8 +335,8 @@ def run_retrieve(
     `sample` rows search their queries in chunks of `chunk_size` as `map_fn` tasks (Ray tasks on a
     cluster) against the pool index saved once; finished chunks survive a kill.
     """
-    pool = Pool.load(embed_dir, config.role, decontam_dir)
     search_dir = work_dir / "search"  # work files, removed when every row is done
+    pool = Pool.load(embed_dir, config.role, decontam_dir, search_dir / "vectors.npy")
     search_pool = None  # the index is built on the first `sample` row, the clustering on the first `cluster` row
     pool_clusters = None
     report, counts = {}, {}
@@ -362,8 +351,8 @@ def run_retrieve(
             selection = as_is(query_keys, collections[row.name])
         elif row.strategy.kind == "sample":
             if search_pool is None and len(pool.keys):
-                paths = saved_index(pool.vectors, config.index, search_dir, seed)
-                search_pool = PoolSearch(*paths, config.index, map_fn, config.chunk_size)
+                index_path = saved_index(pool.vectors_path, config.index, seed)
+                search_pool = PoolSearch(index_path, pool.vectors_path, config.index, map_fn, config.chunk_size)
             selection = sample(pool, search_pool, queries, query_keys, row.strategy.n, search_dir / row.name)
         elif not len(pool.keys):
             selection = Selection([], POOL, [], [], 0, "empty pool")
@@ -386,8 +375,8 @@ def run_retrieve(
         }
         counts[f"{row.name}.retrieved"] = len(selection.keys)
     (work_dir / "rows.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(search_dir, ignore_errors=True)
     counts["pool"] = len(pool.keys)
+    shutil.rmtree(search_dir, ignore_errors=True)
     return counts
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -115,10 +116,11 @@ def members_of(variant: str, run: Path, config: CurationConfig, seed: int) -> li
     if variant == "random":
         return sorted(kept[i] for i in rng.choice(len(kept), min(len(curated), len(kept)), replace=False))
     if variant == "balanced":
-        pool = Pool.load(run / "embed", config.retrieve.role, run / "decontam")
-        n = len(pool.keys)  # two levels, ~20 and ~200 images per cluster: the paper's tree shrunk to this pool
-        strategy = Balanced(images=len(curated), levels=[max(4, n // 20), max(2, n // 200)])
-        selection = balanced(pool, strategy, config.retrieve.kmeans_iterations, seed)
+        with tempfile.TemporaryDirectory() as scratch:
+            pool = Pool.load(run / "embed", config.retrieve.role, run / "decontam", Path(scratch) / "vectors.npy")
+            n = len(pool.keys)  # two levels, ~20 and ~200 images per cluster: the paper's tree shrunk to this pool
+            strategy = Balanced(images=len(curated), levels=[max(4, n // 20), max(2, n // 200)])
+            selection = balanced(pool, strategy, config.retrieve.kmeans_iterations, seed)
         return sorted((POOL, key) for key in selection.keys)
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
@@ -130,7 +132,7 @@ def raw_pool(run: Path) -> list[Member]:
     the set, so a copy of a leaked evaluation image must go with it.
     """
     ingested = sorted(_column(run / "ingest" / "index.parquet", "key"))
-    component = components_of_rows(run / "dedup", ingested)
+    component = components_of_rows(run / "dedup", pa.array(ingested, pa.string()))
     contaminated = set(_column(run / "decontam" / "removed.parquet", "component"))
     return [(POOL, key) for key, c in zip(ingested, component.tolist(), strict=True) if c not in contaminated]
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from curation.dedup import choose_kept
 from curation.pipeline import curate
 from curation.run_config import load_curation_config
 from tests.stage_output import run_dir_with, stage_files
@@ -157,3 +159,18 @@ def test_semdedup_compares_a_cluster_in_blocks_of_rows_with_the_same_edges(tmp_p
     src, dst = whole["src"].to_numpy(), whole["dst"].to_numpy()
     assert (src < dst).all()
     assert np.allclose(np.einsum("nd,nd->n", vectors[src], vectors[dst]), whole["similarity"].to_numpy(), atol=1e-5)
+
+
+def test_the_kept_image_is_the_largest_then_the_smallest_key_of_its_component():
+    """The numpy keep rule against its plain statement, on components with ties in size."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 300, 5000)
+    preference = rng.integers(0, 4, 5000)  # many ties: the key decides
+    keys = [f"{key:08x}" for key in rng.permutation(10**6)[:5000]]
+    by_key = np.array(sorted(range(len(keys)), key=keys.__getitem__))
+    kept = choose_kept(labels, by_key, preference)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        best = min(rows, key=lambda r: (-preference[r], keys[r]))
+        assert np.all(kept[rows] == best), label
+    assert len(choose_kept(np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0))) == 0

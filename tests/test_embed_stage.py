@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -261,3 +262,21 @@ def test_memory_does_not_grow_with_the_number_of_shards(crawl, tmp_path):
     small_rss = peak_rss_of_embed(crawl, small, tmp_path / "small")
     large_rss = peak_rss_of_embed(crawl, crawl / "pool", tmp_path / "large")  # 10x the shards and images
     assert large_rss <= 1.2 * small_rss, (small_rss, large_rss)
+
+
+def test_embeddings_on_disk_map_the_same_vectors_and_keep_only_the_kept_keys(tmp_path):
+    """The vector stages read the pool through a memory-mapped float32 file, written a shard at a
+    time: the same rows as in memory, filtered by a key set, reused when a killed stage re-runs."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pool"
+    for part, keys in enumerate([["b", "a", "d"], [], ["c", "e"]]):
+        embed.write_embeddings(folder / f"{part:06d}.parquet", keys, rng.standard_normal((len(keys), 8), np.float32))
+    keys, vectors = read_embeddings(folder)
+    mapped_keys, mapped = embed.embeddings_on_disk(folder, tmp_path / "scratch" / "vectors.npy")
+    assert isinstance(mapped, np.memmap) and mapped_keys.to_pylist() == keys and np.array_equal(mapped, vectors)
+    kept_keys, kept = embed.embeddings_on_disk(folder, tmp_path / "kept.npy", pa.array(["e", "b", "zz"]))
+    assert kept_keys.to_pylist() == ["b", "e"] and np.array_equal(kept, vectors[[0, 4]])
+    np.save(tmp_path / "kept.npy", np.zeros((2, 8), np.float32))  # finished before a kill: not written again
+    assert not embed.embeddings_on_disk(folder, tmp_path / "kept.npy", pa.array(["e", "b"]))[1].any()
+    none_kept = embed.embeddings_on_disk(folder, tmp_path / "none.npy", pa.array(["zz"]))
+    assert len(none_kept[0]) == 0 and none_kept[1].shape == (0, 8) and not (tmp_path / "none.npy").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from curation import knn
 from curation.knn import IndexSpec, build_index, neighbours_above, search
 from curation.synth.vectors import planted_vectors
 
@@ -37,3 +38,48 @@ def test_ivf_pq_edge_recall_on_200k_vectors():
     exact = edges(IndexSpec(kind="exact"), vectors, 20_000)
     found = edges(IndexSpec(kind="ivf_pq", nprobe=128), vectors, 20_000)
     assert len(exact) > 1000 and len(exact & found) / len(exact) >= 0.98
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf_pq"])
+def test_an_index_over_a_memory_map_added_in_batches_finds_what_one_added_at_once_finds(kind, tmp_path, monkeypatch):
+    """The vector stages build over a memory-mapped pool, ADD_BATCH rows at a time: the same index."""
+    vectors = planted_vectors(3000, 32, seed=3)
+    spec = IndexSpec(kind=kind, nlist=16, nprobe=4, device="cpu")
+    whole = search(build_index(vectors, spec), spec, vectors, vectors[:200], 8)
+    np.save(tmp_path / "vectors.npy", vectors)
+    mapped = np.load(tmp_path / "vectors.npy", mmap_mode="r")
+    monkeypatch.setattr(knn, "ADD_BATCH", 700)
+    batched = search(build_index(mapped, spec), spec, mapped, vectors[:200], 8)
+    assert np.array_equal(whole[1], batched[1]) and np.array_equal(whole[0], batched[0])
+
+
+def test_kmeans_assigns_in_batches_as_it_would_at_once_and_scores_each_pair(monkeypatch):
+    vectors = planted_vectors(4000, 32, seed=4)
+    centroids, assignment, similarity = knn.spherical_kmeans(vectors, 20, 10, seed=0)
+    monkeypatch.setattr(knn, "ADD_BATCH", 333)
+    again = knn.spherical_kmeans(vectors, 20, 10, seed=0)
+    assert np.array_equal(centroids, again[0]) and np.array_equal(assignment, again[1])
+    assert np.array_equal(similarity, again[2])
+    best = np.argmax(vectors @ centroids.T, axis=1)
+    assert np.mean(best == assignment) > 0.999, "each row goes to its most similar centroid"
+    assert np.allclose(similarity, np.einsum("nd,nd->n", vectors, centroids[assignment]))
+
+
+def test_kmeans_trains_on_at_most_its_points_per_centroid(monkeypatch):
+    """Faiss would copy every point before subsampling: a memory-mapped pool is read for its sample only."""
+    trained_on = []
+    original = knn.training_sample
+    monkeypatch.setattr(
+        knn, "training_sample", lambda v, size, seed: trained_on.append(size) or original(v, size, seed)
+    )
+    vectors = planted_vectors(6000, 16, seed=5)
+    knn.spherical_kmeans(vectors, 4, 5, seed=0)
+    assert trained_on == [knn.KMEANS_POINTS_PER_CENTROID * 4]
+    assert len(original(vectors, 1024, 0)) == 1024 and len(original(vectors, 10**6, 0)) == 6000
+
+
+def test_pair_similarity_matches_the_pairs_dot_products_across_batches(monkeypatch):
+    vectors = planted_vectors(500, 16, seed=6)
+    a, b = np.random.default_rng(0).integers(0, 500, (2, 1000))
+    monkeypatch.setattr(knn, "PAIR_BATCH", 64)
+    assert np.allclose(knn.pair_similarity(vectors, a, b), np.einsum("nd,nd->n", vectors[a], vectors[b]))
