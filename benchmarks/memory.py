@@ -1,17 +1,21 @@
-"""The memory that grows with the pool in one process: per vector loaded, per input listed.
+"""The memory that grows with the pool in one process: per image deduplicated, per input listed.
 
     python benchmarks/memory.py [--sizes 200000 400000] [--dim 128] [--record]
 
-Two structures are held whole in one process, so they set the size of the machine a stage needs
-whatever the fleet (`--plan` states both):
-- vectors: dedup, decontam and retrieve each load a role's pool vectors (`embed.read_embeddings`);
-  the bare figure is the float32 vector's own 4·d bytes;
+Two processes hold something per image of the whole pool, so they set the size of the machine a
+stage needs whatever the fleet (`--plan` states both):
+- dedup: the stage's driver (`dedup.run_dedup`, kNN mode, IVF-PQ as configs/curation/lvd142m.yaml
+  has it, search tasks run in the same process) over planted unit vectors; the bare figure is the
+  float32 vector's own 4·d bytes, what the stage held per image before the vectors moved into a
+  memory-mapped scratch file. Decontam and retrieve hold the same kinds of things (keys, an index's
+  codes, a few numbers an image) and `--plan` applies this figure to them;
 - listing: ingest's driver lists every input before any work (`ingest.list_inputs`, here of a
   folder source of empty files under 45-character paths); the bare figure is the path's bytes.
-Each size is measured in a fresh process (the growth of its peak resident memory; Linux only), and the slope
-between the two sizes is the cost of one more item: thread pools, allocator arenas and imports
-drop out. Recorded (--record): embed.load_bytes_per_image at d@DIM (`--plan` keeps what lies
-beyond the float32 vector, the keys mostly, and adds 4·d for each role's width) and
+Each size runs in a fresh child process, and this process polls the child's anonymous resident
+memory (RssAnon, Linux) every millisecond: pages of a memory-mapped file are the kernel's to evict,
+so they are not memory the machine must have. The growth of that peak over the child's memory after
+its imports, as a slope between the two sizes, is the cost of one more item: thread pools, allocator
+arenas and imports drop out. Recorded (--record): dedup.driver_bytes_per_image at d@DIM and
 ingest.listing_bytes_per_input.
 """
 
@@ -23,19 +27,31 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
+PARTS = 10_000  # rows an embedding file holds, as an ingest shard's
+CHUNK = 5_000  # query rows a search task holds: small, so that the per-image state shows beside it
 
-def write_vectors(folder: Path, n: int, dim: int) -> None:
-    """Embedding files as the embed stage writes them, an ingest shard's 10,000 rows each."""
+
+def write_pool(folder: Path, n: int, dim: int) -> None:
+    """An ingest index and the copy role's pool embeddings, as those stages write them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     from curation.embed import write_embeddings
+    from curation.synth.vectors import planted_vectors
 
-    rng = np.random.default_rng(0)
-    for part, start in enumerate(range(0, n, 10_000)):
-        keys = [f"{key:016x}" for key in range(start, min(n, start + 10_000))]
-        write_embeddings(folder / f"{part:06d}.parquet", keys, rng.standard_normal((len(keys), dim), np.float32))
+    vectors = planted_vectors(n, dim)
+    keys = [f"{key:016x}" for key in range(n)]
+    for part, start in enumerate(range(0, n, PARTS)):
+        rows = slice(start, start + PARTS)
+        write_embeddings(folder / "embed" / "copy" / "pool" / f"{part:06d}.parquet", keys[rows], vectors[rows])
+    (folder / "ingest").mkdir()
+    sizes = np.full(n, 256, np.int32)
+    pq.write_table(pa.table({"key": keys, "width": sizes, "height": sizes}), folder / "ingest" / "index.parquet")
 
 
 def write_crawl(folder: Path, n: int) -> None:
@@ -48,18 +64,43 @@ def write_crawl(folder: Path, n: int) -> None:
 
 
 def measure(kind: str, folder: Path) -> dict[str, float]:
-    """In this process: the peak resident memory's growth while loading or listing `folder`, and
-    the bare bytes."""
-    from curation.embed import read_embeddings
+    """In the child: do the work on `folder`; its item count, bare bytes and RssAnon after imports."""
+    from curation.dedup import DedupConfig, run_dedup
     from curation.ingest import list_inputs
-    from curation.measurements import peak_memory_growth
+    from curation.knn import IndexSpec
     from curation.sources import FolderSource
+    from foundation.executors import serial_map
 
-    if kind == "vectors":
-        (keys, vectors), grown = peak_memory_growth(lambda: read_embeddings(folder))
-        return {"grown": grown, "items": len(keys), "bare": vectors.nbytes}
-    refs, grown = peak_memory_growth(lambda: list_inputs([FolderSource(path=folder / "photos")], 1000, folder))
-    return {"grown": grown, "items": len(refs), "bare": sum(len(ref.source) for ref in refs)}
+    after_imports = rss_anon(Path("/proc/self/status").read_text())
+    if kind == "dedup":
+        config = DedupConfig(index=IndexSpec(kind="ivf_pq", device="cpu"), chunk_size=CHUNK)
+        counts = run_dedup(config, folder / "ingest", folder / "embed", folder / "dedup", serial_map)
+        return {"items": counts["images"], "after_imports": after_imports}
+    refs = list_inputs([FolderSource(path=folder / "photos")], 1000, folder)
+    return {"items": len(refs), "after_imports": after_imports, "bare": sum(len(ref.source) for ref in refs)}
+
+
+def rss_anon(status: str) -> int:
+    """RssAnon from a /proc/PID/status text, in bytes (0 once the process has exited)."""
+    line = next((line for line in status.splitlines() if line.startswith("RssAnon:")), "RssAnon: 0 kB")
+    return int(line.split()[1]) * 1024
+
+
+def peak_in_child(kind: str, folder: Path) -> dict[str, float]:
+    """`measure` in a fresh process, with the highest RssAnon this process saw it hold."""
+    command = [sys.executable, __file__, "--measure", kind, str(folder)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    status, peak = Path(f"/proc/{child.pid}/status"), 0
+    while child.poll() is None:
+        try:
+            peak = max(peak, rss_anon(status.read_text()))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.001)
+    out, _ = child.communicate()
+    if child.returncode:
+        raise SystemExit(f"measuring {kind} in {folder} failed (exit {child.returncode})")
+    return {**json.loads(out.strip().splitlines()[-1]), "peak": peak}
 
 
 def slope(kind: str, sizes: list[int], dim: int) -> tuple[float, float]:
@@ -67,11 +108,12 @@ def slope(kind: str, sizes: list[int], dim: int) -> tuple[float, float]:
     found = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            write_vectors(Path(tmp), n, dim) if kind == "vectors" else write_crawl(Path(tmp), n)
-            command = [sys.executable, __file__, "--measure", kind, tmp]
-            found.append(json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout))
+            write_pool(Path(tmp), n, dim) if kind == "dedup" else write_crawl(Path(tmp), n)
+            found.append(peak_in_child(kind, Path(tmp)))
     items = found[1]["items"] - found[0]["items"]
-    return (found[1]["grown"] - found[0]["grown"]) / items, (found[1]["bare"] - found[0]["bare"]) / items
+    grown = [f["peak"] - f["after_imports"] for f in found]
+    bare = [4 * dim * f["items"] if kind == "dedup" else f["bare"] for f in found]
+    return (grown[1] - grown[0]) / items, (bare[1] - bare[0]) / items
 
 
 def main() -> None:
@@ -85,18 +127,20 @@ def main() -> None:
         print(json.dumps(measure(args.measure[0], Path(args.measure[1]))))
         return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    vector, vector_bare = slope("vectors", args.sizes, args.dim)
+    deduped, vector_bare = slope("dedup", args.sizes, args.dim)
     listed, listed_bare = slope("listing", args.sizes, args.dim)
     print(
-        f"a vector loaded (d={args.dim}): {vector:7,.0f} bytes; the float32 vector {vector_bare:5,.0f}; ratio {vector_bare / vector:.2f}"
+        f"an image deduplicated (d={args.dim}): {deduped:7,.0f} bytes; its float32 vector {vector_bare:5,.0f}; "
+        f"ratio {vector_bare / deduped:.2f}"
     )
     print(
-        f"an input listed:           {listed:7,.0f} bytes; its path      {listed_bare:5,.0f}; ratio {listed_bare / listed:.2f}"
+        f"an input listed:                 {listed:7,.0f} bytes; its path           {listed_bare:5,.0f}; "
+        f"ratio {listed_bare / listed:.2f}"
     )
     if args.record:
         from curation.measurements import record
 
-        record("benchmarks/memory.py", "embed.load_bytes_per_image", vector, "bytes", f"d@{args.dim}")
+        record("benchmarks/memory.py", "dedup.driver_bytes_per_image", deduped, "bytes", f"d@{args.dim}")
         record("benchmarks/memory.py", "ingest.listing_bytes_per_input", listed, "bytes", "ingest")
 
 

@@ -20,9 +20,10 @@ Scaling rules, per stage:
 - curated: linear in the curated images, spread over CPU cores (one task per output shard; the
   rate is per worker process).
 
-Memory: ingest's driver lists every input, dedup, decontam and retrieve each load a role's pool
-vectors into one process (`embed.read_embeddings`), and the curated stage's driver holds its plan;
-the plan states what that process needs, since past one machine's memory no fleet size helps.
+Memory: ingest's driver lists every input; dedup, decontam and retrieve each hold a key, a few
+numbers and an index entry per pool image (their vectors are memory-mapped from scratch disk,
+`embed.embeddings_on_disk`); the curated stage's driver holds its plan. The plan states what that
+process needs, since past one machine's memory no fleet size helps.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
+from curation.knn import IndexSpec
 from curation.measurements import Measurement, latest
 from curation.run_config import CurationConfig
 from foundation.errors import ConfigError
@@ -227,31 +229,42 @@ def _curated(config: CurationConfig, fleet: Fleet, results: list[Measurement]) -
     return replace(row, memory=images * driver.value, memory_note=why)
 
 
-def _holding_vectors(
-    row: PlanRow, config: CurationConfig, role: str, pool: float, results: list[Measurement]
+def _driver_memory(
+    row: PlanRow, config: CurationConfig, role: str, spec: IndexSpec, pool: float, results: list[Measurement]
 ) -> PlanRow:
-    """`row` with the memory of the one process that loads `role`'s pool vectors: 4·d bytes of
-    float32 each, plus what the measured load held beyond its own vectors (the keys, mostly)."""
-    loads = [m for m in results if m.metric == "embed.load_bytes_per_image" and m.device == "cpu"]
-    if not loads:
+    """`row` with the memory of the stage's driver: the dedup driver's measured bytes an image, with
+    its index entry swapped for this stage's (kind and width); and the scratch disk its
+    memory-mapped float32 vectors take."""
+    measured = [m for m in results if m.metric == "dedup.driver_bytes_per_image" and m.device == "cpu"]
+    if not measured:
         return replace(row, memory_note="memory: not measured; run python benchmarks/memory.py --record")
-    load = max(reversed(loads), key=lambda m: m.date)
+    driver = max(reversed(measured), key=lambda m: m.date)
     dim = _dim(config, role)
-    per_image = 4 * dim + load.value - 4 * int(load.subject.split("@")[1])
-    why = f"the pool's {role} vectors (d={dim}) in one process, {per_image:,.0f} bytes an image [{load.cite()}]"
+    measured_entry = index_entry_bytes(int(driver.subject.split("@")[1]), IndexSpec(kind="ivf_pq"))
+    per_image = driver.value - measured_entry + index_entry_bytes(dim, spec)
+    why = (
+        f"a key, a few numbers and a {spec.kind} index entry (d={dim}) an image, {per_image:,.0f} bytes as "
+        f"dedup's driver measured [{driver.cite()}]; and {size(pool * 4 * dim)} of scratch disk for the "
+        f"memory-mapped {role} vectors"
+    )
     return replace(row, memory=pool * per_image, memory_note=why)
+
+
+def index_entry_bytes(dim: int, spec: IndexSpec) -> float:
+    """What an index holds per vector: a 4-bit PQ code of d/8 sub-quantizers and its id, or the
+    vector itself (and its id in an IVF list)."""
+    if spec.kind == "ivf_pq":
+        return dim / 16 + 8
+    return 4 * dim + (8 if spec.kind == "ivf_flat" else 0)
 
 
 def plan(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> list[PlanRow]:
     rows = [_ingest(pool, fleet, results)]
     for role, spec in config.embed.models.items():
         rows.append(_embed(role, spec.name, pool, fleet, results))
-    for stage, role in (
-        (_dedup, config.dedup.role),
-        (_decontam, config.decontam.role),
-        (_retrieve, config.retrieve.role),
-    ):
-        rows.append(_holding_vectors(stage(config, pool, fleet, results), config, role, pool, results))
+    for stage, section in ((_dedup, config.dedup), (_decontam, config.decontam), (_retrieve, config.retrieve)):
+        row = stage(config, pool, fleet, results)
+        rows.append(_driver_memory(row, config, section.role, section.index, pool, results))
     rows.append(_curated(config, fleet, results))
     return rows
 

@@ -122,23 +122,24 @@ def test_cpu_rates_are_per_machine_and_spread_over_cores(config):
 
 
 def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config):
-    """Ingest's listing per input; the vectors measured at one width, the bytes beyond the float32
-    vector carry over and 4·d grows with each role's width."""
+    """Ingest's listing per input; the dedup driver measured at one width with IVF-PQ: its bytes
+    beyond the index entry carry over, and each stage's own index entry (kind, role's width) is added."""
     fleet = cost_model.Fleet(8, "H100", 96)
     unmeasured = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, [])}
     assert unmeasured["dedup"].memory is None
     assert "run python benchmarks/memory.py --record" in unmeasured["dedup"].memory_note
     results = [
-        _m("embed.load_bytes_per_image", 4 * 128 + 90, "d@128", device="cpu", cores=2),
+        _m("dedup.driver_bytes_per_image", 128 / 16 + 8 + 90, "d@128", device="cpu", cores=2),
         _m("ingest.images_per_s_per_worker", 1000, "ingest", device="cpu", cores=2),
         _m("ingest.listing_bytes_per_input", 300, "ingest", device="cpu", cores=2),
     ]
     rows = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, results)}
     assert rows["ingest"].memory == pytest.approx(1e9 * 300)
-    dims = {"dedup": config.dedup.role, "decontam": config.decontam.role, "retrieve": config.retrieve.role}
-    for stage, role in dims.items():
-        dim = cost_model._model(config.embed.models[role].name)[1]
-        assert rows[stage].memory == pytest.approx(1e9 * (4 * dim + 90)), stage
+    for stage, section in {"dedup": config.dedup, "decontam": config.decontam, "retrieve": config.retrieve}.items():
+        dim = cost_model._model(config.embed.models[section.role].name)[1]
+        entry = dim / 16 + 8 if section.index.kind == "ivf_pq" else 4 * dim
+        assert rows[stage].memory == pytest.approx(1e9 * (entry + 90)), stage
+        assert f"{cost_model.size(1e9 * 4 * dim)} of scratch disk" in rows[stage].memory_note
     text = cost_model.render(list(rows.values()), 1e9, fleet, results)
     largest = max(rows.values(), key=lambda r: r.memory or 0)
     assert f"largest process: at least {cost_model.size(largest.memory)} ({largest.stage})" in text
