@@ -15,8 +15,9 @@ Keep rule (`mode: knn`): the image with the most pixels, then the smallest key â
 and the best copy of a picture is usually the largest.
 
 The graph is searched in query chunks (`chunk_size` rows) that run as independent tasks against
-one index saved in the stage folder (memory-mapped by each worker), so chunks spread over a local
-process pool or Ray tasks and each writes its own edge file; a killed stage keeps finished chunks.
+one index saved in the stage folder (each worker opens it with `knn.open_saved`), so chunks spread
+over a local process pool or Ray tasks and each writes its own edge file; a killed stage keeps
+finished chunks.
 An edge counts when either end finds the other: approximate search misses some neighbours in one
 direction only, so keeping both directions (deduplicated at the end) raises the graph's recall.
 The final edge files hold each undirected edge once, sorted, with its similarity recomputed from

@@ -211,8 +211,8 @@ def neighbours_above(
 def saved_index(vectors_path: Path, spec: IndexSpec, seed: int = 0) -> Path:
     """Build the index over the vectors saved at `vectors_path` (.npy) once, beside them; its path.
 
-    Search tasks open both memory-mapped, so many tasks on one node share one copy; a killed stage
-    that already saved the index does not build it again.
+    Search tasks open both with `open_saved`; a killed stage that already saved the index does not
+    build it again.
     """
     index_path = vectors_path.with_name("index.faiss")
     if not index_path.exists():
@@ -221,5 +221,12 @@ def saved_index(vectors_path: Path, spec: IndexSpec, seed: int = 0) -> Path:
     return index_path
 
 
+MAP_FLAG = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
+"""How search tasks open a saved index: memory-mapped, so the tasks on a node share one copy in the
+page cache. Faiss >= 1.11 (IO_FLAG_MMAP_IFC) maps flat and IVF-flat indexes; older ones (IO_FLAG_MMAP)
+map IVF lists only. Neither maps fast-scan IVF-PQ codes: each task copies those (d/16 + 8 bytes a
+vector, which `--plan` states)."""
+
+
 def open_saved(index_path: str | Path, vectors_path: str | Path, spec: IndexSpec) -> tuple[faiss.Index, np.ndarray]:
-    return on_device(faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP), spec), np.load(vectors_path, mmap_mode="r")
+    return on_device(faiss.read_index(str(index_path), MAP_FLAG), spec), np.load(vectors_path, mmap_mode="r")

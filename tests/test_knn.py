@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import faiss
 import numpy as np
 import pytest
 
@@ -83,3 +87,32 @@ def test_pair_similarity_matches_the_pairs_dot_products_across_batches(monkeypat
     a, b = np.random.default_rng(0).integers(0, 500, (2, 1000))
     monkeypatch.setattr(knn, "PAIR_BATCH", 64)
     assert np.allclose(knn.pair_similarity(vectors, a, b), np.einsum("nd,nd->n", vectors[a], vectors[b]))
+
+
+OPEN_AND_SEARCH = """
+import sys, numpy as np
+from pathlib import Path
+from curation.knn import IndexSpec, open_saved
+def anon():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("RssAnon")).split()[1]) * 1024
+folder, kind = Path(sys.argv[1]), sys.argv[2]
+before = anon()
+spec = IndexSpec(kind=kind, nlist=16, nprobe=4, device="cpu")
+index, vectors = open_saved(folder / "index.faiss", folder / "vectors.npy", spec)
+index.search(np.ascontiguousarray(vectors[:10]), 5)
+print(anon() - before)
+"""
+
+
+@pytest.mark.skipif(not hasattr(faiss, "IO_FLAG_MMAP_IFC"), reason="Faiss < 1.11 copies flat indexes")
+@pytest.mark.parametrize("kind", ["exact", "ivf_flat"])
+def test_search_tasks_map_a_saved_flat_index_instead_of_copying_it(kind, tmp_path):
+    """Many search tasks on one node open the same index: a copy each would multiply its size."""
+    np.save(tmp_path / "vectors.npy", planted_vectors(60_000, 128, seed=7))
+    index_path = knn.saved_index(tmp_path / "vectors.npy", IndexSpec(kind=kind, nlist=16, device="cpu"))
+    size = index_path.stat().st_size
+    out = subprocess.run([sys.executable, "-c", OPEN_AND_SEARCH, str(tmp_path), kind], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) < size / 4, (
+        f"the task grew by {int(out.stdout.split()[-1]):,} bytes, index {size:,}"
+    )
