@@ -254,16 +254,27 @@ def sample(
 
 @dataclass
 class PoolClusters:
-    """k-means of the pool (spherical, seeded): each image's cluster and its similarity to the centroid."""
+    """k-means of the pool (spherical, seeded): each image's cluster and its similarity to the centroid,
+    and the rows sorted by cluster, nearest the centroid first (ties by row), so that a cluster's
+    members are a slice: a scan of the pool per cluster would cost clusters x images."""
 
     centroids: np.ndarray
     assignment: np.ndarray
     centroid_similarity: np.ndarray
+    by_cluster: np.ndarray
+    bounds: np.ndarray
 
     @classmethod
     def fit(cls, pool: Pool, clusters: int, iterations: int, seed: int, gpu: bool = False) -> PoolClusters:
         k = max(1, min(clusters, len(pool.keys)))
-        return cls(*spherical_kmeans(pool.vectors, k, iterations, seed, gpu))
+        centroids, assignment, similarity = spherical_kmeans(pool.vectors, k, iterations, seed, gpu)
+        by_cluster = np.lexsort((-similarity, assignment))
+        bounds = np.searchsorted(assignment[by_cluster], np.arange(k + 1))
+        return cls(centroids, assignment, similarity, by_cluster, bounds)
+
+    def members(self, cluster: int) -> np.ndarray:
+        """The cluster's rows, nearest its centroid first."""
+        return self.by_cluster[self.bounds[cluster] : self.bounds[cluster + 1]]
 
     def nearest(self, queries: np.ndarray) -> np.ndarray:
         return np.argmax(np.einsum("qd,cd->qc", queries, self.centroids), axis=1)  # not BLAS: see fit
@@ -287,8 +298,7 @@ def cluster(
     keys, sims, query_of = [], [], []
     short_clusters = 0
     for c in eligible:
-        members = np.flatnonzero(clusters.assignment == c)
-        members = members[np.argsort(-clusters.centroid_similarity[members], kind="stable")]
+        members = clusters.members(c)
         room = target - len(keys)
         taken = members[: min(strategy.images_per_cluster, room)]
         short_clusters += len(taken) < min(strategy.images_per_cluster, room)
