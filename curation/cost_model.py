@@ -247,7 +247,13 @@ def _driver_memory(
         f"dedup's driver measured [{driver.cite()}]; and {size(pool * 4 * dim)} of scratch disk for the "
         f"memory-mapped {role} vectors"
     )
+    if row.stage in SEARCH_TASKS and spec.kind == "ivf_pq":
+        why += f"; each search task copies the index's fast-scan codes, {size(pool * index_entry_bytes(dim, spec))}"
     return replace(row, memory=pool * per_image, memory_note=why)
+
+
+SEARCH_TASKS = ("dedup", "retrieve")
+"""Stages that search a saved index from many tasks (`knn.open_saved`); decontam searches in its driver."""
 
 
 def index_entry_bytes(dim: int, spec: IndexSpec) -> float:

@@ -140,6 +140,8 @@ def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config)
         entry = dim / 16 + 8 if section.index.kind == "ivf_pq" else 4 * dim
         assert rows[stage].memory == pytest.approx(1e9 * (entry + 90)), stage
         assert f"{cost_model.size(1e9 * 4 * dim)} of scratch disk" in rows[stage].memory_note
+        copies = f"each search task copies the index's fast-scan codes, {cost_model.size(1e9 * (dim / 16 + 8))}"
+        assert (copies in rows[stage].memory_note) == (stage != "decontam"), stage
     text = cost_model.render(list(rows.values()), 1e9, fleet, results)
     largest = max(rows.values(), key=lambda r: r.memory or 0)
     assert f"largest process: at least {cost_model.size(largest.memory)} ({largest.stage})" in text
