@@ -243,12 +243,13 @@ def _driver_memory(
     measured_entry = index_entry_bytes(int(driver.subject.split("@")[1]), IndexSpec(kind="ivf_pq"))
     per_image = driver.value - measured_entry + index_entry_bytes(dim, spec)
     why = (
-        f"a key, a few numbers and a {spec.kind} index entry (d={dim}) an image, {per_image:,.0f} bytes as "
+        f"a key, a few numbers and an index entry ({spec.kind}, d={dim}) an image, {per_image:,.0f} bytes as "
         f"dedup's driver measured [{driver.cite()}]; and {size(pool * 4 * dim)} of scratch disk for the "
         f"memory-mapped {role} vectors"
     )
     if row.stage in SEARCH_TASKS and spec.kind == "ivf_pq":
-        why += f"; each search task copies the index's fast-scan codes, {size(pool * index_entry_bytes(dim, spec))}"
+        codes = size(pool * index_entry_bytes(dim, spec))
+        why += f"; each search task copies the index's fast-scan codes, {codes} ({row.stage}.threads: CPUs a task)"
     return replace(row, memory=pool * per_image, memory_note=why)
 
 

@@ -75,7 +75,12 @@ class DedupConfig(Section):
     semdedup_eps: float = Field(0.05, gt=0, lt=1, description="pairs at cosine >= 1 - eps are duplicates")
     semdedup_keep: Literal["farthest", "nearest"] = Field("farthest", description="from the cluster centroid")
     chunk_size: int = Field(50_000, ge=1, description="query rows per search task")
-    threads: int = Field(0, ge=0, description="Faiss threads per task; 0 = all cores / tasks")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="Faiss threads per search task, and the CPUs a Ray task reserves (0: 1 on Ray, all cores "
+        "locally); each task holds a copy of fast-scan IVF-PQ codes, so wider tasks mean fewer copies a node",
+    )
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,11 @@ def uses_ray(executor: str) -> bool:
     return executor == "ray" or (executor == "auto" and bool(os.environ.get("RAY_ADDRESS")))
 
 
-def choose_map(executor: str, workers: int | None) -> Callable:
-    """Ray tasks when `uses_ray`, else `workers` local processes at a time (None: in this process)."""
+def choose_map(executor: str, workers: int | None, task_cpus: int = 1) -> Callable:
+    """Ray tasks of `task_cpus` CPUs each when `uses_ray`, else `workers` local processes at a time
+    (None: in this process)."""
     if uses_ray(executor):
-        return ray_map()
+        return ray_map(num_cpus=task_cpus)
     return serial_map if workers is None else process_map(workers)
 
 
@@ -67,13 +68,14 @@ def embed_summary(counts: dict[str, int]) -> str:
 
 
 def dedup_body(config: CurationConfig, run: RunDir, work: StageWork, executor: str) -> dict[str, int]:
-    # Locally one process searches the chunks (Faiss already uses every core); on Ray, chunks spread.
+    # Locally one process searches the chunks (Faiss already uses every core); on Ray, chunks spread
+    # as tasks of `threads` CPUs, each holding its own copy of fast-scan codes (knn.MAP_FLAG).
     return dedup.run_dedup(
         config.dedup,
         run.stage_path(ingest.STAGE),
         run.stage_path(embed.STAGE),
         work.path,
-        choose_map(executor, workers=None),
+        choose_map(executor, workers=None, task_cpus=config.dedup.threads or 1),
         seed=config.run.seed,
     )
 
@@ -96,7 +98,7 @@ def retrieve_body(config: CurationConfig, run: RunDir, work: StageWork, executor
         run.stage_path(decontam.STAGE),
         collections,
         work.path,
-        choose_map(executor, workers=None),
+        choose_map(executor, workers=None, task_cpus=config.retrieve.threads or 1),
         seed=config.run.seed,
     )
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -91,7 +92,7 @@ class SeedSet(Section):
 class RetrieveConfig(Section):
     """All source rows plus the pool clustering shared by the `cluster` rows."""
 
-    execution_fields: ClassVar[frozenset[str]] = frozenset({"chunk_size"})
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"chunk_size", "threads"})
 
     sources: list[SeedSet] = Field(default_factory=list)
     clusters: int = Field(100_000, ge=1, description="k-means clusters of the pool (paper: 100,000)")
@@ -99,6 +100,12 @@ class RetrieveConfig(Section):
     index: IndexSpec = IndexSpec()
     kmeans_iterations: int = Field(20, ge=1)
     chunk_size: int = Field(50_000, ge=1, description="query rows per search task")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="Faiss threads per search task, and the CPUs a Ray task reserves (0: 1 on Ray, all cores "
+        "locally); each task holds a copy of fast-scan IVF-PQ codes, so wider tasks mean fewer copies a node",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> RetrieveConfig:
@@ -176,6 +183,7 @@ class QueryTask:
     out: str
     n: int
     spec: IndexSpec
+    threads: int
 
 
 HIT_SCHEMA = pa.schema([("query", pa.int64()), ("pool_row", pa.int64()), ("similarity", pa.float32())])
@@ -183,6 +191,8 @@ HIT_SCHEMA = pa.schema([("query", pa.int64()), ("pool_row", pa.int64()), ("simil
 
 def search_queries(task: QueryTask) -> int:
     """One chunk of a seed set's search, written atomically (a re-run skips finished chunks)."""
+    if task.threads:
+        faiss.omp_set_num_threads(task.threads)
     index, vectors = open_saved(task.index_path, task.vectors_path, task.spec)
     queries = np.ascontiguousarray(np.load(task.queries_path, mmap_mode="r")[task.start : task.stop])
     sims, ids = search(index, task.spec, vectors, queries, task.n)
@@ -204,6 +214,7 @@ class PoolSearch:
     spec: IndexSpec
     map_fn: MapFn
     chunk_size: int
+    threads: int
 
     def hits(self, queries: np.ndarray, n: int, work_dir: Path) -> pa.Table:
         """All (query, pool_row, similarity) of the `n` nearest, in query order, searched as tasks."""
@@ -220,6 +231,7 @@ class PoolSearch:
                 str(work_dir / "hits" / f"{start:012d}.parquet"),
                 n,
                 self.spec,
+                self.threads,
             )
             for start in range(0, len(queries), self.chunk_size)
         ]
@@ -362,7 +374,9 @@ def run_retrieve(
         elif row.strategy.kind == "sample":
             if search_pool is None and len(pool.keys):
                 index_path = saved_index(pool.vectors_path, config.index, seed)
-                search_pool = PoolSearch(index_path, pool.vectors_path, config.index, map_fn, config.chunk_size)
+                search_pool = PoolSearch(
+                    index_path, pool.vectors_path, config.index, map_fn, config.chunk_size, config.threads
+                )
             selection = sample(pool, search_pool, queries, query_keys, row.strategy.n, search_dir / row.name)
         elif not len(pool.keys):
             selection = Selection([], POOL, [], [], 0, "empty pool")
