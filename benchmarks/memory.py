@@ -54,6 +54,9 @@ def write_pool(folder: Path, n: int, dim: int) -> None:
     pq.write_table(pa.table({"key": keys, "width": sizes, "height": sizes}), folder / "ingest" / "index.parquet")
 
 
+PHOTO = "photos/0000/img_00000000.jpg"  # every listed path is as long as this one
+
+
 def write_crawl(folder: Path, n: int) -> None:
     """A folder source of `n` empty files, 1,000 a folder."""
     for start in range(0, n, 1000):
@@ -76,8 +79,8 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
         config = DedupConfig(index=IndexSpec(kind="ivf_pq", device="cpu"), chunk_size=CHUNK)
         counts = run_dedup(config, folder / "ingest", folder / "embed", folder / "dedup", serial_map)
         return {"items": counts["images"], "after_imports": after_imports}
-    refs = list_inputs([FolderSource(path=folder / "photos")], 1000, folder)
-    return {"items": len(refs), "after_imports": after_imports, "bare": sum(len(ref.source) for ref in refs)}
+    inputs = list_inputs([FolderSource(path=folder / "photos")], 1000, folder)
+    return {"items": inputs, "after_imports": after_imports, "bare": inputs * len(str(folder / PHOTO))}
 
 
 def rss_anon(status: str) -> int:

@@ -7,9 +7,11 @@ Every input ends in exactly one of two tables:
 - `ingest/quarantine.parquet`: key, source, source_kind, reason, detail (one row per rejected
   input: a broken file, a download error, an unsafe tar member).
 
-Inputs are sorted by their source string and cut into shards of `shard_size`, so shard `i` always
-holds the same inputs; each shard is written under the stage's partial folder and marked done by
-its index part, so a killed ingest resumes shard by shard and ends with the same bytes.
+Inputs are sorted by their identity (each source's, in the order of the sources) and cut into
+shards of `shard_size`, so shard `i` always holds the same inputs: the driver writes that listing
+into work files, a row group per shard, and each shard's worker reads its own rows. Each shard is
+written under the stage's partial folder and marked done by its index part, so a killed ingest
+resumes shard by shard and ends with the same bytes.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ from curation import decode
 from curation.decode import CleanImage, DecodeLimits, Rejection
 from curation.rundir import StageWork
 from curation.shards import ShardWriter
-from curation.sources import InputRef, Source, read_refs, source_for_path
+from curation.sources import InputRef, Source, full_listing, read_refs, refs_of, source_for_path
 from foundation.config import Section
 from foundation.errors import CorruptInput, WorkerCrashed
 from foundation.executors import MapFn
-from foundation.files import concat_parquet, write_parquet
+from foundation.files import atomic_path, concat_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +113,22 @@ def key_of(identity: str) -> str:
     return hashlib.sha1(identity.encode()).hexdigest()[:16]
 
 
+LISTING = "listing"  # work folder: every input in shard order, a row group per shard
+SHARDS_PER_LISTING_FILE = 64
+SORT_BATCH = 1 << 16  # listing rows put in order, keyed and written at once
+
+
+def listed_refs(out_dir: Path, shard: int) -> list[InputRef]:
+    """The inputs of one shard, from the listing `list_inputs` wrote under `out_dir`."""
+    file, group = divmod(shard, SHARDS_PER_LISTING_FILE)
+    return refs_of(pq.ParquetFile(out_dir / LISTING / f"{file:06d}.parquet").read_row_group(group))
+
+
 @dataclass(frozen=True)
 class ShardTask:
-    """The inputs of one output shard and where to write it."""
+    """One output shard: its inputs are row group `index` of the listing, written beside its output."""
 
     index: int
-    refs: tuple[InputRef, ...]
     out_dir: Path
     limits: DecodeLimits
 
@@ -143,11 +155,12 @@ def ingest_shard(task: ShardTask, isolated: bool = False) -> tuple[int, int]:
     shard whose worker died on every try. Written order: tar, quarantine part, index part
     (renamed last, so its presence means done).
     """
-    data = read_refs(list(task.refs))
+    refs = listed_refs(task.out_dir, task.index)
+    data = read_refs(refs)
     clean = decode.clean_image_isolated if isolated else decode.clean_image
     rows, rejected = [], []
     with ShardWriter(task.tar_path) as writer:
-        for ref in task.refs:
+        for ref in refs:
             key = key_of(ref.identity)
             found = ref.failure or data[ref.source]
             result = clean(found, task.limits) if isinstance(found, bytes) else Rejection(*found)
@@ -185,24 +198,73 @@ def _sample_meta(key: str, ref: InputRef, image: CleanImage) -> dict[str, object
     }
 
 
-def list_inputs(sources: list[Source], shard_size: int, work_dir: Path) -> list[InputRef]:
-    """All inputs of all sources, each source sorted; a key collision between inputs is an error.
-    Collisions are found on the keys as 64-bit integers, sorted (a dict of key strings would cost
-    more than the refs themselves)."""
-    refs: list[InputRef] = []
+def list_inputs(sources: list[Source], shard_size: int, out_dir: Path) -> int:
+    """Write every input of every source, each source's sorted by identity, into `out_dir/listing/`
+    (a row group per shard, SHARDS_PER_LISTING_FILE shards a file); returns how many there are.
+    A key collision between inputs is an error.
+
+    The driver holds one source's listing as Arrow columns and each input's key as a 64-bit integer;
+    collisions are found on the keys, sorted (a dict of key strings would cost more than the listing).
+    """
+    folder = out_dir / LISTING
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    writer = ListingWriter(folder, shard_size)
+    keys = [np.zeros(0, np.uint64)]
     for source in sources:
-        refs.extend(source.refs(work_dir, shard_size))
-    keys = np.fromiter((int(key_of(ref.identity), 16) for ref in refs), np.uint64, len(refs))
+        table = source.listing(out_dir, shard_size)
+        order = pc.sort_indices(table["identity"])
+        for start in range(0, len(order), SORT_BATCH):
+            batch = table.take(order.slice(start, SORT_BATCH))
+            identities = batch["identity"].to_pylist()
+            keys.append(np.fromiter((int(key_of(i), 16) for i in identities), np.uint64, len(identities)))
+            writer.add(full_listing(batch, source.kind))
+    writer.close()
+    _refuse_repeated_keys(np.concatenate(keys), out_dir, shard_size)
+    return writer.rows
+
+
+class ListingWriter:
+    """Listing rows, as they come, into files of SHARDS_PER_LISTING_FILE shards, a row group a shard."""
+
+    def __init__(self, folder: Path, shard_size: int) -> None:
+        self.folder, self.shard_size = folder, shard_size
+        self.pending: list[pa.Table] = []
+        self.buffered = self.rows = self.files = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.buffered += table.num_rows
+        while self.buffered >= self.shard_size * SHARDS_PER_LISTING_FILE:
+            self._write(self.shard_size * SHARDS_PER_LISTING_FILE)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._write(self.buffered)
+
+    def _write(self, rows: int) -> None:
+        table = pa.concat_tables(self.pending)
+        with atomic_path(self.folder / f"{self.files:06d}.parquet") as tmp:
+            pq.write_table(table.slice(0, rows), tmp, row_group_size=self.shard_size)
+        self.pending = [table.slice(rows)]
+        self.buffered -= rows
+        self.rows += rows
+        self.files += 1
+
+
+def _refuse_repeated_keys(keys: np.ndarray, out_dir: Path, shard_size: int) -> None:
+    """A one-line error naming the first input, in listing order, whose key an earlier one has."""
     order = np.argsort(keys, kind="stable")
     repeated = np.flatnonzero(keys[order][1:] == keys[order][:-1])
-    if len(repeated):  # name the first input, in listing order, whose key an earlier one has
-        later = int(order[repeated + 1].min())
-        first, then = refs[int(np.flatnonzero(keys == keys[later])[0])], refs[later]
-        raise CorruptInput(
-            f"inputs {first.source!r} and {then.source!r} have the same identity {then.identity!r} (key "
-            f"{key_of(then.identity)}): a file listed twice, or two sources whose folders have the same name"
-        )
-    return refs
+    if not len(repeated):
+        return
+    later = int(order[repeated + 1].min())
+    earlier = int(np.flatnonzero(keys == keys[later])[0])
+    first, then = (listed_refs(out_dir, row // shard_size)[row % shard_size] for row in (earlier, later))
+    raise CorruptInput(
+        f"inputs {first.source!r} and {then.source!r} have the same identity {then.identity!r} (key "
+        f"{key_of(then.identity)}): a file listed twice, or two sources whose folders have the same name"
+    )
 
 
 def run_ingest(
@@ -226,11 +288,8 @@ def ingest_collection(
 ) -> dict[str, int]:
     """Shards, index and quarantine of one collection of inputs under `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    refs = list_inputs(sources, config.shard_size, out_dir)
-    tasks = [
-        ShardTask(i, tuple(refs[start : start + config.shard_size]), out_dir, config.limits)
-        for i, start in enumerate(range(0, len(refs), config.shard_size))
-    ]
+    inputs = list_inputs(sources, config.shard_size, out_dir)
+    tasks = [ShardTask(i, out_dir, config.limits) for i in range(-(-inputs // config.shard_size))]
     todo = [t for t in tasks if not t.is_done()]
     progress(len(tasks) - len(todo))
     try:
@@ -242,7 +301,7 @@ def ingest_collection(
             ingest_shard(task, isolated=True)
             progress(1)
     counts = _merge_parts(tasks, out_dir)
-    counts["inputs"] = len(refs)
+    counts["inputs"] = inputs
     counts["shards"] = len(tasks)
     _clean_work_files(out_dir)
     return counts
@@ -266,7 +325,7 @@ def _merge_parts(tasks: list[ShardTask], out_dir: Path) -> dict[str, int]:
 
 def _clean_work_files(out_dir: Path) -> None:
     """Drop what only served the work (img2dataset downloads, per-shard parts) before the rename."""
-    for name in ("download", "parts"):
+    for name in ("download", "parts", LISTING):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     (out_dir / "download_urls.parquet").unlink(missing_ok=True)
 

@@ -1,21 +1,26 @@
 """Where crawled images come from: a URL list (downloaded with img2dataset), a folder tree, tar shards.
 
-Each source turns its configuration into a sorted list of `InputRef`s, one per input file, so
-the ingest stage treats all three alike: read bytes, check, write. A ref's `source` string (the
-URL, the file path, or `tar_path::member`) is the input's identity; ingest keys are a hash of it,
-so they are stable across re-runs. Inputs that fail before ingest sees any bytes (a download
-error, an unsafe tar member, a repeated URL) carry a `failure` and end in the quarantine.
+Each source turns its configuration into a listing, an Arrow table with one row per input file
+(`LISTING_SCHEMA`), so the ingest stage treats all three alike: read bytes, check, write. A row
+is one `InputRef` to the worker that ingests it; the driver holds a source's listing as Arrow
+columns (with its sort and keys, 162 bytes a folder input where a list of Python refs took
+300: a crawl lists a billion). Inputs that fail before ingest sees any bytes (a download error, an unsafe tar member)
+carry a `failure` and end in the quarantine.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -52,6 +57,51 @@ class InputRef:
     failure: tuple[str, str] | None = None
 
 
+LISTING_SCHEMA = pa.schema(
+    [
+        ("source", pa.large_string()),
+        ("identity", pa.large_string()),
+        ("kind", pa.dictionary(pa.int8(), pa.string())),
+        ("container", pa.large_string()),
+        ("member", pa.large_string()),
+        ("failure", pa.large_string()),  # (failure, detail): InputRef.failure
+        ("detail", pa.large_string()),
+    ]
+)
+"""An `InputRef` a row (large strings: a billion paths pass the 2 GiB of a string array)."""
+
+
+def full_listing(table: pa.Table, kind: str) -> pa.Table:
+    """`table`'s listing columns (`source`, `identity` and whichever others its source has) as
+    LISTING_SCHEMA rows of `kind`, the columns it lacks null: filled a batch at a time as the
+    listing is written, since a null large-string column still costs 8 bytes a row."""
+    kinds = pa.DictionaryArray.from_arrays(pa.array(np.zeros(table.num_rows, np.int8)), pa.array([kind]))
+    columns = []
+    for field in LISTING_SCHEMA:
+        if field.name == "kind":
+            columns.append(kinds)
+        elif field.name in table.column_names:
+            columns.append(table[field.name].cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.table(columns, schema=LISTING_SCHEMA)
+
+
+def refs_of(table: pa.Table) -> list[InputRef]:
+    """The refs of listing rows (one shard's, in a worker)."""
+    return [
+        InputRef(
+            row["source"],
+            row["identity"],
+            row["kind"],
+            row["container"],
+            row["member"],
+            (row["failure"], row["detail"]) if row["failure"] is not None else None,
+        )
+        for row in table.to_pylist()
+    ]
+
+
 def read_refs(refs: list[InputRef]) -> dict[str, bytes | tuple[str, str]]:
     """Bytes of every ref that has not failed, keyed by `source`, or (`unreadable`, why) for one
     whose bytes cannot be read (an I/O error, a tar that breaks before its member); each tar is
@@ -85,24 +135,22 @@ class FolderSource(Section):
     kind: Literal["folder"] = "folder"
     path: ConfigPath
 
-    def refs(self, work_dir: Path, shard_size: int) -> list[InputRef]:
+    def listing(self, work_dir: Path, shard_size: int) -> pa.Table:
+        """Listing columns (`full_listing`), unsorted: `ingest.list_inputs` sorts by identity."""
         if not self.path.is_dir():
             raise ConfigError(f"ingest source folder {self.path} does not exist or is not a directory")
         name = self.path.name
         if isinstance(self.path, Path):
-            # Every walked path starts with `root`; string slicing, as a Path per file cost 5% of ingest.
+            # Every walked path starts with `root`: its one replacement by `name/` is the identity.
             root = str(self.path).rstrip(os.sep) + os.sep
-            refs = [
-                InputRef(path, f"{name}/{path.removeprefix(root).replace(os.sep, '/')}", self.kind)
-                for path in _walk_files(root)
-            ]
-        else:
-            refs = [
-                InputRef(str(path), f"{name}/{path.relative_to(self.path).as_posix()}", self.kind)
-                for path in _find_files(self.path)
-            ]
-        refs.sort(key=lambda r: r.identity)
-        return refs
+            paths = _arrow_strings(_walk_files(root))
+            identities = pc.replace_substring(paths, root, f"{name}/", max_replacements=1)
+            if os.sep != "/":
+                identities = pc.replace_substring(identities, os.sep, "/")
+            return pa.table({"source": paths, "identity": identities})
+        files = _find_files(self.path)
+        identities = [f"{name}/{path.relative_to(self.path).as_posix()}" for path in files]
+        return pa.table({"source": [str(path) for path in files], "identity": identities})
 
 
 def _find_files(root: Location) -> list[Location]:
@@ -114,10 +162,10 @@ def _find_files(root: Location) -> list[Location]:
     ]
 
 
-def _walk_files(root: str) -> list[str]:
+def _walk_files(root: str) -> Iterator[str]:
     """Paths of the regular files under a local `root`, skipping hidden files and folders (os.scandir:
     a pathlib walk was a tenth of ingest's time)."""
-    found, stack = [], [root]
+    stack = [root]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
@@ -126,8 +174,18 @@ def _walk_files(root: str) -> list[str]:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
                 elif entry.is_file():
-                    found.append(entry.path)
-    return found
+                    yield entry.path
+
+
+ARROW_BATCH = 1 << 16
+
+
+def _arrow_strings(strings: Iterable[str]) -> pa.ChunkedArray:
+    """`strings` as Arrow large strings, ARROW_BATCH at a time: never a Python list of them all."""
+    it, chunks = iter(strings), []
+    while batch := list(itertools.islice(it, ARROW_BATCH)):
+        chunks.append(pa.array(batch, pa.large_string()))
+    return pa.chunked_array(chunks, pa.large_string())
 
 
 class TarSource(Section):
@@ -141,7 +199,8 @@ class TarSource(Section):
     kind: Literal["tar"] = "tar"
     path: ConfigPath
 
-    def refs(self, work_dir: Path, shard_size: int) -> list[InputRef]:
+    def listing(self, work_dir: Path, shard_size: int) -> pa.Table:
+        """Unsorted; `ingest.list_inputs` sorts by identity."""
         if self.path.is_dir():
             tars = sorted(p for p in self.path.rglob("*") if p.suffix in (".tar", ".tgz") or p.name.endswith(".tar.gz"))
             names = [f"{self.path.name}/{tar.relative_to(self.path).as_posix()}" for tar in tars]
@@ -149,10 +208,8 @@ class TarSource(Section):
             tars, names = [self.path], [self.path.name]
         else:
             raise ConfigError(f"ingest source tar path {self.path} does not exist")
-        refs: list[InputRef] = []
-        for tar, name in zip(tars, names, strict=True):
-            refs.extend(self._tar_refs(tar, name))
-        return sorted(refs, key=lambda r: r.identity)
+        tables = [_refs_table(self._tar_refs(tar, name)) for tar, name in zip(tars, names, strict=True)]
+        return pa.concat_tables([_refs_table([]), *tables])
 
     def _tar_refs(self, tar: Location, name: str) -> list[InputRef]:
         """One ref per image member; a tar that breaks while listed adds one `unreadable` ref for the
@@ -209,26 +266,29 @@ class UrlSource(Section):
     url_column: str = "url"
     download: DownloadOptions = DownloadOptions()
 
-    def refs(self, work_dir: Path, shard_size: int) -> list[InputRef]:
+    def listing(self, work_dir: Path, shard_size: int) -> pa.Table:
+        """Unsorted; `ingest.list_inputs` sorts by identity (the URL)."""
         urls = self._read_urls()
-        unique = sorted(set(urls))
+        unique = urls.unique()
+        unique = unique.take(pc.sort_indices(unique))
         repeated = len(urls) - len(unique)
         download_dir = work_dir / "download"
         url_file = work_dir / "download_urls.parquet"
         if not url_file.exists():
             write_parquet(pa.table({"url": unique}), url_file)
         run_img2dataset(url_file, download_dir, shard_size, self.download)
-        refs = downloaded_refs(download_dir, self.kind)
-        missing = set(unique) - {r.source for r in refs}
-        if missing:
+        listing = downloaded_listing(download_dir, self.kind)
+        missing = unique.filter(pc.invert(pc.is_in(unique, value_set=listing["source"].combine_chunks())))
+        if len(missing):
             raise CorruptInput(
-                f"img2dataset output in {download_dir} lacks {len(missing)} URLs, e.g. {min(missing)}; delete that folder and re-run"
+                f"img2dataset output in {download_dir} lacks {len(missing)} URLs, e.g. {missing[0].as_py()}; delete that folder and re-run"
             )
         if repeated:
             log.warning("%d repeated URLs in %s are ingested once", repeated, self.path)
-        return sorted(refs, key=lambda r: r.identity)
+        return listing
 
-    def _read_urls(self) -> list[str]:
+    def _read_urls(self) -> pa.Array:
+        """The list's non-empty URLs, as Arrow large strings."""
         if not self.path.is_file():
             raise ConfigError(f"ingest source url list {self.path} does not exist")
         if self.path.suffix == ".parquet":
@@ -238,8 +298,10 @@ class UrlSource(Section):
                 raise ConfigError(
                     f"{self.path} has no column {self.url_column!r} (columns: {table.column_names}); set url_column"
                 )
-            return [u for u in table.column(self.url_column).to_pylist() if u]
-        return [line.strip() for line in self.path.read_text().splitlines() if line.strip()]
+            urls = table.column(self.url_column).combine_chunks().cast(pa.large_string())
+        else:
+            urls = _arrow_strings(line.strip() for line in self.path.read_text().splitlines()).combine_chunks()
+        return urls.filter(pc.and_kleene(pc.is_valid(urls), pc.not_equal(urls, "")))
 
 
 def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: DownloadOptions) -> None:
@@ -267,18 +329,39 @@ def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: Down
     )
 
 
-def downloaded_refs(download_dir: Path, kind: str) -> list[InputRef]:
-    """One ref per URL from img2dataset's per-shard parquet: the tar member, or the error."""
-    refs = []
+def downloaded_listing(download_dir: Path, kind: str) -> pa.Table:
+    """One row per URL from img2dataset's per-shard parquet: the tar member, or the error."""
+    tables = [_refs_table([])]
     for part in sorted(download_dir.glob("*.parquet")):
-        tar = part.with_suffix(".tar")
-        for row in pq.read_table(part, columns=["url", "key", "status", "error_message"]).to_pylist():
-            url = row["url"]
-            if row["status"] == "success":
-                refs.append(InputRef(url, url, kind, container=str(tar), member=f"{row['key']}.jpg"))
-            else:
-                refs.append(InputRef(url, url, kind, failure=(DOWNLOAD_FAILED, row["error_message"] or row["status"])))
-    return refs
+        rows = pq.read_table(part, columns=["url", "key", "status", "error_message"])  # a part's rows: strings
+        url, key, status, error = (rows[name].cast(pa.string()) for name in rows.column_names)
+        ok = pc.fill_null(pc.equal(status, "success"), False)
+        said = pc.fill_null(pc.not_equal(error, ""), False)  # the error message, else the status
+        none = pa.scalar(None, pa.string())
+        columns = {
+            "source": url,
+            "identity": url,
+            "container": pc.if_else(ok, str(part.with_suffix(".tar")), none),
+            "member": pc.if_else(ok, pc.binary_join_element_wise(key, ".jpg", ""), none),
+            "failure": pc.if_else(ok, none, DOWNLOAD_FAILED),
+            "detail": pc.if_else(ok, none, pc.if_else(said, error, status)),
+        }
+        tables.append(pa.table({name: column.cast(pa.large_string()) for name, column in columns.items()}))
+    return pa.concat_tables(tables)
+
+
+def _refs_table(refs: list[InputRef]) -> pa.Table:
+    """Listing columns of a few refs built in Python (one tar's members), every column but `kind`."""
+    failures = [ref.failure or (None, None) for ref in refs]
+    columns = {
+        "source": [ref.source for ref in refs],
+        "identity": [ref.identity for ref in refs],
+        "container": [ref.container for ref in refs],
+        "member": [ref.member for ref in refs],
+        "failure": [failure for failure, _ in failures],
+        "detail": [detail for _, detail in failures],
+    }
+    return pa.table({name: pa.array(values, pa.large_string()) for name, values in columns.items()})
 
 
 Source = Annotated[FolderSource | TarSource | UrlSource, Field(discriminator="kind")]

@@ -7,9 +7,12 @@ import re
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from curation import ingest as ingest_stage
+from curation import sources
 from curation.ingest import key_of, list_inputs
 from curation.pipeline import curate
 from curation.run_config import load_curation_config
@@ -146,4 +149,27 @@ def test_two_sources_that_name_the_same_input_are_refused_naming_both(tmp_path):
     message = f"inputs '{first}' and '{then}' have the same identity 'photos/a/x.jpg' (key {key_of('photos/a/x.jpg')})"
     with pytest.raises(CorruptInput, match=re.escape(message)):
         list_inputs(sources, 1000, tmp_path)
-    assert len(list_inputs(sources[1:], 1000, tmp_path)) == 3
+    assert list_inputs(sources[1:], 1000, tmp_path) == 3
+
+
+def test_the_listing_gives_each_shard_its_sorted_inputs_in_a_row_group(tmp_path, monkeypatch):
+    """The driver lists in Arrow batches and writes each source's inputs sorted, shard by shard;
+    a worker reads only its own shard's row group."""
+    monkeypatch.setattr(ingest_stage, "SORT_BATCH", 7)
+    monkeypatch.setattr(ingest_stage, "SHARDS_PER_LISTING_FILE", 3)
+    monkeypatch.setattr(sources, "ARROW_BATCH", 5)
+    names = {"b_folder": 11, "a_folder": 25}  # listed in this order: sources are not sorted among themselves
+    for folder, count in names.items():
+        for i in np.random.default_rng(0).permutation(count):
+            (tmp_path / folder / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+            (tmp_path / folder / f"d{i % 3}" / f"{i:03d}.jpg").write_bytes(b"")
+    listed = list_inputs([FolderSource(path=tmp_path / folder) for folder in names], 4, tmp_path / "out")
+    assert listed == 36
+    shards = [ingest_stage.listed_refs(tmp_path / "out", shard) for shard in range(9)]
+    assert [len(refs) for refs in shards] == [4] * 9
+    identities = [ref.identity for refs in shards for ref in refs]
+    expected = [f"{folder}/d{i % 3}/{i:03d}.jpg" for folder, count in names.items() for i in range(count)]
+    assert identities == sorted(expected[:11]) + sorted(expected[11:])
+    assert all(ref.source == str(tmp_path / ref.identity) and ref.kind == "folder" for refs in shards for ref in refs)
+    files = sorted((tmp_path / "out" / "listing").glob("*.parquet"))
+    assert [pq.ParquetFile(f).metadata.num_row_groups for f in files] == [3, 3, 3]
