@@ -123,7 +123,7 @@ def _ingest(pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
     listing = latest(results, "ingest.listing_bytes_per_input", "ingest", "cpu")
     if listing is None:
         return replace(row, memory_note="memory: not measured; run python benchmarks/memory.py --record")
-    why = f"the driver's list of every input, {listing.value:,.0f} bytes an input [{listing.cite()}]"
+    why = f"the driver's listing of every input (Arrow), {listing.value:,.0f} bytes an input [{listing.cite()}]"
     return replace(row, memory=pool * listing.value, memory_note=why)
 
 
