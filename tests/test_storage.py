@@ -152,8 +152,11 @@ def test_url_lists_and_reference_sets_are_found_on_object_storage(bucket):
     pq.write_table(pa.table({"url": ["http://a/1.jpg", "http://a/2.jpg"]}), table)
     fs.pipe(f"{root}/urls.parquet", table.getvalue())
     fs.pipe(f"{root}/urls.txt", b"http://b/1.jpg\n\nhttp://b/2.jpg\n")
-    assert UrlSource(path=f"memory://{root}/urls.parquet")._read_urls() == ["http://a/1.jpg", "http://a/2.jpg"]
-    assert UrlSource(path=f"memory://{root}/urls.txt")._read_urls() == ["http://b/1.jpg", "http://b/2.jpg"]
+    assert UrlSource(path=f"memory://{root}/urls.parquet")._read_urls().to_pylist() == [
+        "http://a/1.jpg",
+        "http://a/2.jpg",
+    ]
+    assert UrlSource(path=f"memory://{root}/urls.txt")._read_urls().to_pylist() == ["http://b/1.jpg", "http://b/2.jpg"]
     fs.pipe(f"{root}/seeds/cats/000000.tar", b"")
     fs.pipe(f"{root}/seeds/dogs/a.jpg", b"")
     assert isinstance(source_for_path(location(f"memory://{root}/seeds/cats")), TarSource)
