@@ -313,7 +313,7 @@ def embeddings_on_disk(folder: Path, path: Path, keep: pa.Array | None = None) -
     keys = _keys(parts)
     kept = None if keep is None else pc.is_in(keys, value_set=keep.cast(keys.type)).to_numpy(zero_copy_only=False)
     if kept is not None:
-        keys = keys.filter(kept)
+        keys = keys.filter(pa.array(kept))
     shape = (len(keys), _stacked_shape(parts)[1])
     if not shape[0]:  # numpy cannot map an empty file
         return keys, np.zeros(shape, np.float32)
