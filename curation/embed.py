@@ -295,9 +295,10 @@ def read_embeddings(folder: Path) -> tuple[list[str], np.ndarray]:
     order: for the small collections (seed and evaluation sets); the pool goes through
     `embeddings_on_disk`."""
     parts = sorted(folder.glob("*.parquet"))
-    vectors = np.empty(_stacked_shape(parts), np.float32)
+    keys = _keys(parts)
+    vectors = np.empty((len(keys), _width(parts)), np.float32)
     _fill(parts, vectors)
-    return _keys(parts).to_pylist(), vectors
+    return keys.to_pylist(), vectors
 
 
 def embeddings_on_disk(folder: Path, path: Path, keep: pa.Array | None = None) -> tuple[pa.Array, np.ndarray]:
@@ -310,11 +311,11 @@ def embeddings_on_disk(folder: Path, path: Path, keep: pa.Array | None = None) -
     a process must hold, and search tasks on the same node map the same file.
     """
     parts = sorted(folder.glob("*.parquet"))
-    keys = _keys(parts)
-    kept = None if keep is None else pc.is_in(keys, value_set=keep.cast(keys.type)).to_numpy(zero_copy_only=False)
-    if kept is not None:
-        keys = keys.filter(pa.array(kept))
-    shape = (len(keys), _stacked_shape(parts)[1])
+    keys, kept = _keys(parts), None
+    if keep is not None:
+        mask = pc.is_in(keys, value_set=keep.cast(keys.type))
+        keys, kept = keys.filter(mask), mask.to_numpy(zero_copy_only=False)
+    shape = (len(keys), _width(parts))
     if not shape[0]:  # numpy cannot map an empty file
         return keys, np.zeros(shape, np.float32)
     if not path.exists():
@@ -327,11 +328,9 @@ def embeddings_on_disk(folder: Path, path: Path, keep: pa.Array | None = None) -
     return keys, np.load(path, mmap_mode="r")
 
 
-def _stacked_shape(parts: list[Path]) -> tuple[int, int]:
-    if not parts:
-        return 0, 0
-    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
-    return rows, pq.ParquetFile(parts[0]).schema_arrow.field("embedding").type.list_size
+def _width(parts: list[Path]) -> int:
+    """The vectors' dimension, from the first part's schema (0 without parts)."""
+    return pq.ParquetFile(parts[0]).schema_arrow.field("embedding").type.list_size if parts else 0
 
 
 def _fill(parts: list[Path], vectors: np.ndarray, kept: np.ndarray | None = None) -> None:
