@@ -36,15 +36,14 @@ PARTS = 10_000  # rows an embedding file holds, as an ingest shard's
 CHUNK = 5_000  # query rows a search task holds: small, so that the per-image state shows beside it
 
 
-def write_pool(folder: Path, n: int, dim: int) -> None:
+def write_pool(folder: Path, vectors: np.ndarray) -> None:
     """An ingest index and the copy role's pool embeddings, as those stages write them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from curation.embed import write_embeddings
-    from curation.synth.vectors import planted_vectors
 
-    vectors = planted_vectors(n, dim)
+    n = len(vectors)
     keys = [f"{key:016x}" for key in range(n)]
     for part, start in enumerate(range(0, n, PARTS)):
         rows = slice(start, start + PARTS)
@@ -68,6 +67,8 @@ def write_crawl(folder: Path, n: int) -> None:
 
 def measure(kind: str, folder: Path) -> dict[str, float]:
     """In the child: do the work on `folder`; its item count, bare bytes and RssAnon after imports."""
+    import pyarrow.parquet as pq
+
     from curation.dedup import DedupConfig, run_dedup
     from curation.ingest import list_inputs
     from curation.knn import IndexSpec
@@ -78,7 +79,8 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
     if kind == "dedup":
         config = DedupConfig(index=IndexSpec(kind="ivf_pq", device="cpu"), chunk_size=CHUNK)
         counts = run_dedup(config, folder / "ingest", folder / "embed", folder / "dedup", serial_map)
-        return {"items": counts["images"], "after_imports": after_imports}
+        edges = sum(pq.read_metadata(part).num_rows for part in (folder / "dedup" / "edges").glob("*.parquet"))
+        return {"items": counts["images"], "after_imports": after_imports, "edges": edges}
     inputs = list_inputs([FolderSource(path=folder / "photos")], 1000, folder)
     return {"items": inputs, "after_imports": after_imports, "bare": inputs * len(str(folder / PHOTO))}
 
@@ -108,15 +110,37 @@ def peak_in_child(kind: str, folder: Path) -> dict[str, float]:
 
 def slope(kind: str, sizes: list[int], dim: int) -> tuple[float, float]:
     """Bytes one more item costs, and its bare bytes, between the two sizes."""
+    from curation.synth.vectors import planted_vectors
+
     found = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            write_pool(Path(tmp), n, dim) if kind == "dedup" else write_crawl(Path(tmp), n)
+            write_pool(Path(tmp), planted_vectors(n, dim)) if kind == "dedup" else write_crawl(Path(tmp), n)
             found.append(peak_in_child(kind, Path(tmp)))
     items = found[1]["items"] - found[0]["items"]
     grown = [f["peak"] - f["after_imports"] for f in found]
     bare = [4 * dim * f["items"] if kind == "dedup" else f["bare"] for f in found]
     return (grown[1] - grown[0]) / items, (bare[1] - bare[0]) / items
+
+
+GROUPS = (17, 65)  # copies a group: 8 and 32 kNN edges an image at k = 64, nearly all of the pool removed in both
+
+
+def edge_cost(n: int, dim: int) -> tuple[float, float]:
+    """Bytes one more kNN edge costs the dedup driver, and the bare 16 bytes of its two int64 rows:
+    two pools of `n` images, all in groups of copies, that differ in group size and so in edges
+    (and in almost nothing else)."""
+    from curation.synth.vectors import grouped_vectors
+
+    found = []
+    for group in GROUPS:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_pool(Path(tmp), grouped_vectors(n, dim, group))
+            found.append(peak_in_child("dedup", Path(tmp)))
+    edges = found[1]["edges"] - found[0]["edges"]
+    grown = (found[1]["peak"] - found[1]["after_imports"]) - (found[0]["peak"] - found[0]["after_imports"])
+    print(f"edges at groups of {GROUPS}: {found[0]['edges']:,} and {found[1]['edges']:,} over {n:,} images")
+    return grown / edges, 16.0
 
 
 def main() -> None:
@@ -132,9 +156,14 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     deduped, vector_bare = slope("dedup", args.sizes, args.dim)
     listed, listed_bare = slope("listing", args.sizes, args.dim)
+    per_edge, edge_bare = edge_cost(args.sizes[1], args.dim)
     print(
         f"an image deduplicated (d={args.dim}): {deduped:7,.0f} bytes; its float32 vector {vector_bare:5,.0f}; "
         f"ratio {vector_bare / deduped:.2f}"
+    )
+    print(
+        f"a kNN edge deduplicated:         {per_edge:7,.1f} bytes; its two rows        {edge_bare:5,.0f}; "
+        f"ratio {edge_bare / per_edge:.2f}"
     )
     print(
         f"an input listed:                 {listed:7,.0f} bytes; its path           {listed_bare:5,.0f}; "
@@ -144,6 +173,7 @@ def main() -> None:
         from curation.measurements import record
 
         record("benchmarks/memory.py", "dedup.driver_bytes_per_image", deduped, "bytes", f"d@{args.dim}")
+        record("benchmarks/memory.py", "dedup.driver_bytes_per_edge", per_edge, "bytes", "dedup")
         record("benchmarks/memory.py", "ingest.listing_bytes_per_input", listed, "bytes", "ingest")
 
 

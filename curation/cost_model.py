@@ -22,7 +22,7 @@ Scaling rules, per stage:
 
 Memory: ingest's driver lists every input; dedup, decontam and retrieve each hold a key, a few
 numbers and an index entry per pool image (their vectors are memory-mapped from scratch disk,
-`embed.embeddings_on_disk`); the curated stage's driver holds its plan. The plan states what that
+`embed.embeddings_on_disk`), and dedup its kNN graph's edges; the curated stage's driver holds its plan. The plan states what that
 process needs, since past one machine's memory no fleet size helps.
 """
 
@@ -253,6 +253,27 @@ def _driver_memory(
     return replace(row, memory=pool * per_image, memory_note=why)
 
 
+PAPER_DEDUP_KEPT = 1.1 / 1.2
+"""Share of the pool DINOv2's self-dedup kept (1.2B -> 1.1B images). Each removed image is joined to
+its component by an edge at least, so the kNN graph has at least (1 - this) edges an image."""
+
+
+def _graph_memory(row: PlanRow, config: CurationConfig, pool: float, results: list[Measurement]) -> PlanRow:
+    """`row` (dedup's) with its driver's memory for the kNN graph: the measured bytes an edge, times
+    the fewest edges the paper's dedup rate implies; the most (k/2 an image, a pool of copies) is
+    stated beside it, since how many copies a crawl holds is only known once it is deduplicated."""
+    edge = latest(results, "dedup.driver_bytes_per_edge", "dedup", "cpu")
+    if edge is None or row.memory is None or config.dedup.mode != "knn":
+        return row
+    fewest, most = pool * (1 - PAPER_DEDUP_KEPT), pool * config.dedup.k / 2
+    why = (
+        f"; and {edge.value:,.1f} bytes a kNN edge [{edge.cite()}]: {fewest:.3g} edges at least (the paper's "
+        f"1.2B -> 1.1B, an edge a removed image), {size(fewest * edge.value)}, up to k/2 an image in a pool of "
+        f"copies, {size(most * edge.value)}"
+    )
+    return replace(row, memory=row.memory + fewest * edge.value, memory_note=row.memory_note + why)
+
+
 SEARCH_TASKS = ("dedup", "retrieve")
 """Stages that search a saved index from many tasks (`knn.open_saved`); decontam searches in its driver."""
 
@@ -270,8 +291,8 @@ def plan(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measur
     for role, spec in config.embed.models.items():
         rows.append(_embed(role, spec.name, pool, fleet, results))
     for stage, section in ((_dedup, config.dedup), (_decontam, config.decontam), (_retrieve, config.retrieve)):
-        row = stage(config, pool, fleet, results)
-        rows.append(_driver_memory(row, config, section.role, section.index, pool, results))
+        row = _driver_memory(stage(config, pool, fleet, results), config, section.role, section.index, pool, results)
+        rows.append(_graph_memory(row, config, pool, results) if stage is _dedup else row)
     rows.append(_curated(config, fleet, results))
     return rows
 

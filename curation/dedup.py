@@ -193,20 +193,93 @@ def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, see
     return edges_dir, centroid_similarity
 
 
-def unique_edges(n: int, edges_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Every undirected edge of the work files once, sorted: (src, dst) row arrays with src < dst."""
-    flat = [np.zeros(0, np.int64)]
-    for part in sorted(edges_dir.glob("*.parquet")):
+def unique_edges(n: int, edges_dir: Path) -> np.ndarray:
+    """Every undirected edge of the work files once, sorted, packed as src·n + dst (src < dst).
+
+    The graph can hold tens of edges an image (a picture the web repeats, k of them each), so it
+    lives in one int64 array sorted and deduplicated in place: a copy per step would multiply it.
+    """
+    parts = sorted(edges_dir.glob("*.parquet"))
+    pairs = np.empty(sum(pq.read_metadata(part).num_rows for part in parts), np.int64)
+    filled = 0
+    for part in parts:
         table = pq.read_table(part, columns=["src", "dst"])
-        flat.append(table.column("src").to_numpy() * n + table.column("dst").to_numpy())
-    pairs = np.unique(np.concatenate(flat))
-    return pairs // n, pairs % n
+        rows = slice(filled, filled + table.num_rows)
+        np.multiply(table.column("src").to_numpy(), n, out=pairs[rows])
+        pairs[rows] += table.column("dst").to_numpy()
+        filled += table.num_rows
+    pairs.sort()
+    pairs.resize(_drop_repeats(pairs))  # gives the repeats' memory back
+    return pairs
 
 
-def components_of(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Connected-component label of each of `n` rows of the graph with edges (src, dst)."""
-    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n)).tocsr()
-    return connected_components(graph, directed=False)[1]
+def _drop_repeats(ordered: np.ndarray) -> int:
+    """Move each distinct value of a sorted array to its front, in place, EDGE_BATCH values at a time;
+    returns how many there are."""
+    kept = 0
+    for start in range(0, len(ordered), EDGE_BATCH):
+        block = ordered[start : start + EDGE_BATCH]
+        new = np.ones(len(block), bool)
+        np.not_equal(block[1:], block[:-1], out=new[1:])
+        new[0] = start == 0 or block[0] != ordered[kept - 1]
+        distinct = block[new]  # a copy: the write below may overlap the block it came from
+        ordered[kept : kept + len(distinct)] = distinct
+        kept += len(distinct)
+    return kept
+
+
+EDGE_BATCH = 1 << 20
+"""Edges handled at once by the steps after the search: their temporaries take ~100 bytes an edge
+of a batch (100 MB), never of the graph."""
+
+
+def components_of(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of `n` rows, from edges packed as src·n + dst; components
+    are numbered in the order of their smallest row, as scipy numbers them.
+
+    A union-find, EDGE_BATCH edges at a time: `parent` points each row at a smaller row of its
+    component or at itself (a root, the component's smallest row), and each batch's roots are joined
+    by scipy on that batch's small graph (a hub image's many edges join in one step, where pairwise
+    linking would take one round per edge). Beyond `parent`, only a batch is held; scipy on the
+    whole graph would hold ~25 bytes an edge.
+    """
+    dtype = np.int32 if n < 2**31 else np.int64
+    parent = np.arange(n, dtype=dtype)
+    for start in range(0, len(pairs), EDGE_BATCH):
+        block = pairs[start : start + EDGE_BATCH]
+        ends = _roots(parent, np.stack([block // n, block % n]))
+        ends = ends[:, ends[0] != ends[1]]
+        if not ends.shape[1]:
+            continue
+        roots, local = np.unique(ends, return_inverse=True)
+        local = local.reshape(ends.shape)
+        graph = coo_matrix((np.ones(local.shape[1], np.int8), (local[0], local[1])), shape=(len(roots),) * 2)
+        joined = connected_components(graph, directed=False)[1]
+        smallest = np.full(joined.max() + 1, n, dtype)
+        np.minimum.at(smallest, joined, roots)
+        parent[roots] = smallest[joined]
+    _flatten(parent)
+    is_root = parent == np.arange(n, dtype=dtype)
+    number = np.cumsum(is_root, dtype=dtype) - 1
+    return number[parent]
+
+
+def _roots(parent: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The root of each of `rows`; the rows are then pointed straight at it, so later batches climb less."""
+    found = parent[rows]
+    while not np.array_equal(up := parent[found], found):
+        found = up
+    parent[rows] = found
+    return found
+
+
+def _flatten(parent: np.ndarray) -> None:
+    """Point every row at its root, in place: each pass skips a row to its grandparent, so a chain
+    of any length takes a logarithmic number of passes."""
+    while True:
+        np.take(parent, parent, out=parent, mode="clip")
+        if np.array_equal(parent[parent], parent):
+            return
 
 
 def choose_kept(labels: np.ndarray, by_key: np.ndarray, preference: np.ndarray) -> np.ndarray:
@@ -231,7 +304,8 @@ def run_dedup(
     """Deduplicate the pool's `config.role` embeddings into `work_dir`; returns manifest counts.
 
     Per image the driver holds a key and a few numbers, never a Python object: the vectors stay in
-    a memory map, and an IVF index holds codes."""
+    a memory map, and an IVF index holds codes. Per edge of the graph it holds one int64, as each
+    search found it (an edge found from both ends twice, until they are merged)."""
     keys, vectors = embeddings_on_disk(embed_dir / config.role / POOL, work_dir / VECTORS)
     by_key = pc.sort_indices(keys).to_numpy().astype(np.int64)
     pixels = _pixels_by_key(ingest_dir, keys)
@@ -241,11 +315,11 @@ def run_dedup(
     else:
         edges_dir, centroid_similarity = semdedup_edges(vectors, config, work_dir, seed)
         preference = -centroid_similarity if config.semdedup_keep == "farthest" else centroid_similarity
-    src, dst = unique_edges(len(keys), edges_dir)
-    labels = components_of(len(keys), src, dst)
+    pairs = unique_edges(len(keys), edges_dir)
+    labels = components_of(len(keys), pairs)
     kept = choose_kept(labels, by_key, preference)
     _write_outputs(keys, by_key, vectors, labels, kept, work_dir)
-    _write_edges(keys, vectors, src, dst, work_dir / "edges")
+    _write_edges(keys, vectors, pairs, work_dir / "edges")
     shutil.rmtree(edges_dir)
     if config.mode == "knn":
         _write_nearest(keys, by_key, vectors, work_dir / ROW_NEAREST, work_dir / "nearest.parquet")
@@ -311,11 +385,12 @@ def _write_outputs(
 EDGE_FILE_ROWS = 1_000_000
 
 
-def _write_edges(keys: pa.Array, vectors: np.ndarray, src: np.ndarray, dst: np.ndarray, out_dir: Path) -> None:
+def _write_edges(keys: pa.Array, vectors: np.ndarray, pairs: np.ndarray, out_dir: Path) -> None:
     """edges/part-NNNNN.parquet: keys and exact similarity of each edge, EDGE_FILE_ROWS per file."""
     out_dir.mkdir(exist_ok=True)
-    for part, start in enumerate(range(0, max(len(src), 1), EDGE_FILE_ROWS)):
-        a, b = src[start : start + EDGE_FILE_ROWS], dst[start : start + EDGE_FILE_ROWS]
+    for part, start in enumerate(range(0, max(len(pairs), 1), EDGE_FILE_ROWS)):
+        block = pairs[start : start + EDGE_FILE_ROWS]
+        a, b = block // len(keys), block % len(keys)
         table = pa.table(
             {
                 "src_key": _key_column(keys, a),

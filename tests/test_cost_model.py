@@ -123,7 +123,8 @@ def test_cpu_rates_are_per_machine_and_spread_over_cores(config):
 
 def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config):
     """Ingest's listing per input; the dedup driver measured at one width with IVF-PQ: its bytes
-    beyond the index entry carry over, and each stage's own index entry (kind, role's width) is added."""
+    beyond the index entry carry over, and each stage's own index entry (kind, role's width) is added;
+    dedup adds its graph, at least the paper's 1.2B -> 1.1B removed images' edges."""
     fleet = cost_model.Fleet(8, "H100", 96)
     unmeasured = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, [])}
     assert unmeasured["dedup"].memory is None
@@ -142,6 +143,12 @@ def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config)
         assert f"{cost_model.size(1e9 * 4 * dim)} of scratch disk" in rows[stage].memory_note
         copies = f"each search task copies the index's fast-scan codes, {cost_model.size(1e9 * (dim / 16 + 8))}"
         assert (copies in rows[stage].memory_note) == (stage != "decontam"), stage
+    results.append(_m("dedup.driver_bytes_per_edge", 10, "dedup", device="cpu", cores=2))
+    with_graph = {r.stage: r for r in cost_model.plan(config, 1.2e9, fleet, results)}
+    assert with_graph["dedup"].memory == pytest.approx(rows["dedup"].memory * 1.2 + 1e8 * 10)  # an edge a removed image
+    most = f"up to k/2 an image in a pool of copies, {cost_model.size(1.2e9 * 32 * 10)}"
+    assert most in with_graph["dedup"].memory_note
+    assert with_graph["decontam"].memory == pytest.approx(rows["decontam"].memory * 1.2)
     text = cost_model.render(list(rows.values()), 1e9, fleet, results)
     largest = max(rows.values(), key=lambda r: r.memory or 0)
     assert f"largest process: at least {cost_model.size(largest.memory)} ({largest.stage})" in text
