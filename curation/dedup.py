@@ -40,7 +40,7 @@ from pydantic import Field
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curation.embed import embeddings_on_disk
+from curation.embed import embeddings_on_disk, keys_at
 from curation.ingest import POOL
 from curation.knn import (
     IndexSpec,
@@ -346,16 +346,6 @@ def _pixels_by_key(ingest_dir: Path, keys: pa.Array) -> np.ndarray:
     return pixels[at.to_numpy()]
 
 
-KEY_CHUNK = 1 << 20
-"""Keys an output string array holds: one Arrow string array holds at most 2 GiB of text."""
-
-
-def _key_column(keys: pa.Array, rows: np.ndarray) -> pa.ChunkedArray:
-    """keys[rows] as Arrow strings (the column type dedup has always written), KEY_CHUNK a chunk."""
-    chunks = [keys.take(rows[start : start + KEY_CHUNK]).cast(pa.string()) for start in range(0, len(rows), KEY_CHUNK)]
-    return pa.chunked_array(chunks, pa.string())
-
-
 def _write_outputs(
     keys: pa.Array, by_key: np.ndarray, vectors: np.ndarray, labels: np.ndarray, kept: np.ndarray, work_dir: Path
 ) -> None:
@@ -365,16 +355,16 @@ def _write_outputs(
     kept_rows, removed_rows = by_key[is_kept], by_key[~is_kept]
     keep = pa.table(
         {
-            "key": _key_column(keys, kept_rows),
+            "key": keys_at(keys, kept_rows),
             "component": labels[kept_rows],
             "component_size": sizes[labels[kept_rows]],
         }
     )
     removed = pa.table(
         {
-            "key": _key_column(keys, removed_rows),
+            "key": keys_at(keys, removed_rows),
             "component": labels[removed_rows],
-            "kept_key": _key_column(keys, kept[removed_rows]),
+            "kept_key": keys_at(keys, kept[removed_rows]),
             "similarity": pair_similarity(vectors, removed_rows, kept[removed_rows]),
         }
     )
@@ -393,8 +383,8 @@ def _write_edges(keys: pa.Array, vectors: np.ndarray, pairs: np.ndarray, out_dir
         a, b = block // len(keys), block % len(keys)
         table = pa.table(
             {
-                "src_key": _key_column(keys, a),
-                "dst_key": _key_column(keys, b),
+                "src_key": keys_at(keys, a),
+                "dst_key": keys_at(keys, b),
                 "similarity": pair_similarity(vectors, a, b),
             }
         )
@@ -413,8 +403,8 @@ def _write_nearest(keys: pa.Array, by_key: np.ndarray, vectors: np.ndarray, near
     similarity[found] = pair_similarity(vectors, by_key[found], nearest[found])
     named = pa.table(
         {
-            "key": _key_column(keys, by_key),
-            "nearest_key": pc.if_else(pa.array(found), _key_column(keys, np.maximum(nearest, 0)), None),
+            "key": keys_at(keys, by_key),
+            "nearest_key": pc.if_else(pa.array(found), keys_at(keys, np.maximum(nearest, 0)), None),
             "similarity": pa.array(similarity, pa.float32(), mask=~found),
         }
     )

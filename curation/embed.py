@@ -352,6 +352,21 @@ def _keys(parts: list[Path]) -> pa.Array:
     return pa.concat_arrays(arrays) if arrays else pa.array([], pa.large_string())
 
 
+def embedded_keys(folder: Path) -> pa.Array:
+    """The keys of one role and collection, in the order the vectors' readers give them."""
+    return _keys(sorted(folder.glob("*.parquet")))
+
+
+KEY_CHUNK = 1 << 20
+"""Keys a column chunk of `keys_at` holds: one Arrow string array holds at most 2 GiB of text."""
+
+
+def keys_at(keys: pa.Array, rows: np.ndarray) -> pa.ChunkedArray:
+    """keys[rows] as Arrow strings (the column type output tables have always had), KEY_CHUNK a chunk."""
+    chunks = [keys.take(rows[start : start + KEY_CHUNK]).cast(pa.string()) for start in range(0, len(rows), KEY_CHUNK)]
+    return pa.chunked_array(chunks, pa.string())
+
+
 def write_embedder_card(role_dir: Path, spec: EmbedderSpec, embedder: Embedder) -> None:
     """What produced this role's vectors, for readers that must preprocess queries the same way."""
     role_dir.mkdir(parents=True, exist_ok=True)

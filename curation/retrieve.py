@@ -27,10 +27,11 @@ from typing import Annotated, ClassVar, Literal
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from curation.embed import embeddings_on_disk, read_embeddings
+from curation.embed import embedded_keys, embeddings_on_disk, keys_at
 from curation.ingest import POOL
 from curation.knn import IndexSpec, open_saved, saved_index, search, spherical_kmeans, use_gpu
 from foundation.config import Section
@@ -139,36 +140,47 @@ class Pool:
         keep = pq.read_table(decontam_dir / "keep.parquet", columns=["key"])["key"].combine_chunks()
         return cls(*embeddings_on_disk(embed_dir / role / POOL, vectors_path, keep), vectors_path)
 
-    def keys_of(self, rows: np.ndarray | list[int]) -> list[str]:
-        return self.keys.take(np.asarray(rows, np.int64)).to_pylist()
-
 
 @dataclass
 class Selection:
-    """What one row retrieved, and why it may fall short of its target."""
+    """What one row retrieved, and why it may fall short of its target: Arrow keys and numpy
+    similarities, since a row can take tens of millions of images (ImageNet-22k's 4 nearest of 14M
+    queries), and a Python object an image would cost more than the pool's own keys."""
 
-    keys: list[str]
+    keys: pa.ChunkedArray
     collection: str
-    query_keys: list[str]
-    similarities: list[float]
+    query_keys: pa.ChunkedArray
+    similarities: np.ndarray
     target: int
     cause: str = ""
+
+    @classmethod
+    def empty(cls, target: int, cause: str) -> Selection:
+        none = pa.chunked_array([], pa.string())
+        return cls(none, POOL, none, np.zeros(0, np.float32), target, cause)
 
     def table(self) -> pa.Table:
         table = pa.table(
             {
                 "key": self.keys,
-                "collection": [self.collection] * len(self.keys),
+                "collection": pa.repeat(pa.scalar(self.collection, pa.string()), len(self.keys)),
                 "query_key": self.query_keys,
-                "similarity": self.similarities,
+                "similarity": pa.array(self.similarities, pa.float32()),
             },
             schema=SELECTION_SCHEMA,
         )
         return table.sort_by("key")
 
 
-def as_is(query_keys: list[str], collection: str) -> Selection:
-    return Selection(list(query_keys), collection, list(query_keys), [1.0] * len(query_keys), len(query_keys))
+def as_is(query_keys: pa.Array, collection: str) -> Selection:
+    keys = keys_at(query_keys, np.arange(len(query_keys)))
+    return Selection(keys, collection, keys, np.ones(len(keys), np.float32), len(keys))
+
+
+def cluster_names(clusters: np.ndarray) -> pa.ChunkedArray:
+    """`cluster:<id>` for each cluster id: what a selection names as the query of a cluster's images."""
+    ids = pa.array(clusters.astype(np.int64)).cast(pa.string())
+    return pa.chunked_array([pc.binary_join_element_wise("cluster:", ids, "")], pa.string())
 
 
 @dataclass(frozen=True)
@@ -216,15 +228,15 @@ class PoolSearch:
     chunk_size: int
     threads: int
 
-    def hits(self, queries: np.ndarray, n: int, work_dir: Path) -> pa.Table:
-        """All (query, pool_row, similarity) of the `n` nearest, in query order, searched as tasks."""
+    def hits(self, queries_path: Path, n: int, work_dir: Path) -> pa.Table:
+        """All (query, pool_row, similarity) of the `n` nearest of each query saved at `queries_path`
+        (an .npy file the tasks map), in query order, searched as tasks."""
         (work_dir / "hits").mkdir(parents=True, exist_ok=True)
-        queries_path = work_dir / "queries.npy"
-        np.save(queries_path, queries)
+        count = len(np.load(queries_path, mmap_mode="r"))
         tasks = [
             QueryTask(
                 start,
-                min(start + self.chunk_size, len(queries)),
+                min(start + self.chunk_size, count),
                 str(queries_path),
                 str(self.index_path),
                 str(self.vectors_path),
@@ -233,25 +245,24 @@ class PoolSearch:
                 self.spec,
                 self.threads,
             )
-            for start in range(0, len(queries), self.chunk_size)
+            for start in range(0, count, self.chunk_size)
         ]
         run_unfinished(self.map_fn, search_queries, tasks)
         return pa.concat_tables([pq.read_table(t.out) for t in tasks])
 
 
 def sample(
-    pool: Pool, search_pool: PoolSearch, queries: np.ndarray, query_keys: list[str], n: int, work_dir: Path
+    pool: Pool, search_pool: PoolSearch, queries_path: Path, query_keys: pa.Array, n: int, work_dir: Path
 ) -> Selection:
-    """The `n` nearest pool images of every query; an image near several queries is taken once (best query)."""
+    """The `n` nearest pool images of every query; an image near several queries is taken once, for
+    its most similar query (of equals, the first)."""
     target = n * len(query_keys)
     if not len(pool.keys) or not len(query_keys):
-        return Selection([], POOL, [], [], target, "empty pool or seed set")
-    hits = search_pool.hits(queries, min(n, len(pool.keys)), work_dir).to_pydict()
-    best: dict[int, tuple[float, str]] = {}
-    for q, i, sim in zip(hits["query"], hits["pool_row"], hits["similarity"], strict=True):
-        if i not in best or sim > best[i][0]:
-            best[i] = (float(sim), query_keys[q])
-    rows = sorted(best)
+        return Selection.empty(target, "empty pool or seed set")
+    hits = search_pool.hits(queries_path, min(n, len(pool.keys)), work_dir)
+    row, similarity = hits["pool_row"].to_numpy(), hits["similarity"].to_numpy()
+    best = best_hits(row, similarity)
+    rows = row[best]
     cause = (
         ""
         if len(rows) == target
@@ -261,7 +272,17 @@ def sample(
             else f"the pool holds only {len(pool.keys)} images"
         )
     )
-    return Selection(pool.keys_of(rows), POOL, [best[i][1] for i in rows], [best[i][0] for i in rows], target, cause)
+    query_of = keys_at(query_keys, hits["query"].to_numpy()[best])
+    return Selection(keys_at(pool.keys, rows), POOL, query_of, similarity[best], target, cause)
+
+
+def best_hits(rows: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """For each distinct pool row among the hits, the hit it is taken for: the most similar, of
+    equals the first; in pool row order."""
+    order = np.lexsort((np.arange(len(rows)), -similarity, rows))
+    first = np.ones(len(order), bool)
+    first[1:] = rows[order[1:]] != rows[order[:-1]]
+    return order[first]
 
 
 @dataclass
@@ -289,11 +310,22 @@ class PoolClusters:
         return self.by_cluster[self.bounds[cluster] : self.bounds[cluster + 1]]
 
     def nearest(self, queries: np.ndarray) -> np.ndarray:
-        return np.argmax(np.einsum("qd,cd->qc", queries, self.centroids), axis=1)  # not BLAS: see fit
+        """Each query's cluster, NEAREST_BLOCK query-centroid products at a time (75K Food-101 queries
+        against 100K centroids would be 30 GB at once); einsum, not BLAS, so that no block size or
+        thread count changes a tie (see `spherical_kmeans`)."""
+        step = max(1, NEAREST_BLOCK // max(1, len(self.centroids)))
+        found = [np.zeros(0, np.int64)]
+        for start in range(0, len(queries), step):
+            block = np.ascontiguousarray(queries[start : start + step])
+            found.append(np.argmax(np.einsum("qd,cd->qc", block, self.centroids), axis=1))
+        return np.concatenate(found)
+
+
+NEAREST_BLOCK = 1 << 24
 
 
 def cluster(
-    pool: Pool, clusters: PoolClusters, queries: np.ndarray, query_keys: list[str], strategy: Cluster
+    pool: Pool, clusters: PoolClusters, queries: np.ndarray, query_keys: pa.Array, strategy: Cluster
 ) -> Selection:
     """From each cluster holding >= min_queries queries, the images nearest its centroid, up to the caps."""
     counts = (
@@ -307,24 +339,21 @@ def cluster(
     target = len(eligible) * strategy.images_per_cluster
     if strategy.max_images is not None:
         target = min(target, strategy.max_images)
-    keys, sims, query_of = [], [], []
-    short_clusters = 0
+    taken, room, short_clusters = [np.zeros(0, np.int64)], target, 0
     for c in eligible:
-        members = clusters.members(c)
-        room = target - len(keys)
-        taken = members[: min(strategy.images_per_cluster, room)]
-        short_clusters += len(taken) < min(strategy.images_per_cluster, room)
-        keys += pool.keys_of(taken)
-        sims += [float(clusters.centroid_similarity[i]) for i in taken]
-        query_of += [f"cluster:{c}"] * len(taken)
-        if len(keys) >= target:
+        taken.append(clusters.members(c)[: min(strategy.images_per_cluster, room)])
+        short_clusters += len(taken[-1]) < min(strategy.images_per_cluster, room)
+        room -= len(taken[-1])
+        if room <= 0:
             break
+    rows = np.concatenate(taken)
     cause = ""
     if not eligible:
         cause = f"no cluster holds {strategy.min_queries} or more query images"
-    elif len(keys) < target:
+    elif len(rows) < target:
         cause = f"{short_clusters} eligible clusters hold fewer than {strategy.images_per_cluster} pool images"
-    return Selection(keys, POOL, query_of, sims, target, cause)
+    query_of = cluster_names(clusters.assignment[rows])
+    return Selection(keys_at(pool.keys, rows), POOL, query_of, clusters.centroid_similarity[rows], target, cause)
 
 
 def balanced(pool: Pool, strategy: Balanced, iterations: int, seed: int, gpu: bool = False) -> Selection:
@@ -332,7 +361,7 @@ def balanced(pool: Pool, strategy: Balanced, iterations: int, seed: int, gpu: bo
     from curation.balanced import balanced_sample, fit_tree
 
     if not len(pool.keys):
-        return Selection([], POOL, [], [], strategy.images, "empty pool")
+        return Selection.empty(strategy.images, "empty pool")
     tree = fit_tree(
         pool.vectors, strategy.levels, iterations, strategy.resampling_steps, strategy.resample_points, seed, gpu
     )
@@ -340,7 +369,7 @@ def balanced(pool: Pool, strategy: Balanced, iterations: int, seed: int, gpu: bo
     leaves = tree.parents[0][rows]
     sims = np.einsum("ij,ij->i", pool.vectors[rows], tree.leaf_centroids[leaves])
     cause = "" if len(rows) == strategy.images else f"the pool holds only {len(pool.keys)} images"
-    return Selection(pool.keys_of(rows), POOL, [f"cluster:{c}" for c in leaves], sims.tolist(), strategy.images, cause)
+    return Selection(keys_at(pool.keys, rows), POOL, cluster_names(leaves), sims, strategy.images, cause)
 
 
 def run_retrieve(
@@ -363,10 +392,13 @@ def run_retrieve(
     pool_clusters = None
     report, counts = {}, {}
     for row in config.sources:
+        queries_path = search_dir / row.name / "queries.npy"
         if row.strategy.kind == "balanced":
-            query_keys, queries = [], None
+            query_keys, queries = pa.array([], pa.string()), None
+        elif row.strategy.kind == "as_is":
+            query_keys, queries = embedded_keys(embed_dir / config.role / collections[row.name]), None
         else:
-            query_keys, queries = read_embeddings(embed_dir / config.role / collections[row.name])
+            query_keys, queries = embeddings_on_disk(embed_dir / config.role / collections[row.name], queries_path)
         if row.strategy.kind == "balanced":
             selection = balanced(pool, row.strategy, config.kmeans_iterations, seed, gpu=use_gpu(config.index))
         elif row.strategy.kind == "as_is":
@@ -377,9 +409,9 @@ def run_retrieve(
                 search_pool = PoolSearch(
                     index_path, pool.vectors_path, config.index, map_fn, config.chunk_size, config.threads
                 )
-            selection = sample(pool, search_pool, queries, query_keys, row.strategy.n, search_dir / row.name)
+            selection = sample(pool, search_pool, queries_path, query_keys, row.strategy.n, search_dir / row.name)
         elif not len(pool.keys):
-            selection = Selection([], POOL, [], [], 0, "empty pool")
+            selection = Selection.empty(0, "empty pool")
         else:
             if pool_clusters is None:
                 pool_clusters = PoolClusters.fit(

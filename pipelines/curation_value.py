@@ -121,7 +121,7 @@ def members_of(variant: str, run: Path, config: CurationConfig, seed: int) -> li
             n = len(pool.keys)  # two levels, ~20 and ~200 images per cluster: the paper's tree shrunk to this pool
             strategy = Balanced(images=len(curated), levels=[max(4, n // 20), max(2, n // 200)])
             selection = balanced(pool, strategy, config.retrieve.kmeans_iterations, seed)
-        return sorted((POOL, key) for key in selection.keys)
+        return sorted((POOL, key) for key in selection.keys.to_pylist())
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
 
 
