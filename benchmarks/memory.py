@@ -1,21 +1,31 @@
-"""The memory that grows with the pool in one process: per image deduplicated, per input listed.
+"""The memory that grows with the data in one process: per pool image, per kNN edge, per input listed.
 
     python benchmarks/memory.py [--sizes 200000 400000] [--dim 128] [--record]
 
-Two processes hold something per image of the whole pool, so they set the size of the machine a
-stage needs whatever the fleet (`--plan` states both):
+Three processes hold something per image of the whole pool, so they set the size of the machine a
+stage needs whatever the fleet (`--plan` states it):
 - dedup: the stage's driver (`dedup.run_dedup`, kNN mode, IVF-PQ as configs/curation/lvd142m.yaml
   has it, search tasks run in the same process) over planted unit vectors; the bare figure is the
   float32 vector's own 4·d bytes, what the stage held per image before the vectors moved into a
-  memory-mapped scratch file. Decontam and retrieve hold the same kinds of things (keys, an index's
-  codes, a few numbers an image) and `--plan` applies this figure to them;
+  memory-mapped scratch file. Decontam holds the same kinds of things (keys, an index's codes, a
+  few numbers an image) and `--plan` applies this figure to it;
+- the kNN graph: dedup again, over two pools of the larger size made only of groups of copies (17
+  and 65 a group: 8 and 32 edges an image), whose difference is all edges; bare: an edge's two
+  int64 rows;
+- retrieve: the stage's driver (`retrieve.run_retrieve`) with a `sample` and a `cluster` row over
+  the same planted pool;
 - listing: ingest's driver lists every input before any work (`ingest.list_inputs`, here of a
   folder source of empty files under 45-character paths); the bare figure is the path's bytes.
 Each size runs in a fresh child process, and this process polls the child's anonymous resident
 memory (RssAnon, Linux) every millisecond: pages of a memory-mapped file are the kernel's to evict,
 so they are not memory the machine must have. The growth of that peak over the child's memory after
 its imports, as a slope between the two sizes, is the cost of one more item: thread pools, allocator
-arenas and imports drop out. Recorded (--record): dedup.driver_bytes_per_image at d@DIM and
+arenas and imports drop out. The child shrinks the stages' fixed-size buffers and training samples
+(CHUNK, TRAIN, BATCHES): at full size they are larger than a few hundred thousand images' state,
+the peak falls in them at both sizes, and the slope reads noise (51 to 161 bytes an image for the
+same dedup code, where small buffers read 198 and 201). `--plan` adds the training samples at
+their configured sizes. Recorded (--record): dedup.driver_bytes_per_image and
+retrieve.driver_bytes_per_image at d@DIM, dedup.driver_bytes_per_edge and
 ingest.listing_bytes_per_input.
 """
 
@@ -29,15 +39,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from curation.knn import IndexSpec
+    from curation.retrieve import RetrieveConfig
+
 PARTS = 10_000  # rows an embedding file holds, as an ingest shard's
 CHUNK = 5_000  # query rows a search task holds: small, so that the per-image state shows beside it
+TRAIN = 20_000  # vectors an index trains on, and k-means clusters x 256 below: fixed samples, as small
+BATCHES = {  # the stage's other fixed-size buffers, as small, for the same reason
+    "curation.dedup": {"EDGE_BATCH": 1 << 14, "EDGE_FILE_ROWS": 1 << 16},
+    "curation.knn": {"ADD_BATCH": 1 << 14, "PAIR_BATCH": 1 << 12},
+    "curation.embed": {"KEY_CHUNK": 1 << 14},
+}
 
 
 def write_pool(folder: Path, vectors: np.ndarray) -> None:
-    """An ingest index and the copy role's pool embeddings, as those stages write them."""
+    """An ingest index, the copy role's pool embeddings and a decontam stage that kept them all,
+    as those stages write them; and a seed set of SEEDS near copies of pool images."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -48,9 +70,36 @@ def write_pool(folder: Path, vectors: np.ndarray) -> None:
     for part, start in enumerate(range(0, n, PARTS)):
         rows = slice(start, start + PARTS)
         write_embeddings(folder / "embed" / "copy" / "pool" / f"{part:06d}.parquet", keys[rows], vectors[rows])
-    (folder / "ingest").mkdir()
+    seeds = vectors[:: max(1, n // SEEDS)][:SEEDS]
+    write_embeddings(
+        folder / "embed" / "copy" / "seeds" / "000000.parquet", [f"s{i}" for i in range(len(seeds))], seeds
+    )
+    for stage in ("ingest", "decontam"):
+        (folder / stage).mkdir()
     sizes = np.full(n, 256, np.int32)
     pq.write_table(pa.table({"key": keys, "width": sizes, "height": sizes}), folder / "ingest" / "index.parquet")
+    pq.write_table(pa.table({"key": keys}), folder / "decontam" / "keep.parquet")
+
+
+SEEDS = 1_000  # a seed set's images: the retrieve rows' work is per seed, the same at every pool size
+
+
+def ivf_pq() -> IndexSpec:
+    """The index lvd142m.yaml has every stage build, trained on TRAIN vectors."""
+    from curation.knn import IndexSpec
+
+    return IndexSpec(kind="ivf_pq", device="cpu", train_size=TRAIN)
+
+
+def retrieve_config() -> RetrieveConfig:
+    """A `sample` row and a `cluster` row (lvd142m.yaml has both kinds), IVF-PQ as there."""
+    from curation.retrieve import Cluster, RetrieveConfig, Sample, SeedSet
+
+    rows = [
+        SeedSet(name="sample", strategy=Sample(n=4)),
+        SeedSet(name="cluster", strategy=Cluster(images_per_cluster=50)),
+    ]
+    return RetrieveConfig(sources=rows, clusters=TRAIN // 256, role="copy", index=ivf_pq(), chunk_size=CHUNK)
 
 
 PHOTO = "photos/0000/img_00000000.jpg"  # every listed path is as long as this one
@@ -71,16 +120,25 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
 
     from curation.dedup import DedupConfig, run_dedup
     from curation.ingest import list_inputs
-    from curation.knn import IndexSpec
+    from curation.retrieve import run_retrieve
     from curation.sources import FolderSource
     from foundation.executors import serial_map
 
+    for module, sizes in BATCHES.items():
+        for name, value in sizes.items():
+            setattr(sys.modules[module], name, value)
     after_imports = rss_anon(Path("/proc/self/status").read_text())
     if kind == "dedup":
-        config = DedupConfig(index=IndexSpec(kind="ivf_pq", device="cpu"), chunk_size=CHUNK)
+        config = DedupConfig(index=ivf_pq(), chunk_size=CHUNK)
         counts = run_dedup(config, folder / "ingest", folder / "embed", folder / "dedup", serial_map)
         edges = sum(pq.read_metadata(part).num_rows for part in (folder / "dedup" / "edges").glob("*.parquet"))
         return {"items": counts["images"], "after_imports": after_imports, "edges": edges}
+    if kind == "retrieve":
+        collections = {"sample": "seeds", "cluster": "seeds"}
+        counts = run_retrieve(
+            retrieve_config(), folder / "embed", folder / "decontam", collections, folder / "retrieve", serial_map
+        )
+        return {"items": counts["pool"], "after_imports": after_imports}
     inputs = list_inputs([FolderSource(path=folder / "photos")], 1000, folder)
     return {"items": inputs, "after_imports": after_imports, "bare": inputs * len(str(folder / PHOTO))}
 
@@ -115,11 +173,11 @@ def slope(kind: str, sizes: list[int], dim: int) -> tuple[float, float]:
     found = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            write_pool(Path(tmp), planted_vectors(n, dim)) if kind == "dedup" else write_crawl(Path(tmp), n)
+            write_crawl(Path(tmp), n) if kind == "listing" else write_pool(Path(tmp), planted_vectors(n, dim))
             found.append(peak_in_child(kind, Path(tmp)))
     items = found[1]["items"] - found[0]["items"]
     grown = [f["peak"] - f["after_imports"] for f in found]
-    bare = [4 * dim * f["items"] if kind == "dedup" else f["bare"] for f in found]
+    bare = [f["bare"] if kind == "listing" else 4 * dim * f["items"] for f in found]
     return (grown[1] - grown[0]) / items, (bare[1] - bare[0]) / items
 
 
@@ -155,11 +213,16 @@ def main() -> None:
         return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     deduped, vector_bare = slope("dedup", args.sizes, args.dim)
+    retrieved, _ = slope("retrieve", args.sizes, args.dim)
     listed, listed_bare = slope("listing", args.sizes, args.dim)
     per_edge, edge_bare = edge_cost(args.sizes[1], args.dim)
     print(
         f"an image deduplicated (d={args.dim}): {deduped:7,.0f} bytes; its float32 vector {vector_bare:5,.0f}; "
         f"ratio {vector_bare / deduped:.2f}"
+    )
+    print(
+        f"an image retrieved from (d={args.dim}): {retrieved:7,.0f} bytes; its float32 vector {vector_bare:5,.0f}; "
+        f"ratio {vector_bare / retrieved:.2f}"
     )
     print(
         f"a kNN edge deduplicated:         {per_edge:7,.1f} bytes; its two rows        {edge_bare:5,.0f}; "
@@ -173,6 +236,7 @@ def main() -> None:
         from curation.measurements import record
 
         record("benchmarks/memory.py", "dedup.driver_bytes_per_image", deduped, "bytes", f"d@{args.dim}")
+        record("benchmarks/memory.py", "retrieve.driver_bytes_per_image", retrieved, "bytes", f"d@{args.dim}")
         record("benchmarks/memory.py", "dedup.driver_bytes_per_edge", per_edge, "bytes", "dedup")
         record("benchmarks/memory.py", "ingest.listing_bytes_per_input", listed, "bytes", "ingest")
 

@@ -32,7 +32,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-from curation.knn import IndexSpec
+from curation.knn import KMEANS_POINTS_PER_CENTROID, IndexSpec
 from curation.measurements import Measurement, latest
 from curation.run_config import CurationConfig
 from foundation.errors import ConfigError
@@ -232,25 +232,49 @@ def _curated(config: CurationConfig, fleet: Fleet, results: list[Measurement]) -
 def _driver_memory(
     row: PlanRow, config: CurationConfig, role: str, spec: IndexSpec, pool: float, results: list[Measurement]
 ) -> PlanRow:
-    """`row` with the memory of the stage's driver: the dedup driver's measured bytes an image, with
-    its index entry swapped for this stage's (kind and width); and the scratch disk its
-    memory-mapped float32 vectors take."""
-    measured = [m for m in results if m.metric == "dedup.driver_bytes_per_image" and m.device == "cpu"]
-    if not measured:
+    """`row` with the memory of the stage's driver: its measured bytes an image (dedup's, for a stage
+    not measured itself), with the measured index entry swapped for this stage's (kind and width);
+    the largest sample it trains on in memory; and the scratch disk its memory-mapped vectors take."""
+    driver = _driver_measurement(row.stage, results)
+    if driver is None:
         return replace(row, memory_note="memory: not measured; run python benchmarks/memory.py --record")
-    driver = max(reversed(measured), key=lambda m: m.date)
     dim = _dim(config, role)
     measured_entry = index_entry_bytes(int(driver.subject.split("@")[1]), IndexSpec(kind="ivf_pq"))
     per_image = driver.value - measured_entry + index_entry_bytes(dim, spec)
+    sample, sampled = _training_sample(row.stage, config, spec, pool)
     why = (
         f"a key, a few numbers and an index entry ({spec.kind}, d={dim}) an image, {per_image:,.0f} bytes as "
-        f"dedup's driver measured [{driver.cite()}]; and {size(pool * 4 * dim)} of scratch disk for the "
-        f"memory-mapped {role} vectors"
+        f"{driver.metric.split('.')[0]}'s driver measured [{driver.cite()}]"
     )
+    if sample:
+        why += f"; {size(sample * 4 * dim)} for {sampled}, {sample:.3g} vectors in memory"
+    why += f"; and {size(pool * 4 * dim)} of scratch disk for the memory-mapped {role} vectors"
     if row.stage in SEARCH_TASKS and spec.kind == "ivf_pq":
         codes = size(pool * index_entry_bytes(dim, spec))
         why += f"; each search task copies the index's fast-scan codes, {codes} ({row.stage}.threads: CPUs a task)"
-    return replace(row, memory=pool * per_image, memory_note=why)
+    return replace(row, memory=pool * per_image + sample * 4 * dim, memory_note=why)
+
+
+def _driver_measurement(stage: str, results: list[Measurement]) -> Measurement | None:
+    """The newest record of the stage driver's bytes an image, or of dedup's where it has none."""
+    for metric in (f"{stage}.driver_bytes_per_image", "dedup.driver_bytes_per_image"):
+        measured = [m for m in results if m.metric == metric and m.device == "cpu"]
+        if measured:
+            return max(reversed(measured), key=lambda m: m.date)
+    return None
+
+
+def _training_sample(stage: str, config: CurationConfig, spec: IndexSpec, pool: float) -> tuple[float, str]:
+    """The most vectors the stage copies into memory at once to train on, and what for: an IVF
+    index's `train_size`, or retrieve's k-means, KMEANS_POINTS_PER_CENTROID a cluster (100K
+    clusters at ViT-H width: 122 GiB), whichever is larger."""
+    samples = [(0.0, "")]
+    if spec.kind != "exact":
+        samples.append((min(pool, spec.train_size), "the index's training sample (index.train_size)"))
+    if stage == "retrieve" and any(row.strategy.kind == "cluster" for row in config.retrieve.sources):
+        points = min(pool, KMEANS_POINTS_PER_CENTROID * config.retrieve.clusters)
+        samples.append((points, f"k-means' training sample ({KMEANS_POINTS_PER_CENTROID} points a cluster)"))
+    return max(samples)
 
 
 PAPER_DEDUP_KEPT = 1.1 / 1.2

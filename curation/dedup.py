@@ -164,9 +164,11 @@ def knn_edges(vectors_path: Path, n: int, config: DedupConfig, work_dir: Path, m
     return edges_dir
 
 
-SEMDEDUP_BLOCK = 4096
-"""Rows of a cluster compared with the whole cluster at once: a cluster's full similarity matrix
-grows with the square of its size (a 100K-image cluster would be 40 GB)."""
+SEMDEDUP_PRODUCTS = 1 << 26
+"""Similarities computed at once (256 MB): a block of a cluster's rows against the whole cluster,
+as many rows as fit. A cluster's full matrix grows with the square of its size (a 100K-image
+cluster would be 40 GB), and even one fixed block of rows would not fit against a 12M-image
+cluster (1.2B images in the default 100 clusters)."""
 
 
 def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, seed: int) -> tuple[Path, np.ndarray]:
@@ -179,8 +181,9 @@ def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, see
     for cluster in range(clusters):
         members = order[bounds[cluster] : bounds[cluster + 1]]
         member_vectors = vectors[members]
-        for start in range(0, len(members), SEMDEDUP_BLOCK):
-            sims = member_vectors[start : start + SEMDEDUP_BLOCK] @ member_vectors.T
+        block = max(1, SEMDEDUP_PRODUCTS // len(members))
+        for start in range(0, len(members), block):
+            sims = member_vectors[start : start + block] @ member_vectors.T
             rows, cols = np.nonzero(sims >= 1 - config.semdedup_eps)
             upper = cols > rows + start  # each pair once, never an image with itself
             rows, cols = rows[upper], cols[upper]

@@ -123,8 +123,9 @@ def test_cpu_rates_are_per_machine_and_spread_over_cores(config):
 
 def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config):
     """Ingest's listing per input; the dedup driver measured at one width with IVF-PQ: its bytes
-    beyond the index entry carry over, and each stage's own index entry (kind, role's width) is added;
-    dedup adds its graph, at least the paper's 1.2B -> 1.1B removed images' edges."""
+    beyond the index entry carry over, each stage's own index entry (kind, role's width) and its
+    largest training sample are added; dedup adds its graph, at least the paper's 1.2B -> 1.1B
+    removed images' edges; retrieve's own measurement replaces dedup's once there is one."""
     fleet = cost_model.Fleet(8, "H100", 96)
     unmeasured = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, [])}
     assert unmeasured["dedup"].memory is None
@@ -136,19 +137,27 @@ def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config)
     ]
     rows = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, results)}
     assert rows["ingest"].memory == pytest.approx(1e9 * 300)
+    samples = {"dedup": 1e6, "decontam": 1e6, "retrieve": 256 * 100_000}  # lvd142m: train_size, and 100K clusters
     for stage, section in {"dedup": config.dedup, "decontam": config.decontam, "retrieve": config.retrieve}.items():
         dim = cost_model._model(config.embed.models[section.role].name)[1]
         entry = dim / 16 + 8 if section.index.kind == "ivf_pq" else 4 * dim
-        assert rows[stage].memory == pytest.approx(1e9 * (entry + 90)), stage
+        assert rows[stage].memory == pytest.approx(1e9 * (entry + 90) + samples[stage] * 4 * dim), stage
+        assert "as dedup's driver measured" in rows[stage].memory_note
         assert f"{cost_model.size(1e9 * 4 * dim)} of scratch disk" in rows[stage].memory_note
         copies = f"each search task copies the index's fast-scan codes, {cost_model.size(1e9 * (dim / 16 + 8))}"
         assert (copies in rows[stage].memory_note) == (stage != "decontam"), stage
+    without_graph = {r.stage: r for r in cost_model.plan(config, 1.2e9, fleet, results)}
     results.append(_m("dedup.driver_bytes_per_edge", 10, "dedup", device="cpu", cores=2))
     with_graph = {r.stage: r for r in cost_model.plan(config, 1.2e9, fleet, results)}
-    assert with_graph["dedup"].memory == pytest.approx(rows["dedup"].memory * 1.2 + 1e8 * 10)  # an edge a removed image
+    assert with_graph["dedup"].memory == pytest.approx(without_graph["dedup"].memory + 1e8 * 10)  # an edge a removal
     most = f"up to k/2 an image in a pool of copies, {cost_model.size(1.2e9 * 32 * 10)}"
     assert most in with_graph["dedup"].memory_note
-    assert with_graph["decontam"].memory == pytest.approx(rows["decontam"].memory * 1.2)
+    assert with_graph["decontam"].memory == without_graph["decontam"].memory
+    results.append(_m("retrieve.driver_bytes_per_image", 128 / 16 + 8 + 150, "d@128", device="cpu", cores=2))
+    own = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, results)}
+    assert own["retrieve"].memory == pytest.approx(rows["retrieve"].memory + 1e9 * 60)
+    assert "as retrieve's driver measured" in own["retrieve"].memory_note
+    assert own["decontam"].memory == rows["decontam"].memory
     text = cost_model.render(list(rows.values()), 1e9, fleet, results)
     largest = max(rows.values(), key=lambda r: r.memory or 0)
     assert f"largest process: at least {cost_model.size(largest.memory)} ({largest.stage})" in text

@@ -141,7 +141,8 @@ def test_semdedup_mode_removes_exact_copies(deduped_run, crawl, pool_truth, tmp_
 
 
 def test_semdedup_compares_a_cluster_in_blocks_of_rows_with_the_same_edges(tmp_path, monkeypatch):
-    """Blocks of 7 rows (clusters span several, the last one short) find the pairs one block finds."""
+    """Blocks of 1,000 similarities (6 rows of a ~150-image cluster, the last block short) find the
+    pairs one block finds."""
     import numpy as np
 
     from curation import dedup
@@ -150,8 +151,8 @@ def test_semdedup_compares_a_cluster_in_blocks_of_rows_with_the_same_edges(tmp_p
     vectors = planted_vectors(600, 32)
     config = dedup.DedupConfig(mode="semdedup", semdedup_clusters=4, semdedup_eps=0.3)
     found = []
-    for block, folder in ((1 << 20, tmp_path / "whole"), (7, tmp_path / "blocks")):
-        monkeypatch.setattr(dedup, "SEMDEDUP_BLOCK", block)
+    for block, folder in ((1 << 26, tmp_path / "whole"), (1000, tmp_path / "blocks")):
+        monkeypatch.setattr(dedup, "SEMDEDUP_PRODUCTS", block)
         edges_dir, _ = dedup.semdedup_edges(vectors, config, folder, seed=0)
         found.append(pq.read_table(edges_dir / "000000000000.parquet"))
     whole, blocks = found
