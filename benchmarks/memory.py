@@ -22,9 +22,9 @@ so they are not memory the machine must have. The growth of that peak over the c
 its imports, as a slope between the two sizes, is the cost of one more item: thread pools, allocator
 arenas and imports drop out. The child shrinks the stages' fixed-size buffers and training samples
 (CHUNK, TRAIN, BATCHES): at full size they are larger than a few hundred thousand images' state,
-the peak falls in them at both sizes, and the slope reads noise (51 to 161 bytes an image for the
-same dedup code, where small buffers read 198 and 201). `--plan` adds the training samples at
-their configured sizes. Recorded (--record): dedup.driver_bytes_per_image and
+the peak falls in them at both sizes, and the slope reads noise; and its allocators give memory
+back as soon as it is freed (LIVE_MEMORY). `--plan` adds the training samples at their configured
+sizes. Recorded (--record): dedup.driver_bytes_per_image and
 retrieve.driver_bytes_per_image at d@DIM, dedup.driver_bytes_per_edge and
 ingest.listing_bytes_per_input.
 """
@@ -149,10 +149,21 @@ def rss_anon(status: str) -> int:
     return int(line.split()[1]) * 1024
 
 
+LIVE_MEMORY = {
+    "MALLOC_MMAP_THRESHOLD_": "131072",
+    "MALLOC_TRIM_THRESHOLD_": "131072",
+    "ARROW_DEFAULT_MEMORY_POOL": "system",
+}
+"""The child's allocators give freed memory back at once (glibc maps every block over 128 KiB and
+trims its heap; Arrow allocates from it): what one allocator keeps after a phase, and when it
+gives it back, varies from run to run, and read as 51 to 161 bytes an image for the same dedup
+code. With these the peak is live memory, and three runs agree within 2%."""
+
+
 def peak_in_child(kind: str, folder: Path) -> dict[str, float]:
     """`measure` in a fresh process, with the highest RssAnon this process saw it hold."""
     command = [sys.executable, __file__, "--measure", kind, str(folder)]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **LIVE_MEMORY})
     status, peak = Path(f"/proc/{child.pid}/status"), 0
     while child.poll() is None:
         try:
