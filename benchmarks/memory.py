@@ -2,13 +2,14 @@
 
     python benchmarks/memory.py [--sizes 200000 400000] [--dim 128] [--record]
 
-Three processes hold something per image of the whole pool, so they set the size of the machine a
-stage needs whatever the fleet (`--plan` states it):
+Four stages' drivers hold something per image of the whole pool, so they set the size of the
+machine a stage needs whatever the fleet (`--plan` states it):
 - dedup: the stage's driver (`dedup.run_dedup`, kNN mode, IVF-PQ as configs/curation/lvd142m.yaml
   has it, search tasks run in the same process) over planted unit vectors; the bare figure is the
   float32 vector's own 4·d bytes, what the stage held per image before the vectors moved into a
-  memory-mapped scratch file. Decontam holds the same kinds of things (keys, an index's codes, a
-  few numbers an image) and `--plan` applies this figure to it;
+  memory-mapped scratch file;
+- decontam: the stage's driver (`decontam.run_decontam`) over the same pool, every image its own
+  dedup component, against an eval set of SEEDS images;
 - the kNN graph: dedup again, over two pools of the larger size made only of groups of copies (17
   and 65 a group: 8 and 32 edges an image), whose difference is all edges; bare: an edge's two
   int64 rows;
@@ -25,7 +26,8 @@ arenas and imports drop out. The child shrinks the stages' fixed-size buffers an
 the peak falls in them at both sizes, and the slope reads noise; and its allocators give memory
 back as soon as it is freed (LIVE_MEMORY). `--plan` adds the training samples at their configured
 sizes. Recorded (--record): dedup.driver_bytes_per_image and
-retrieve.driver_bytes_per_image at d@DIM, dedup.driver_bytes_per_edge and
+retrieve.driver_bytes_per_image and decontam.driver_bytes_per_image at d@DIM,
+dedup.driver_bytes_per_edge and
 ingest.listing_bytes_per_input.
 """
 
@@ -58,8 +60,8 @@ BATCHES = {  # the stage's other fixed-size buffers, as small, for the same reas
 
 
 def write_pool(folder: Path, vectors: np.ndarray) -> None:
-    """An ingest index, the copy role's pool embeddings and a decontam stage that kept them all,
-    as those stages write them; and a seed set of SEEDS near copies of pool images."""
+    """An ingest index, the copy role's pool embeddings, and dedup and decontam stages that kept
+    them all, as those stages write them; and SEEDS pool images again as a seed and an eval set."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -71,11 +73,15 @@ def write_pool(folder: Path, vectors: np.ndarray) -> None:
         rows = slice(start, start + PARTS)
         write_embeddings(folder / "embed" / "copy" / "pool" / f"{part:06d}.parquet", keys[rows], vectors[rows])
     seeds = vectors[:: max(1, n // SEEDS)][:SEEDS]
-    write_embeddings(
-        folder / "embed" / "copy" / "seeds" / "000000.parquet", [f"s{i}" for i in range(len(seeds))], seeds
-    )
-    for stage in ("ingest", "decontam"):
+    for collection in ("seeds", "eval/evals"):
+        write_embeddings(
+            folder / "embed" / "copy" / collection / "000000.parquet", [f"s{i}" for i in range(len(seeds))], seeds
+        )
+    for stage in ("ingest", "dedup", "decontam"):
         (folder / stage).mkdir()
+    components = pa.table({"key": keys, "component": np.arange(n)})
+    pq.write_table(components, folder / "dedup" / "keep.parquet")
+    pq.write_table(components.slice(0, 0), folder / "dedup" / "removed.parquet")
     sizes = np.full(n, 256, np.int32)
     pq.write_table(pa.table({"key": keys, "width": sizes, "height": sizes}), folder / "ingest" / "index.parquet")
     pq.write_table(pa.table({"key": keys}), folder / "decontam" / "keep.parquet")
@@ -118,6 +124,7 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
     """In the child: do the work on `folder`; its item count, bare bytes and RssAnon after imports."""
     import pyarrow.parquet as pq
 
+    from curation.decontam import DecontamConfig, EvalSet, run_decontam
     from curation.dedup import DedupConfig, run_dedup
     from curation.ingest import list_inputs
     from curation.retrieve import run_retrieve
@@ -133,6 +140,10 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
         counts = run_dedup(config, folder / "ingest", folder / "embed", folder / "dedup", serial_map)
         edges = sum(pq.read_metadata(part).num_rows for part in (folder / "dedup" / "edges").glob("*.parquet"))
         return {"items": counts["images"], "after_imports": after_imports, "edges": edges}
+    if kind == "decontam":
+        config = DecontamConfig(eval_sets=[EvalSet(name="evals", path=str(folder))], index=ivf_pq())
+        counts = run_decontam(config, folder / "embed", folder / "dedup", folder / "decontam_run")
+        return {"items": counts["images"], "after_imports": after_imports}
     if kind == "retrieve":
         collections = {"sample": "seeds", "cluster": "seeds"}
         counts = run_retrieve(
@@ -225,6 +236,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     deduped, vector_bare = slope("dedup", args.sizes, args.dim)
     retrieved, _ = slope("retrieve", args.sizes, args.dim)
+    decontaminated, _ = slope("decontam", args.sizes, args.dim)
     listed, listed_bare = slope("listing", args.sizes, args.dim)
     per_edge, edge_bare = edge_cost(args.sizes[1], args.dim)
     print(
@@ -234,6 +246,10 @@ def main() -> None:
     print(
         f"an image retrieved from (d={args.dim}): {retrieved:7,.0f} bytes; its float32 vector {vector_bare:5,.0f}; "
         f"ratio {vector_bare / retrieved:.2f}"
+    )
+    print(
+        f"an image decontaminated (d={args.dim}): {decontaminated:5,.0f} bytes; its float32 vector {vector_bare:5,.0f}; "
+        f"ratio {vector_bare / decontaminated:.2f}"
     )
     print(
         f"a kNN edge deduplicated:         {per_edge:7,.1f} bytes; its two rows        {edge_bare:5,.0f}; "
@@ -248,6 +264,7 @@ def main() -> None:
 
         record("benchmarks/memory.py", "dedup.driver_bytes_per_image", deduped, "bytes", f"d@{args.dim}")
         record("benchmarks/memory.py", "retrieve.driver_bytes_per_image", retrieved, "bytes", f"d@{args.dim}")
+        record("benchmarks/memory.py", "decontam.driver_bytes_per_image", decontaminated, "bytes", f"d@{args.dim}")
         record("benchmarks/memory.py", "dedup.driver_bytes_per_edge", per_edge, "bytes", "dedup")
         record("benchmarks/memory.py", "ingest.listing_bytes_per_input", listed, "bytes", "ingest")
 

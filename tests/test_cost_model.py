@@ -125,7 +125,7 @@ def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config)
     """Ingest's listing per input; the dedup driver measured at one width with IVF-PQ: its bytes
     beyond the index entry carry over, each stage's own index entry (kind, role's width) and its
     largest training sample are added; dedup adds its graph, at least the paper's 1.2B -> 1.1B
-    removed images' edges; retrieve's own measurement replaces dedup's once there is one."""
+    removed images' edges; retrieve's and decontam's own measurements replace dedup's once there are."""
     fleet = cost_model.Fleet(8, "H100", 96)
     unmeasured = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, [])}
     assert unmeasured["dedup"].memory is None
@@ -158,6 +158,10 @@ def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config)
     assert own["retrieve"].memory == pytest.approx(rows["retrieve"].memory + 1e9 * 60)
     assert "as retrieve's driver measured" in own["retrieve"].memory_note
     assert own["decontam"].memory == rows["decontam"].memory
+    results.append(_m("decontam.driver_bytes_per_image", 128 / 16 + 8 + 40, "d@128", device="cpu", cores=2))
+    own = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, results)}
+    assert own["decontam"].memory == pytest.approx(rows["decontam"].memory - 1e9 * 50)
+    assert "as decontam's driver measured" in own["decontam"].memory_note
     text = cost_model.render(list(rows.values()), 1e9, fleet, results)
     largest = max(rows.values(), key=lambda r: r.memory or 0)
     assert f"largest process: at least {cost_model.size(largest.memory)} ({largest.stage})" in text
