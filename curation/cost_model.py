@@ -22,8 +22,9 @@ Scaling rules, per stage:
 
 Memory: ingest's driver lists every input; dedup, decontam and retrieve each hold a key, a few
 numbers and an index entry per pool image (their vectors are memory-mapped from scratch disk,
-`embed.embeddings_on_disk`), and dedup its kNN graph's edges; the curated stage's driver holds its plan. The plan states what that
-process needs, since past one machine's memory no fleet size helps.
+`embed.embeddings_on_disk`) and a training sample, and dedup its kNN graph's edges; the curated
+stage's driver holds its plan. The plan states what that process needs, since past one machine's
+memory no fleet size helps.
 """
 
 from __future__ import annotations

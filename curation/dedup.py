@@ -279,10 +279,8 @@ def _roots(parent: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _flatten(parent: np.ndarray) -> None:
     """Point every row at its root, in place: each pass skips a row to its grandparent, so a chain
     of any length takes a logarithmic number of passes."""
-    while True:
-        np.take(parent, parent, out=parent, mode="clip")
-        if np.array_equal(parent[parent], parent):
-            return
+    while not np.array_equal(grand := parent[parent], parent):
+        parent[:] = grand
 
 
 def choose_kept(labels: np.ndarray, by_key: np.ndarray, preference: np.ndarray) -> np.ndarray:
