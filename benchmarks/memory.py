@@ -14,7 +14,8 @@ machine a stage needs whatever the fleet (`--plan` states it):
   and 65 a group: 8 and 32 edges an image), whose difference is all edges; bare: an edge's two
   int64 rows;
 - retrieve: the stage's driver (`retrieve.run_retrieve`) with a `sample` and a `cluster` row over
-  the same planted pool;
+  the same planted pool; and apart, with one `balanced` row (its hierarchical k-means holds a
+  label, a similarity and a sort of the labels per image);
 - listing: ingest's driver lists every input before any work (`ingest.list_inputs`, here of a
   folder source of empty files under 45-character paths); the bare figure is the path's bytes.
 Each size runs in a fresh child process, and this process polls the child's anonymous resident
@@ -26,7 +27,8 @@ arenas and imports drop out. The child shrinks the stages' fixed-size buffers an
 the peak falls in them at both sizes, and the slope reads noise; and its allocators give memory
 back as soon as it is freed (LIVE_MEMORY). `--plan` adds the training samples at their configured
 sizes. Recorded (--record): dedup.driver_bytes_per_image and
-retrieve.driver_bytes_per_image and decontam.driver_bytes_per_image at d@DIM,
+retrieve.driver_bytes_per_image, retrieve.balanced_bytes_per_image and
+decontam.driver_bytes_per_image at d@DIM,
 dedup.driver_bytes_per_edge and
 ingest.listing_bytes_per_input.
 """
@@ -97,14 +99,17 @@ def ivf_pq() -> IndexSpec:
     return IndexSpec(kind="ivf_pq", device="cpu", train_size=TRAIN)
 
 
-def retrieve_config() -> RetrieveConfig:
-    """A `sample` row and a `cluster` row (lvd142m.yaml has both kinds), IVF-PQ as there."""
-    from curation.retrieve import Cluster, RetrieveConfig, Sample, SeedSet
+def retrieve_config(kind: str) -> RetrieveConfig:
+    """`retrieve`: a `sample` row and a `cluster` row (lvd142m.yaml has both kinds), IVF-PQ as there;
+    `balanced`: one `balanced` row, as many leaves as `cluster` has clusters."""
+    from curation.retrieve import Balanced, Cluster, RetrieveConfig, Sample, SeedSet
 
     rows = [
         SeedSet(name="sample", strategy=Sample(n=4)),
         SeedSet(name="cluster", strategy=Cluster(images_per_cluster=50)),
     ]
+    if kind == "balanced":
+        rows = [SeedSet(name="balanced", strategy=Balanced(images=SEEDS, levels=[TRAIN // 256, 10]))]
     return RetrieveConfig(sources=rows, clusters=TRAIN // 256, role="copy", index=ivf_pq(), chunk_size=CHUNK)
 
 
@@ -144,10 +149,10 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
         config = DecontamConfig(eval_sets=[EvalSet(name="evals", path=str(folder))], index=ivf_pq())
         counts = run_decontam(config, folder / "embed", folder / "dedup", folder / "decontam_run")
         return {"items": counts["images"], "after_imports": after_imports}
-    if kind == "retrieve":
+    if kind in ("retrieve", "balanced"):
         collections = {"sample": "seeds", "cluster": "seeds"}
         counts = run_retrieve(
-            retrieve_config(), folder / "embed", folder / "decontam", collections, folder / "retrieve", serial_map
+            retrieve_config(kind), folder / "embed", folder / "decontam", collections, folder / "retrieve", serial_map
         )
         return {"items": counts["pool"], "after_imports": after_imports}
     inputs = list_inputs([FolderSource(path=folder / "photos")], 1000, folder)
@@ -236,6 +241,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     deduped, vector_bare = slope("dedup", args.sizes, args.dim)
     retrieved, _ = slope("retrieve", args.sizes, args.dim)
+    balanced, _ = slope("balanced", args.sizes, args.dim)
     decontaminated, _ = slope("decontam", args.sizes, args.dim)
     listed, listed_bare = slope("listing", args.sizes, args.dim)
     per_edge, edge_bare = edge_cost(args.sizes[1], args.dim)
@@ -246,6 +252,10 @@ def main() -> None:
     print(
         f"an image retrieved from (d={args.dim}): {retrieved:7,.0f} bytes; its float32 vector {vector_bare:5,.0f}; "
         f"ratio {vector_bare / retrieved:.2f}"
+    )
+    print(
+        f"an image sampled by balanced (d={args.dim}): {balanced:4,.0f} bytes; its float32 vector {vector_bare:5,.0f}; "
+        f"ratio {vector_bare / balanced:.2f}"
     )
     print(
         f"an image decontaminated (d={args.dim}): {decontaminated:5,.0f} bytes; its float32 vector {vector_bare:5,.0f}; "
@@ -264,6 +274,7 @@ def main() -> None:
 
         record("benchmarks/memory.py", "dedup.driver_bytes_per_image", deduped, "bytes", f"d@{args.dim}")
         record("benchmarks/memory.py", "retrieve.driver_bytes_per_image", retrieved, "bytes", f"d@{args.dim}")
+        record("benchmarks/memory.py", "retrieve.balanced_bytes_per_image", balanced, "bytes", f"d@{args.dim}")
         record("benchmarks/memory.py", "decontam.driver_bytes_per_image", decontaminated, "bytes", f"d@{args.dim}")
         record("benchmarks/memory.py", "dedup.driver_bytes_per_edge", per_edge, "bytes", "dedup")
         record("benchmarks/memory.py", "ingest.listing_bytes_per_input", listed, "bytes", "ingest")

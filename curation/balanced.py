@@ -9,6 +9,11 @@ are far more even, without any seed set: DINOv2's "uncurated but balanced" sourc
 Each level's k-means is followed by resampling steps: k-means again on only the points nearest
 each centroid, which pulls centroids away from dense regions towards the support of the data,
 so that dense concepts do not capture most of the clusters.
+
+Level 0 runs on the whole pool, memory-mapped: k-means trains on a sample of
+KMEANS_POINTS_PER_CENTROID points a cluster, and each resampling round and the final assignment
+is one pass over the pool in blocks, so the process holds a cluster and a similarity a point (and,
+to sample, one sort of the clusters) beside the sample. Levels above cluster centroids.
 """
 
 from __future__ import annotations
@@ -18,13 +23,26 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from curation.knn import KMEANS_POINTS_PER_CENTROID, nearest_centroids, row_blocks, training_sample
+
 
 @dataclass(frozen=True)
 class ClusterTree:
-    """parents[0][i]: the level-0 cluster of point i; parents[l][c]: the level-l cluster of level-(l-1) cluster c."""
+    """parents[0][i]: the level-0 cluster of point i; parents[l][c]: the level-l cluster of level-(l-1)
+    cluster c; leaf_similarity[i]: point i's similarity to its level-0 centroid."""
 
     parents: list[np.ndarray]
     leaf_centroids: np.ndarray
+    leaf_similarity: np.ndarray
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level's k-means: its centroids, and each point's cluster and similarity to that centroid."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    similarity: np.ndarray
 
 
 def kmeans_plus_plus(points: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -44,36 +62,49 @@ PLUS_PLUS_BUDGET = 2_000_000_000  # n·k distance evaluations; beyond it (fine l
 
 
 def _kmeans(
-    points: np.ndarray, k: int, iterations: int, seed: int, init: np.ndarray | None = None, gpu: bool = False
-) -> np.ndarray:
+    points: np.ndarray, k: int, iterations: int, seed: int, gpu: bool, init: np.ndarray | None = None
+) -> faiss.Kmeans:
+    """Spherical k-means of `points`, which are in memory: a training sample or a resampling round's points."""
     kmeans = faiss.Kmeans(points.shape[1], k, niter=iterations, seed=seed, spherical=True, gpu=gpu)
     if init is None and len(points) * k <= PLUS_PLUS_BUDGET:
         init = kmeans_plus_plus(points, k, seed)
     kmeans.train(points, init_centroids=init)
-    return kmeans.centroids
+    return kmeans
 
 
-def _assign(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    index = faiss.IndexFlatIP(centroids.shape[1])
-    index.add(centroids)
-    sims, nearest = index.search(points, 1)
-    return nearest[:, 0], sims[:, 0]
+def nearest_points(points: np.ndarray, centroids: np.ndarray, count: int) -> np.ndarray:
+    """The rows of the `count` points nearest each centroid, all centroids' together, sorted. Searched
+    knn.ADD_BATCH points at a time, keeping each centroid's best `count` so far: a flat index of the whole
+    level would copy every point (6 TB for the paper's pool at D=1280)."""
+    best_sims = np.zeros((len(centroids), 0), np.float32)
+    best_rows = np.zeros((len(centroids), 0), np.int64)
+    for block_rows in row_blocks(len(points), "points nearest each centroid"):
+        block = np.ascontiguousarray(points[block_rows])
+        sims, rows = faiss.knn(centroids, block, min(count, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        sims, rows = np.hstack([best_sims, sims]), np.hstack([best_rows, rows + block_rows.start])
+        order = np.lexsort((rows, -sims), axis=1)[:, :count]
+        best_sims, best_rows = np.take_along_axis(sims, order, 1), np.take_along_axis(rows, order, 1)
+    return np.unique(best_rows)
 
 
 def kmeans_with_resampling(
     points: np.ndarray, k: int, iterations: int, steps: int, per_cluster: int, seed: int, gpu: bool = False
-) -> np.ndarray:
-    """k-means, then `steps` rounds of k-means on the `per_cluster` points nearest each centroid."""
-    centroids = _kmeans(points, k, iterations, seed, gpu=gpu)
+) -> Level:
+    """k-means on a sample of KMEANS_POINTS_PER_CENTROID points a cluster, then `steps` rounds of
+    k-means on the `per_cluster` points nearest each centroid; every point assigned to the last
+    centroids. `points` may be memory-mapped: passes over them read knn.ADD_BATCH rows at a time."""
+    kmeans = _kmeans(training_sample(points, KMEANS_POINTS_PER_CENTROID * k, seed), k, iterations, seed, gpu)
     for step in range(steps):
-        index = faiss.IndexFlatIP(points.shape[1])
-        index.add(points)
-        _, nearest = index.search(centroids, min(per_cluster, len(points)))
-        chosen = np.unique(nearest[nearest >= 0])
+        chosen = nearest_points(points, kmeans.centroids, per_cluster)
         if len(chosen) < k:
             break
-        centroids = _kmeans(points[chosen], k, iterations, seed + step + 1, init=centroids, gpu=gpu)
-    return centroids
+        sample = np.ascontiguousarray(points[chosen])
+        kmeans = _kmeans(sample, k, iterations, seed + step + 1, gpu, init=kmeans.centroids)
+    labels = np.empty(len(points), np.int32)
+    similarity = np.empty(len(points), np.float32)
+    for rows, nearest, sims in nearest_centroids(points, kmeans):
+        labels[rows], similarity[rows] = nearest, sims
+    return Level(kmeans.centroids, labels, similarity)
 
 
 def fit_tree(
@@ -85,15 +116,14 @@ def fit_tree(
     seed: int,
     gpu: bool = False,
 ) -> ClusterTree:
-    parents, points, leaf_centroids = [], vectors, None
+    """Each level clusters the centroids of the level below; level 0 clusters `vectors`, in memory or
+    memory-mapped (it holds 8 bytes a point: its cluster and similarity)."""
+    found: list[Level] = []
     for level, k in enumerate(levels):
+        points = found[-1].centroids if found else vectors
         k = min(k, len(points))
-        centroids = kmeans_with_resampling(points, k, iterations, steps, per_cluster, seed + level, gpu)
-        parents.append(_assign(points, centroids)[0])
-        if leaf_centroids is None:
-            leaf_centroids = centroids
-        points = centroids
-    return ClusterTree(parents, leaf_centroids)
+        found.append(kmeans_with_resampling(points, k, iterations, steps, per_cluster, seed + level, gpu))
+    return ClusterTree([f.labels for f in found], found[0].centroids, found[0].similarity)
 
 
 def share(sizes: np.ndarray, budget: int) -> np.ndarray:
@@ -114,16 +144,13 @@ def share(sizes: np.ndarray, budget: int) -> np.ndarray:
 
 def balanced_sample(tree: ClusterTree, budget: int, rng: np.random.Generator) -> np.ndarray:
     """Point indices, top down: each cluster's budget shared evenly by its children; random within leaves."""
-    members_of_leaf = [np.flatnonzero(tree.parents[0] == c) for c in range(len(tree.leaf_centroids))]
+    # members[l][c]: the level-(l-1) clusters (for l = 0, the points) under cluster c of level l
+    members = [Members.of(tree.parents[0], len(tree.leaf_centroids))]
+    members += [Members.of(parents, int(parents.max()) + 1) for parents in tree.parents[1:]]
     # sizes[l][c]: points under cluster c of level l
-    sizes = [np.array([len(m) for m in members_of_leaf])]
+    sizes = [members[0].counts]
     for level in range(1, len(tree.parents)):
-        sizes.append(np.bincount(tree.parents[level], weights=sizes[-1], minlength=tree.parents[level].max() + 1))
-    top = len(tree.parents) - 1
-
-    def children(level: int, cluster: int) -> np.ndarray:
-        return np.flatnonzero(tree.parents[level] == cluster)
-
+        sizes.append(np.bincount(tree.parents[level], weights=sizes[-1], minlength=len(members[level].counts)))
     chosen: list[np.ndarray] = []
 
     def descend(level: int, clusters: np.ndarray, budget: int) -> None:
@@ -131,9 +158,28 @@ def balanced_sample(tree: ClusterTree, budget: int, rng: np.random.Generator) ->
             if n == 0:
                 continue
             if level == 0:
-                chosen.append(rng.choice(members_of_leaf[cluster], size=int(n), replace=False))
+                chosen.append(rng.choice(members[0][cluster], size=int(n), replace=False))
             else:
-                descend(level - 1, children(level, cluster), int(n))
+                descend(level - 1, members[level][cluster], int(n))
 
+    top = len(tree.parents) - 1
     descend(top, np.arange(len(sizes[top])), budget)
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True)
+class Members:
+    """Each group's members (ascending) as slices of one stable sort of the labels: a scan of the
+    labels per group would cost groups × points, 1.2e14 at the paper's pool and 100K leaves."""
+
+    order: np.ndarray
+    counts: np.ndarray
+    bounds: np.ndarray
+
+    @classmethod
+    def of(cls, labels: np.ndarray, groups: int) -> Members:
+        counts = np.bincount(labels, minlength=groups)
+        return cls(np.argsort(labels, kind="stable"), counts, np.concatenate([[0], np.cumsum(counts)]))
+
+    def __getitem__(self, group: int) -> np.ndarray:
+        return self.order[self.bounds[group] : self.bounds[group + 1]]

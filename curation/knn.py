@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import faiss
 import numpy as np
 from pydantic import Field
+from tqdm import tqdm
 
 from foundation.config import Section
 from foundation.files import atomic_path
@@ -103,12 +106,27 @@ def spherical_kmeans(
     kmeans.train(training_sample(vectors, KMEANS_POINTS_PER_CENTROID * k, seed))
     assignment = np.empty(len(vectors), np.int64)
     similarity = np.empty(len(vectors), np.float32)
-    for start in range(0, len(vectors), ADD_BATCH):
-        block = np.ascontiguousarray(vectors[start : start + ADD_BATCH])
-        rows = slice(start, start + len(block))
-        assignment[rows] = kmeans.index.search(block, 1)[1][:, 0]
-        similarity[rows] = np.einsum("nd,nd->n", block, kmeans.centroids[assignment[rows]])
+    for rows, nearest, sims in nearest_centroids(vectors, kmeans):
+        assignment[rows], similarity[rows] = nearest, sims
     return kmeans.centroids, assignment, similarity
+
+
+def nearest_centroids(vectors: np.ndarray, kmeans: faiss.Kmeans) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+    """(rows, each row's nearest centroid, its similarity) for ADD_BATCH rows of `vectors` at a time,
+    searched in the trained `kmeans.index` (on GPU when it was trained there); a memory-mapped pool
+    is read once and never held. Similarities are each pair's own dot product (see `spherical_kmeans`)."""
+    for rows in row_blocks(len(vectors), "assign to centroids"):
+        block = np.ascontiguousarray(vectors[rows])
+        nearest = kmeans.index.search(block, 1)[1][:, 0]
+        yield rows, nearest, np.einsum("nd,nd->n", block, kmeans.centroids[nearest])
+
+
+def row_blocks(n: int, desc: str) -> Iterator[slice]:
+    """Rows [0, n) as ADD_BATCH-row slices, with a progress bar when there are several: a pass over a
+    billion-image pool is hours of work."""
+    starts = range(0, n, ADD_BATCH)
+    for start in tqdm(starts, desc=desc, unit="block", file=sys.stderr, disable=len(starts) < 2):
+        yield slice(start, min(n, start + ADD_BATCH))
 
 
 def pair_similarity(vectors: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -366,10 +366,9 @@ def balanced(pool: Pool, strategy: Balanced, iterations: int, seed: int, gpu: bo
         pool.vectors, strategy.levels, iterations, strategy.resampling_steps, strategy.resample_points, seed, gpu
     )
     rows = balanced_sample(tree, strategy.images, np.random.default_rng(seed))
-    leaves = tree.parents[0][rows]
-    sims = np.einsum("ij,ij->i", pool.vectors[rows], tree.leaf_centroids[leaves])
     cause = "" if len(rows) == strategy.images else f"the pool holds only {len(pool.keys)} images"
-    return Selection(keys_at(pool.keys, rows), POOL, cluster_names(leaves), sims, strategy.images, cause)
+    leaves = cluster_names(tree.parents[0][rows])
+    return Selection(keys_at(pool.keys, rows), POOL, leaves, tree.leaf_similarity[rows], strategy.images, cause)
 
 
 def run_retrieve(

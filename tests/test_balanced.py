@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from curation.balanced import balanced_sample, fit_tree, share
+from curation import knn
+from curation.balanced import Members, balanced_sample, fit_tree, nearest_points, share
 from curation.pipeline import curate
 from curation.run_config import CurationConfig
 from curation.synth.crawl import make_crawl
@@ -44,6 +46,36 @@ def test_balanced_sample_evens_out_a_long_tail_that_random_sampling_keeps():
     assert counts[-1] == SIZES[-1]  # the rarest concept is taken whole
     assert counts.max() <= 2 * 250 / len(SIZES)  # no concept gets more than twice an even share
     assert random_counts.max() > 0.7 * 250 and random_counts[-2:].sum() <= 5  # what random does instead
+
+
+def test_nearest_points_in_blocks_are_one_flat_search_of_every_point(monkeypatch):
+    rng = np.random.default_rng(1)
+    points, centroids = rng.normal(size=(500, 16)).astype(np.float32), rng.normal(size=(9, 16)).astype(np.float32)
+    _, rows = faiss.knn(centroids, points, 5, metric=faiss.METRIC_INNER_PRODUCT)
+    expected = np.unique(rows)
+    for batch in (7, 100, 250, 1 << 18):
+        monkeypatch.setattr(knn, "ADD_BATCH", batch)
+        assert np.array_equal(nearest_points(points, centroids, 5), expected), batch
+
+
+def test_a_tree_over_a_memory_mapped_pool_read_in_blocks_is_the_tree_in_memory(monkeypatch, tmp_path):
+    vectors, _ = _long_tailed()
+    in_memory = fit_tree(vectors, [50, 15, 5], iterations=20, steps=3, per_cluster=5, seed=0)
+    np.save(tmp_path / "pool.npy", vectors)
+    monkeypatch.setattr(knn, "ADD_BATCH", 512)  # 10 blocks
+    mapped = fit_tree(np.load(tmp_path / "pool.npy", mmap_mode="r"), [50, 15, 5], 20, 3, 5, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(in_memory.parents, mapped.parents, strict=True))
+    assert np.array_equal(in_memory.leaf_similarity, mapped.leaf_similarity)
+    leaves = in_memory.leaf_centroids[in_memory.parents[0]]
+    assert np.allclose(in_memory.leaf_similarity, np.einsum("nd,nd->n", vectors, leaves), atol=1e-6)
+
+
+def test_members_are_each_groups_rows_in_order():
+    labels = np.random.default_rng(2).integers(0, 40, size=3000).astype(np.int32)
+    members = Members.of(labels, 45)  # five groups empty
+    for group in range(45):
+        assert np.array_equal(members[group], np.flatnonzero(labels == group))
+    assert members.counts.sum() == len(labels)
 
 
 def test_levels_must_shrink():
