@@ -16,7 +16,9 @@ Scaling rules, per stage:
 - decontam: an index over the pool (building it assigns N vectors to 2·sqrt(N) lists) plus the
   eval images' search: N·sqrt(N), from the size it was measured at;
 - retrieve: the cluster rows' k-means, (iterations x min(N, 256·K) training points + N assigned)
-  x K clusters x 2·D FLOPs; the sample rows' search is small beside it and not counted;
+  x K clusters x 2·D FLOPs, and each balanced row's hierarchical k-means (the same per level, plus
+  a pass over the level's points per resampling step); the sample rows' search is small beside it
+  and not counted. It runs in the driver, so on one node's GPUs whatever the fleet;
 - curated: linear in the curated images, spread over CPU cores (one task per output shard; the
   rate is per worker process).
 
@@ -35,6 +37,7 @@ from dataclasses import dataclass, replace
 
 from curation.knn import KMEANS_POINTS_PER_CENTROID, IndexSpec
 from curation.measurements import Measurement, latest
+from curation.retrieve import SeedSet
 from curation.run_config import CurationConfig
 from foundation.errors import ConfigError
 from foundation.gpus import gpu_peak
@@ -45,6 +48,7 @@ class Fleet:
     gpus: int
     gpu: str | None
     cpus: int
+    node_gpus: int = 0  # one node's GPUs (the last count of NODESxGPUSxKIND); 0: all on one node
 
     @classmethod
     def parse(cls, gpus: str | None, cpus: int | None) -> Fleet:
@@ -54,8 +58,13 @@ class Fleet:
         match = re.fullmatch(r"((?:\d+x)+)([A-Za-z][\w-]*)", gpus)
         if not match:
             raise ConfigError(f"--gpus {gpus!r}: expected COUNTxKIND, e.g. 8xH100 or 20x8xV100")
-        count = math.prod(int(n) for n in match.group(1).rstrip("x").split("x"))
-        return cls(count, match.group(2), cpus or 12 * count)
+        counts = [int(n) for n in match.group(1).rstrip("x").split("x")]
+        return cls(math.prod(counts), match.group(2), cpus or 12 * math.prod(counts), counts[-1])
+
+    @property
+    def driver_gpus(self) -> int:
+        """The GPUs work in the stage driver itself (retrieve's k-means) can use: one node's."""
+        return self.node_gpus or self.gpus
 
     @property
     def device(self) -> str:
@@ -202,17 +211,49 @@ def _decontam(config: CurationConfig, pool: float, fleet: Fleet, results: list[M
 
 
 def _retrieve(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
-    clusters, iterations = config.retrieve.clusters, config.retrieve.kmeans_iterations
     dim = _dim(config, config.retrieve.role)
-    point_clusters = (iterations * min(pool, 256 * clusters) + pool) * clusters
-    work = f"k-means of {pool:.3g} vectors into {clusters:,} clusters, {iterations} iterations (d={dim})"
+    point_clusters, work = _kmeans_work(config, pool)
+    work = f"{work}, {config.retrieve.kmeans_iterations} iterations (d={dim})"
     rate = _index_rate("retrieve.kmeans_point_clusters_per_s", "d", fleet, results)
     if rate is not None:
         measured_dim = float(rate.subject.split("@")[1])
-        return _scaled("retrieve", work, point_clusters * dim / measured_dim, rate, fleet, "per point-cluster x d")
-    return _estimate("retrieve", work, point_clusters * 2 * dim, fleet, "kmeans", "fp32") or _missing(
-        "retrieve", work, f"python benchmarks/downstream.py --record on {fleet.device}"
-    )
+        row = _scaled("retrieve", work, point_clusters * dim / measured_dim, rate, fleet, "per point-cluster x d")
+    else:
+        row = _estimate("retrieve", work, point_clusters * 2 * dim, fleet, "kmeans", "fp32") or _missing(
+            "retrieve", work, f"python benchmarks/downstream.py --record on {fleet.device}"
+        )
+    if not row.on_gpu:
+        return row
+    note = f"{row.note}; k-means runs in the driver, on its node's {fleet.driver_gpus} GPUs"
+    return replace(row, wall_hours=row.device_hours / fleet.driver_gpus, note=note)
+
+
+def _kmeans_work(config: CurationConfig, pool: float) -> tuple[float, str]:
+    """Point-cluster products of retrieve's k-means, and what they are: the `cluster` rows' shared
+    k-means (iterations over min(N, 256·K) training points, then N assigned), and each `balanced`
+    row's levels (the same, plus per resampling step a pass over the level's points and k-means on
+    the points nearest each centroid)."""
+    retrieve, iterations = config.retrieve, config.retrieve.kmeans_iterations
+    products, work = 0.0, []
+    if any(row.strategy.kind == "cluster" for row in retrieve.sources):
+        products += (iterations * min(pool, KMEANS_POINTS_PER_CENTROID * retrieve.clusters) + pool) * retrieve.clusters
+        work.append(f"k-means of {pool:.3g} vectors into {retrieve.clusters:,} clusters")
+    for row in _balanced_rows(config):
+        points, steps = pool, row.strategy.resampling_steps
+        for k in row.strategy.levels:
+            k = min(k, points)
+            trained, resampled = (
+                min(points, KMEANS_POINTS_PER_CENTROID * k),
+                min(points, k * row.strategy.resample_points),
+            )
+            products += (iterations * trained + steps * (points + iterations * resampled) + points) * k
+            points = k
+        work.append(f"{row.name}: hierarchical k-means into {row.strategy.levels} clusters, {steps} resampling steps")
+    return products, "; ".join(work) or "no k-means (no cluster or balanced row)"
+
+
+def _balanced_rows(config: CurationConfig) -> list[SeedSet]:
+    return [row for row in config.retrieve.sources if row.strategy.kind == "balanced"]
 
 
 def _curated(config: CurationConfig, fleet: Fleet, results: list[Measurement]) -> PlanRow:
@@ -236,7 +277,7 @@ def _driver_memory(
     """`row` with the memory of the stage's driver: its measured bytes an image (dedup's, for a stage
     not measured itself), with the measured index entry swapped for this stage's (kind and width);
     the largest sample it trains on in memory; and the scratch disk its memory-mapped vectors take."""
-    driver = _driver_measurement(row.stage, results)
+    driver = _driver_measurement(row.stage, config, results)
     if driver is None:
         return replace(row, memory_note="memory: not measured; run python benchmarks/memory.py --record")
     dim = _dim(config, role)
@@ -256,13 +297,19 @@ def _driver_memory(
     return replace(row, memory=pool * per_image + sample * 4 * dim, memory_note=why)
 
 
-def _driver_measurement(stage: str, results: list[Measurement]) -> Measurement | None:
-    """The newest record of the stage driver's bytes an image, or of dedup's where it has none."""
-    for metric in (f"{stage}.driver_bytes_per_image", "dedup.driver_bytes_per_image"):
-        measured = [m for m in results if m.metric == metric and m.device == "cpu"]
-        if measured:
-            return max(reversed(measured), key=lambda m: m.date)
-    return None
+def _driver_measurement(stage: str, config: CurationConfig, results: list[Measurement]) -> Measurement | None:
+    """The newest record of the stage driver's bytes an image (for retrieve with a `balanced` row, the
+    larger of its two drivers' figures: rows run one after another), or of dedup's where it has none."""
+    metrics = [f"{stage}.driver_bytes_per_image"]
+    if stage == "retrieve" and _balanced_rows(config):
+        metrics.append("retrieve.balanced_bytes_per_image")
+    own = [m for m in (_newest_on_cpu(metric, results) for metric in metrics) if m is not None]
+    return max(own, key=lambda m: m.value) if own else _newest_on_cpu("dedup.driver_bytes_per_image", results)
+
+
+def _newest_on_cpu(metric: str, results: list[Measurement]) -> Measurement | None:
+    measured = [m for m in results if m.metric == metric and m.device == "cpu"]
+    return max(reversed(measured), key=lambda m: m.date) if measured else None
 
 
 def _training_sample(stage: str, config: CurationConfig, spec: IndexSpec, pool: float) -> tuple[float, str]:
@@ -275,6 +322,9 @@ def _training_sample(stage: str, config: CurationConfig, spec: IndexSpec, pool: 
     if stage == "retrieve" and any(row.strategy.kind == "cluster" for row in config.retrieve.sources):
         points = min(pool, KMEANS_POINTS_PER_CENTROID * config.retrieve.clusters)
         samples.append((points, f"k-means' training sample ({KMEANS_POINTS_PER_CENTROID} points a cluster)"))
+    for row in _balanced_rows(config) if stage == "retrieve" else []:
+        points = min(pool, KMEANS_POINTS_PER_CENTROID * row.strategy.levels[0])
+        samples.append((points, f"{row.name}'s finest k-means' training sample"))
     return max(samples)
 
 

@@ -28,8 +28,9 @@ def config() -> CurationConfig:
 
 
 def test_fleet_parsing():
-    assert cost_model.Fleet.parse("20x8xV100", None) == cost_model.Fleet(160, "V100", 1920)
-    assert cost_model.Fleet.parse("8xH100", 64) == cost_model.Fleet(8, "H100", 64)
+    assert cost_model.Fleet.parse("20x8xV100", None) == cost_model.Fleet(160, "V100", 1920, 8)
+    assert cost_model.Fleet.parse("8xH100", 64) == cost_model.Fleet(8, "H100", 64, 8)
+    assert cost_model.Fleet(16, "H100", 96).driver_gpus == 16  # no node count: one node
     assert cost_model.Fleet.parse(None, 4) == cost_model.Fleet(0, None, 4)
     with pytest.raises(ConfigError, match="COUNTxKIND"):
         cost_model.Fleet.parse("H100", None)
@@ -99,6 +100,39 @@ def test_without_a_gpu_record_a_stage_is_estimated_from_its_flops(config):
     flops = (20 * 256 * clusters + 1.2e9) * clusters * 2 * 1280
     assert rows["retrieve"].device_hours == pytest.approx(flops / (0.5 * 66.9e12) / 3600)
     assert rows["ingest"].basis == "missing" and rows["curated"].basis == "missing"
+
+
+def test_retrieve_k_means_runs_on_the_driver_nodes_gpus_and_counts_balanced_rows(config):
+    """The k-means is the driver's own work: on one node's GPUs, not the fleet's. A balanced row adds
+    its levels' k-means with a pass over the level's points per resampling step, its training sample,
+    and its driver's figure where that is the larger."""
+    fleet = cost_model.Fleet.parse("20x8xV100", None)
+    rows = {r.stage: r for r in cost_model.plan(config, 1.2e9, fleet, [])}
+    assert rows["retrieve"].wall_hours == pytest.approx(rows["retrieve"].device_hours / 8)
+    assert rows["dedup"].wall_hours == pytest.approx(rows["dedup"].device_hours / 160)  # search tasks: the fleet
+    assert "on its node's 8 GPUs" in rows["retrieve"].note
+    balanced = {"kind": "balanced", "images": 1000, "levels": [1000, 100], "resampling_steps": 2, "resample_points": 5}
+    tree = config.model_dump(mode="json")
+    tree["retrieve"]["sources"].append({"name": "web", "strategy": balanced})
+    with_balanced = CurationConfig.model_validate(tree)
+    level_0 = (20 * 256_000 + 2 * (1.2e9 + 20 * 5_000) + 1.2e9) * 1000
+    level_1 = (20 * 1000 + 2 * (1000 + 20 * 500) + 1000) * 100
+    extra = {r.stage: r for r in cost_model.plan(with_balanced, 1.2e9, fleet, [])}["retrieve"]
+    flops = (level_0 + level_1) * 2 * 1280
+    assert extra.device_hours - rows["retrieve"].device_hours == pytest.approx(flops / (0.5 * 15.7e12) / 3600)
+    assert "web: hierarchical k-means into [1000, 100] clusters, 2 resampling steps" in extra.work
+    results = [
+        _m("retrieve.driver_bytes_per_image", 100, "d@128", device="cpu", cores=2),
+        _m("retrieve.balanced_bytes_per_image", 130, "d@128", device="cpu", cores=2),
+    ]
+    plain = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, results)}["retrieve"]
+    both = {r.stage: r for r in cost_model.plan(with_balanced, 1e9, fleet, results)}["retrieve"]
+    assert both.memory - plain.memory == pytest.approx(1e9 * 30)  # the sample: cluster rows' 256 x 100K is larger
+    tree["retrieve"]["sources"][-1]["strategy"]["levels"] = [400_000, 100]
+    finer = CurationConfig.model_validate(tree)
+    fine = {r.stage: r for r in cost_model.plan(finer, 1e9, fleet, results)}["retrieve"]
+    assert fine.memory - both.memory == pytest.approx(256 * 300_000 * 4 * 1280)
+    assert "web's finest k-means' training sample" in fine.memory_note
 
 
 def test_cpu_rates_are_per_machine_and_spread_over_cores(config):
