@@ -103,3 +103,30 @@ def test_curation_rayjob_runs_the_full_config():
     job = yaml.safe_load(RAYJOBS[0].read_text())
     assert job["spec"]["entrypoint"].startswith("python -m pipelines.curate configs/curation/lvd142m.yaml")
     assert (DOCKER.parent / "configs/curation/lvd142m.yaml").is_file()
+
+
+def test_curation_rayjob_head_can_hold_the_largest_driver_the_plan_states_at_the_papers_size():
+    """Every stage's driver runs in the job's driver process on the head: it must have the memory
+    `--plan` states for the largest of them at 1.2B images on the recorded measurements (dedup's
+    graph at the paper's rate), and GPUs kept from Ray for retrieve's k-means."""
+    from curation import cost_model
+    from curation.measurements import load
+    from curation.run_config import CurationConfig
+    from foundation.config import load_config
+
+    job = yaml.safe_load(RAYJOBS[0].read_text())
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]
+    limits = head["template"]["spec"]["containers"][0]["resources"]["limits"]
+    config = load_config(CurationConfig, DOCKER.parent / "configs/curation/lvd142m.yaml")
+    results = load(DOCKER.parent / "benchmarks/results.jsonl")
+    rows = cost_model.plan(config, 1.2e9, cost_model.Fleet.parse("20x8xV100", None), results)
+    largest = max(rows, key=lambda row: row.memory or 0)
+    needed = f"{largest.stage}: {cost_model.size(largest.memory or 0)}"
+    assert largest.memory and _bytes(limits["memory"]) >= largest.memory, needed
+    assert int(limits["nvidia.com/gpu"]) >= 1 and head["rayStartParams"]["num-gpus"] == "0"
+
+
+def _bytes(quantity: str) -> float:
+    """A Kubernetes memory quantity (binary suffixes) in bytes."""
+    number, suffix = re.fullmatch(r"([\d.]+)([KMGT]i)?", quantity).groups()
+    return float(number) * 1024 ** ("_KMGT".index(suffix[0]) if suffix else 0)
