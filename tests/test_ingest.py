@@ -13,7 +13,7 @@ import pytest
 
 from curation import ingest as ingest_stage
 from curation import sources
-from curation.ingest import key_of, list_inputs
+from curation.ingest import key_numbers, key_of, list_inputs
 from curation.pipeline import curate
 from curation.run_config import load_curation_config
 from curation.rundir import RunDir
@@ -150,6 +150,12 @@ def test_two_sources_that_name_the_same_input_are_refused_naming_both(tmp_path):
     with pytest.raises(CorruptInput, match=re.escape(message)):
         list_inputs(sources, 1000, tmp_path)
     assert list_inputs(sources[1:], 1000, tmp_path) == 3
+
+
+def test_key_numbers_are_the_keys_hex_digits_read_as_numbers():
+    identities = ["photos/a/x.jpg", "", "crawl/ü/é.jpg", "shards/000001.tar/000001/0007.jpg"]
+    assert key_numbers(identities).tolist() == [int(key_of(i), 16) for i in identities]
+    assert key_numbers([]).dtype == np.uint64 and len(key_numbers([])) == 0
 
 
 def test_the_listing_gives_each_shard_its_sorted_inputs_in_a_row_group(tmp_path, monkeypatch):
