@@ -113,18 +113,6 @@ def retrieve_config(kind: str) -> RetrieveConfig:
     return RetrieveConfig(sources=rows, clusters=TRAIN // 256, role="copy", index=ivf_pq(), chunk_size=CHUNK)
 
 
-PHOTO = "photos/0000/img_00000000.jpg"  # every listed path is as long as this one
-
-
-def write_crawl(folder: Path, n: int) -> None:
-    """A folder source of `n` empty files, 1,000 a folder."""
-    for start in range(0, n, 1000):
-        below = folder / "photos" / f"{start // 1000:04d}"
-        below.mkdir(parents=True)
-        for i in range(start, min(n, start + 1000)):
-            (below / f"img_{i:08d}.jpg").touch()
-
-
 def measure(kind: str, folder: Path) -> dict[str, float]:
     """In the child: do the work on `folder`; its item count, bare bytes and RssAnon after imports."""
     import pyarrow.parquet as pq
@@ -134,6 +122,7 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
     from curation.ingest import list_inputs
     from curation.retrieve import run_retrieve
     from curation.sources import FolderSource
+    from curation.synth.crawl import EMPTY_PHOTO
     from foundation.executors import serial_map
 
     for module, sizes in BATCHES.items():
@@ -156,7 +145,7 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
         )
         return {"items": counts["pool"], "after_imports": after_imports}
     inputs = list_inputs([FolderSource(path=folder / "photos")], 1000, folder)
-    return {"items": inputs, "after_imports": after_imports, "bare": inputs * len(str(folder / PHOTO))}
+    return {"items": inputs, "after_imports": after_imports, "bare": inputs * len(str(folder / EMPTY_PHOTO))}
 
 
 def rss_anon(status: str) -> int:
@@ -195,12 +184,13 @@ def peak_in_child(kind: str, folder: Path) -> dict[str, float]:
 
 def slope(kind: str, sizes: list[int], dim: int) -> tuple[float, float]:
     """Bytes one more item costs, and its bare bytes, between the two sizes."""
+    from curation.synth.crawl import empty_photos
     from curation.synth.vectors import planted_vectors
 
     found = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            write_crawl(Path(tmp), n) if kind == "listing" else write_pool(Path(tmp), planted_vectors(n, dim))
+            empty_photos(Path(tmp), n) if kind == "listing" else write_pool(Path(tmp), planted_vectors(n, dim))
             found.append(peak_in_child(kind, Path(tmp)))
     items = found[1]["items"] - found[0]["items"]
     grown = [f["peak"] - f["after_imports"] for f in found]

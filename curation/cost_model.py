@@ -8,7 +8,8 @@ Every figure is one of three kinds, and the plan says which:
 - missing: neither, with the benchmark command that would measure it.
 
 Scaling rules, per stage:
-- ingest: linear in images, spread over CPU cores (the rate is per worker process);
+- ingest: linear in images, spread over CPU cores (the rate is per worker process), after the
+  driver has listed every input in one process (linear, not spread);
 - embed: linear in images, per role's model, spread over GPUs (or CPU cores); the CPU cores a GPU
   fleet needs to decode JPEGs for it come from the measured decode rate per core;
 - dedup kNN graph: per-query cost grows like sqrt(N) for IVF indexes (nlist = 2·sqrt(N) lists,
@@ -130,11 +131,23 @@ def _ingest(pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
         return _missing("ingest", work, "python benchmarks/ingest.py --record")
     core_hours = pool / rate.value / 3600
     row = PlanRow("ingest", work, rate, core_hours, core_hours / fleet.cpus, f"{fleet.cpus} CPU workers (core-hours)")
+    row = _listing_time(row, pool, results)
     listing = latest(results, "ingest.listing_bytes_per_input", "ingest", "cpu")
     if listing is None:
         return replace(row, memory_note="memory: not measured; run python benchmarks/memory.py --record")
     why = f"the driver's listing of every input (Arrow), {listing.value:,.0f} bytes an input [{listing.cite()}]"
     return replace(row, memory=pool * listing.value, memory_note=why)
+
+
+def _listing_time(row: PlanRow, pool: float, results: list[Measurement]) -> PlanRow:
+    """`row` (ingest's) with the driver's listing of every input, which runs before any worker in
+    one process: its hours add to the wall time whatever the fleet."""
+    rate = latest(results, "ingest.listing_inputs_per_s", "folder", "cpu")
+    if rate is None:
+        return replace(row, note=f"{row.note}; listing: not measured, run python benchmarks/ingest.py --record")
+    hours = pool / rate.value / 3600
+    note = f"{row.note}; plus {hours:,.2f} h listing every input in the driver first, {rate.value:,.0f} inputs/s [{rate.cite()}]"
+    return replace(row, device_hours=row.device_hours + hours, wall_hours=row.wall_hours + hours, note=note)
 
 
 def _embed(role: str, model: str, pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:

@@ -74,6 +74,16 @@ def test_plan_arithmetic_follows_the_measured_rates(config):
     assert "unmeasured stages: curated" in text
 
 
+def test_the_drivers_listing_adds_its_hours_to_ingest_whatever_the_fleet(config):
+    ingest = _m("ingest.images_per_s_per_worker", 2000, "ingest", device="cpu", cores=2)
+    listing = _m("ingest.listing_inputs_per_s", 400_000, "folder", device="cpu", cores=2)
+    for fleet in (cost_model.Fleet(8, "H100", 96), cost_model.Fleet(0, None, 4000)):
+        row = cost_model.plan(config, 1.2e9, fleet, [ingest, listing])[0]
+        assert row.wall_hours == pytest.approx(1.2e9 / 2000 / 3600 / fleet.cpus + 1.2e9 / 400_000 / 3600)
+        assert "plus 0.83 h listing every input in the driver first, 400,000 inputs/s" in row.note
+    assert "listing: not measured" in cost_model.plan(config, 1.2e9, fleet, [ingest])[0].note
+
+
 def test_decode_cores_follow_the_fastest_embed_pass_and_the_measured_rates(config):
     fleet = cost_model.Fleet(8, "H100", 96)
     copy_model = config.embed.models["copy"].name

@@ -383,3 +383,17 @@ def _curation_config(seed: int, spec: CrawlSpec = DEMO) -> dict[str, object]:
             ],
         },
     }
+
+
+EMPTY_PHOTO = "photos/0000/img_00000000.jpg"  # every path `empty_photos` writes is as long as this one
+
+
+def empty_photos(folder: Path, n: int) -> Path:
+    """`folder/photos/`, holding `n` empty files, 1,000 a folder: what listing a crawl costs depends
+    on its paths, not on their bytes, so the listing's benchmarks list these."""
+    for start in range(0, n, 1000):
+        below = folder / "photos" / f"{start // 1000:04d}"
+        below.mkdir(parents=True)
+        for i in range(start, min(n, start + 1000)):
+            (below / f"img_{i:08d}.jpg").touch()
+    return folder / "photos"
