@@ -129,14 +129,18 @@ def _ingest(pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
     rate = latest(results, "ingest.images_per_s_per_worker", "ingest", "cpu")
     if rate is None:
         return _missing("ingest", work, "python benchmarks/ingest.py --record")
-    core_hours = pool / rate.value / 3600
-    row = PlanRow("ingest", work, rate, core_hours, core_hours / fleet.cpus, f"{fleet.cpus} CPU workers (core-hours)")
-    row = _listing_time(row, pool, results)
+    row = _listing_time(_on_cpu_workers("ingest", work, pool, rate, fleet), pool, results)
     listing = latest(results, "ingest.listing_bytes_per_input", "ingest", "cpu")
     if listing is None:
         return replace(row, memory_note="memory: not measured; run python benchmarks/memory.py --record")
     why = f"the driver's listing of every input (Arrow), {listing.value:,.0f} bytes an input [{listing.cite()}]"
     return replace(row, memory=pool * listing.value, memory_note=why)
+
+
+def _on_cpu_workers(stage: str, work: str, items: float, rate: Measurement, fleet: Fleet) -> PlanRow:
+    """`items` at `rate` a worker process, a worker a core: core-hours, spread over the fleet's cores."""
+    core_hours = items / rate.value / 3600
+    return PlanRow(stage, work, rate, core_hours, core_hours / fleet.cpus, f"{fleet.cpus} CPU workers (core-hours)")
 
 
 def _listing_time(row: PlanRow, pool: float, results: list[Measurement]) -> PlanRow:
@@ -275,8 +279,7 @@ def _curated(config: CurationConfig, fleet: Fleet, results: list[Measurement]) -
     rate = latest(results, "assemble.images_per_s_per_worker", "assemble", "cpu")
     if rate is None:
         return _missing("curated", work, "python benchmarks/downstream.py --record")
-    core_hours = images / rate.value / 3600
-    row = PlanRow("curated", work, rate, core_hours, core_hours / fleet.cpus, f"{fleet.cpus} CPU workers (core-hours)")
+    row = _on_cpu_workers("curated", work, images, rate, fleet)
     driver = latest(results, "assemble.plan_bytes_per_image", "assemble", "cpu")
     if driver is None:
         return row
