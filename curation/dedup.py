@@ -26,6 +26,7 @@ the two vectors, so they do not depend on chunking or on which side found the ed
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,9 @@ class DedupConfig(Section):
     k: int = Field(64, ge=1, description="neighbours searched per image (paper: 64)")
     threshold: float = Field(0.6, gt=-1, le=1, description="edge when cosine >= threshold (paper: 0.6 with SSCD)")
     index: IndexSpec = IndexSpec()
-    semdedup_clusters: int = Field(100, ge=1)
+    semdedup_clusters: int | None = Field(
+        None, ge=1, description="k-means clusters; default one per SEMDEDUP_CLUSTER_IMAGES pool images"
+    )
     semdedup_eps: float = Field(0.05, gt=0, lt=1, description="pairs at cosine >= 1 - eps are duplicates")
     semdedup_keep: Literal["farthest", "nearest"] = Field("farthest", description="from the cluster centroid")
     chunk_size: int = Field(50_000, ge=1, description="query rows per search task")
@@ -164,20 +167,26 @@ def knn_edges(vectors_path: Path, n: int, config: DedupConfig, work_dir: Path, m
     return edges_dir
 
 
+SEMDEDUP_CLUSTER_IMAGES = 10_000
+"""Pool images a semdedup cluster holds by default (SemDeDup ran 50,000 clusters over LAION-440M,
+8,800 images each). A cluster is compared with itself, so the pool costs N x this many products;
+a fixed number of clusters would make it N^2 / clusters (1.2e16 at 1.2B images in 100 clusters)."""
+
 SEMDEDUP_PRODUCTS = 1 << 26
 """Similarities computed at once (256 MB): a block of a cluster's rows against the whole cluster,
-as many rows as fit. A cluster's full matrix grows with the square of its size (a 100K-image
-cluster would be 40 GB), and even one fixed block of rows would not fit against a 12M-image
-cluster (1.2B images in the default 100 clusters)."""
+as many rows as fit. A cluster's full matrix grows with the square of its size, and a configured
+cluster count can leave clusters of millions."""
 
 
 def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, seed: int) -> tuple[Path, np.ndarray]:
-    """Within-cluster pairs at cosine >= 1 - eps; returns the edge folder and each vector's centroid similarity."""
-    clusters = min(config.semdedup_clusters, len(vectors))
+    """Within-cluster pairs at cosine >= 1 - eps, into edge work files a bounded batch at a time;
+    returns their folder and each vector's centroid similarity."""
+    clusters = config.semdedup_clusters or math.ceil(len(vectors) / SEMDEDUP_CLUSTER_IMAGES)
+    clusters = min(clusters, len(vectors))
     _, assignment, centroid_similarity = spherical_kmeans(vectors, clusters, 20, seed)
     order = np.argsort(assignment, kind="stable")  # each cluster's rows, ascending, without a pass per cluster
     bounds = np.searchsorted(assignment[order], np.arange(clusters + 1))
-    parts = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
+    edges = EdgeFiles(work_dir / ROW_EDGES)
     for cluster in range(clusters):
         members = order[bounds[cluster] : bounds[cluster + 1]]
         member_vectors = vectors[members]
@@ -187,13 +196,38 @@ def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, see
             rows, cols = np.nonzero(sims >= 1 - config.semdedup_eps)
             upper = cols > rows + start  # each pair once, never an image with itself
             rows, cols = rows[upper], cols[upper]
-            parts.append((members[rows + start], members[cols], sims[rows, cols]))
-    src, dst, sim = (np.concatenate(p) for p in zip(*parts, strict=True))
-    edges_dir = work_dir / ROW_EDGES
-    edges_dir.mkdir(parents=True, exist_ok=True)
-    table = pa.table({"src": src, "dst": dst, "similarity": sim.astype(np.float32)}, schema=EDGE_SCHEMA)
-    pq.write_table(table.sort_by([("src", "ascending"), ("dst", "ascending")]), edges_dir / "000000000000.parquet")
-    return edges_dir, centroid_similarity
+            edges.add(members[rows + start], members[cols], sims[rows, cols])
+    edges.close()
+    return edges.folder, centroid_similarity
+
+
+class EdgeFiles:
+    """Edges (row, row, similarity) written into `folder` as they come, EDGE_FILE_ROWS a file: the
+    driver holds one file's worth, not the graph (which `unique_edges` then reads as int64 pairs)."""
+
+    def __init__(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)  # a killed run's files: this run writes them all again
+        folder.mkdir(parents=True)
+        self.folder, self.files = folder, 0
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.rows = 0
+
+    def add(self, src: np.ndarray, dst: np.ndarray, similarity: np.ndarray) -> None:
+        self.pending.append((src, dst, similarity))
+        self.rows += len(src)
+        if self.rows >= EDGE_FILE_ROWS:
+            self._write()
+
+    def close(self) -> None:
+        if self.rows or not self.files:  # an empty graph still has its (empty) file
+            self._write()
+
+    def _write(self) -> None:
+        empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        src, dst, similarity = (np.concatenate(column) for column in zip(empty, *self.pending, strict=True))
+        table = pa.table({"src": src, "dst": dst, "similarity": similarity.astype(np.float32)}, schema=EDGE_SCHEMA)
+        write_parquet(table, self.folder / f"{self.files:012d}.parquet")
+        self.pending, self.rows, self.files = [], 0, self.files + 1
 
 
 def unique_edges(n: int, edges_dir: Path) -> np.ndarray:

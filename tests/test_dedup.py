@@ -6,6 +6,7 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -140,9 +141,12 @@ def test_semdedup_mode_removes_exact_copies(deduped_run, crawl, pool_truth, tmp_
     assert len(uniques & removed) <= 0.002 * len(uniques)
 
 
-def test_semdedup_compares_a_cluster_in_blocks_of_rows_with_the_same_edges(tmp_path, monkeypatch):
+def test_semdedup_compares_a_cluster_in_blocks_of_rows_and_writes_files_of_edges_with_the_same_edges(
+    tmp_path, monkeypatch
+):
     """Blocks of 1,000 similarities (6 rows of a ~150-image cluster, the last block short) find the
-    pairs one block finds."""
+    pairs one block finds; files of 7 edges hold them in the same order; and 150 images a cluster
+    by default is the 4 clusters asked for."""
     import numpy as np
 
     from curation import dedup
@@ -150,13 +154,22 @@ def test_semdedup_compares_a_cluster_in_blocks_of_rows_with_the_same_edges(tmp_p
 
     vectors = planted_vectors(600, 32)
     config = dedup.DedupConfig(mode="semdedup", semdedup_clusters=4, semdedup_eps=0.3)
+    sized = config.model_copy(update={"semdedup_clusters": None})
+    monkeypatch.setattr(dedup, "SEMDEDUP_CLUSTER_IMAGES", 150)
     found = []
-    for block, folder in ((1 << 26, tmp_path / "whole"), (1000, tmp_path / "blocks")):
-        monkeypatch.setattr(dedup, "SEMDEDUP_PRODUCTS", block)
-        edges_dir, _ = dedup.semdedup_edges(vectors, config, folder, seed=0)
-        found.append(pq.read_table(edges_dir / "000000000000.parquet"))
-    whole, blocks = found
-    assert whole.num_rows > 30 and whole.select(["src", "dst"]).equals(blocks.select(["src", "dst"]))
+    for products, file_rows, folder, asked in (
+        (1 << 26, 1 << 20, "whole", config),
+        (1000, 1 << 20, "blocks", config),
+        (1000, 7, "files", config),
+        (1 << 26, 1 << 20, "sized", sized),
+    ):
+        monkeypatch.setattr(dedup, "SEMDEDUP_PRODUCTS", products)
+        monkeypatch.setattr(dedup, "EDGE_FILE_ROWS", file_rows)
+        edges_dir, _ = dedup.semdedup_edges(vectors, asked, tmp_path / folder, seed=0)
+        found.append(pa.concat_tables(pq.read_table(part) for part in sorted(edges_dir.glob("*.parquet"))))
+    whole = found[0]
+    assert whole.num_rows > 30 and all(whole.select(["src", "dst"]).equals(t.select(["src", "dst"])) for t in found)
+    assert len(list((tmp_path / "files" / dedup.ROW_EDGES).glob("*.parquet"))) == -(-whole.num_rows // 7)
     src, dst = whole["src"].to_numpy(), whole["dst"].to_numpy()
     assert (src < dst).all()
     assert np.allclose(np.einsum("nd,nd->n", vectors[src], vectors[dst]), whole["similarity"].to_numpy(), atol=1e-5)
