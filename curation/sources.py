@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from curation.shards import SIDECAR_EXTENSIONS, list_members, read_members_until
 from foundation.config import Section
 from foundation.errors import ConfigError, CorruptInput
 from foundation.files import write_parquet
+from foundation.ray_session import connect_ray
 from foundation.storage import ConfigPath, Location, open_input, read_bytes
 
 log = logging.getLogger(__name__)
@@ -245,10 +247,15 @@ class TarSource(Section):
 class DownloadOptions(Section):
     """img2dataset settings for URL sources (its own names where they exist)."""
 
-    execution_fields: ClassVar[frozenset[str]] = frozenset({"processes_count", "thread_count"})
+    execution_fields: ClassVar[frozenset[str]] = frozenset({"processes_count", "thread_count", "distributor"})
 
-    processes_count: int = Field(2, ge=1)
+    processes_count: int = Field(2, ge=1, description="local download processes (multiprocessing distributor)")
     thread_count: int = Field(32, ge=1)
+    distributor: Literal["auto", "multiprocessing", "ray"] = Field(
+        "auto",
+        description="img2dataset's: 'ray' downloads each shard of URLs as a Ray task over the cluster; "
+        "'auto' does so when the stage runs on Ray, else processes_count local processes",
+    )
     timeout: float = Field(10.0, gt=0, description="seconds per request before it counts as failed")
     retries: int = Field(0, ge=0)
     user_agent_token: str | None = None
@@ -305,10 +312,20 @@ class UrlSource(Section):
 
 
 def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: DownloadOptions) -> None:
-    """Download every URL in `url_file` into WebDataset tars under `output`, resuming finished shards."""
+    """Download every URL in `url_file` into WebDataset tars under `output`, resuming finished shards.
+
+    On Ray the download is the ingest stage's own distributed work: the driver lists every input
+    before any shard task starts, and a billion URLs fetched by one node's processes would take
+    days, so each shard of URLs becomes a Ray task (img2dataset's ray distributor)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home at import
     from img2dataset import download  # heavy import, only needed for URL sources
 
+    distributor = options.distributor
+    if distributor == "auto":
+        ray = sys.modules.get("ray")  # imported and connected by the stage's Ray executor, if it has one
+        distributor = "ray" if ray is not None and ray.is_initialized() else "multiprocessing"
+    if distributor == "ray":
+        connect_ray()
     download(
         url_list=str(url_file),
         output_folder=str(output),
@@ -325,6 +342,7 @@ def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: Down
         retries=options.retries,
         user_agent_token=options.user_agent_token,
         incremental_mode="incremental",
+        distributor=distributor,
         enable_wandb=False,
     )
 

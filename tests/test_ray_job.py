@@ -33,9 +33,10 @@ def local_run(crawl, tmp_path_factory):
     return run_dir
 
 
-def submit(cluster: LoopbackCluster, config: Path, run_dir: Path) -> subprocess.Popen:
+def submit(cluster: LoopbackCluster, config: Path, run_dir: Path, *args: str) -> subprocess.Popen:
+    """`ray job submit` of a run: `args` are overrides, and options after them."""
     command = ["ray", "job", "submit", f"--address={cluster.dashboard}", f"--working-dir={REPO}", "--"]
-    command += ["python", "-m", "pipelines.curate", str(config), "--run-dir", str(run_dir)]
+    command += ["python", "-m", "pipelines.curate", str(config), *args, "--run-dir", str(run_dir)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster.env)
 
 
@@ -84,3 +85,40 @@ def test_killing_ray_workers_mid_ingest_and_mid_embed_still_gives_the_same_bytes
         killer.stop.set()
     assert killer.killed == ["ray::ingest_shard", "BatchOfOneWorker"]
     assert_same_stages(tmp_path / "run", local_run)
+
+
+class Watcher(threading.Thread):
+    """Records the pids of the cluster's processes titled `title` (Ray tasks of that name) as they run."""
+
+    def __init__(self, cluster: LoopbackCluster, title: str):
+        super().__init__(daemon=True)
+        self.cluster, self.title, self.seen, self.stop = cluster, title, set(), threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.seen.update(process.pid for process in self.cluster.processes(self.title))
+            time.sleep(0.05)
+
+
+def test_a_url_source_is_downloaded_as_ray_tasks_on_the_cluster(served_crawl, pool_truth, tmp_path):
+    """Under `ray job submit` img2dataset spreads the shards of URLs as Ray tasks (its ray
+    distributor), not as processes the driver starts; every URL is still accounted for.
+
+    A cluster of one node with two CPUs: with two loopback nodes on one machine, the job's driver
+    lost its working directory (os.getcwd failed in img2dataset's spawned logger process), which
+    a single node did not; the two nodes share one session folder, where Ray unpacks working_dirs."""
+    from tests.ingest_checks import check_accounting, check_shards_readable
+
+    source = "ingest.sources=[{kind: urls, path: urls.parquet, download: {timeout: 4, thread_count: 16}}]"
+    with loopback_cluster(nodes=1, cpus_per_node=2) as cluster:
+        watcher = Watcher(cluster, "ray::ray_download")
+        watcher.start()
+        args = (source, "ingest.shard_size=400", "--only", "ingest")
+        job = submit(cluster, served_crawl / "curation.yaml", tmp_path / "run", *args)
+        try:
+            finish(job)
+        finally:
+            watcher.stop.set()
+    assert len(watcher.seen) >= 2  # five shards of URLs, two tasks at a time
+    check_accounting(tmp_path / "run", pool_truth, lambda row: row["url"], over_http=True)
+    check_shards_readable(tmp_path / "run")
