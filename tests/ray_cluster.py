@@ -72,6 +72,7 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
             started.append(_start(["ray", "start", f"--address={cluster.gcs_address}", *common], env))
             cluster.sessions.append(started[-1].pid)
         _wait_for_nodes(cluster, nodes, started)
+        _wait_for_job_agent(cluster)
         yield cluster
     finally:
         for proc in reversed(started):
@@ -115,6 +116,22 @@ def _wait_for_nodes(
             return
         time.sleep(1)
     raise TimeoutError(f"{nodes} Ray nodes did not join in {seconds} s")
+
+
+def _wait_for_job_agent(cluster: LoopbackCluster, seconds: float = 120) -> None:
+    """Submit a job that does nothing until the cluster takes one: the dashboard answers, and the
+    nodes are alive, a few seconds before the head's job agent registers, and a `ray job submit`
+    in between fails with "No available agent to submit job"."""
+    command = ["ray", "job", "submit", f"--address={cluster.dashboard}", "--", "python", "-c", "pass"]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done = subprocess.run(command, env=cluster.env, capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        if "No available agent" not in done.stdout + done.stderr:
+            raise RuntimeError(f"ray job submit failed: {(done.stdout + done.stderr)[-2000:]}")
+        time.sleep(1)
+    raise TimeoutError(f"the cluster's job agent did not register in {seconds} s")
 
 
 def _stop(proc: subprocess.Popen) -> None:
