@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from curation.knn import KMEANS_POINTS_PER_CENTROID, nearest_centroids, row_blocks, training_sample
+from curation.knn import KMEANS_POINTS_PER_CENTROID, Members, nearest_centroids, row_blocks, training_sample
 
 
 @dataclass(frozen=True)
@@ -178,21 +178,3 @@ def balanced_sample(tree: ClusterTree, budget: int, rng: np.random.Generator) ->
     top = len(tree.parents) - 1
     descend(top, np.arange(len(sizes[top])), budget)
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-
-
-@dataclass(frozen=True)
-class Members:
-    """Each group's members (ascending) as slices of one stable sort of the labels: a scan of the
-    labels per group would cost groups × points, 1.2e14 at the paper's pool and 100K leaves."""
-
-    order: np.ndarray
-    counts: np.ndarray
-    bounds: np.ndarray
-
-    @classmethod
-    def of(cls, labels: np.ndarray, groups: int) -> Members:
-        counts = np.bincount(labels, minlength=groups)
-        return cls(np.argsort(labels, kind="stable"), counts, np.concatenate([[0], np.cumsum(counts)]))
-
-    def __getitem__(self, group: int) -> np.ndarray:
-        return self.order[self.bounds[group] : self.bounds[group + 1]]

@@ -45,6 +45,7 @@ from curation.embed import embeddings_on_disk, keys_at
 from curation.ingest import POOL
 from curation.knn import (
     IndexSpec,
+    Members,
     inner_products_by_id,
     open_saved,
     pair_similarity,
@@ -184,11 +185,10 @@ def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, see
     clusters = config.semdedup_clusters or math.ceil(len(vectors) / SEMDEDUP_CLUSTER_IMAGES)
     clusters = min(clusters, len(vectors))
     _, assignment, centroid_similarity = spherical_kmeans(vectors, clusters, 20, seed)
-    order = np.argsort(assignment, kind="stable")  # each cluster's rows, ascending, without a pass per cluster
-    bounds = np.searchsorted(assignment[order], np.arange(clusters + 1))
+    by_cluster = Members.of(assignment, clusters)
     edges = EdgeFiles(work_dir / ROW_EDGES)
     for cluster in range(clusters):
-        members = order[bounds[cluster] : bounds[cluster + 1]]
+        members = by_cluster[cluster]
         member_vectors = vectors[members]
         block = max(1, SEMDEDUP_PRODUCTS // len(members))
         for start in range(0, len(members), block):

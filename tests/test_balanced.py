@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from curation import knn
-from curation.balanced import Members, balanced_sample, fit_tree, nearest_points, share
+from curation.balanced import balanced_sample, fit_tree, nearest_points, share
+from curation.knn import Members
 from curation.pipeline import curate
 from curation.run_config import CurationConfig
 from curation.synth.crawl import make_crawl
