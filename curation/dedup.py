@@ -189,6 +189,8 @@ def semdedup_edges(vectors: np.ndarray, config: DedupConfig, work_dir: Path, see
     edges = EdgeFiles(work_dir / ROW_EDGES)
     for cluster in range(clusters):
         members = by_cluster[cluster]
+        if not len(members):  # k-means leaves clusters empty on pools of near-identical vectors
+            continue
         member_vectors = vectors[members]
         block = max(1, SEMDEDUP_PRODUCTS // len(members))
         for start in range(0, len(members), block):

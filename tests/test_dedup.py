@@ -175,6 +175,22 @@ def test_semdedup_compares_a_cluster_in_blocks_of_rows_and_writes_files_of_edges
     assert np.allclose(np.einsum("nd,nd->n", vectors[src], vectors[dst]), whole["similarity"].to_numpy(), atol=1e-5)
 
 
+def test_semdedup_passes_over_the_empty_clusters_of_a_pool_of_copies(tmp_path):
+    """300 copies of one photo and 3 of another leave k-means 3 empty clusters of 5: every pair of
+    copies is an edge, and no pair across the two photos."""
+    from curation import dedup
+
+    vectors = np.zeros((303, 16), np.float32)
+    vectors[:, 0] = 1
+    vectors[:3, 1] = 0.5
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    config = dedup.DedupConfig(mode="semdedup", semdedup_clusters=5, semdedup_eps=0.01)
+    edges_dir, _ = dedup.semdedup_edges(vectors, config, tmp_path, seed=0)
+    edges = pa.concat_tables(pq.read_table(part) for part in sorted(edges_dir.glob("*.parquet")))
+    pairs = set(zip(edges["src"].to_pylist(), edges["dst"].to_pylist(), strict=True))
+    assert pairs == {(a, b) for a in range(303) for b in range(a + 1, 303) if (a < 3) == (b < 3)}
+
+
 def test_the_kept_image_is_the_largest_then_the_smallest_key_of_its_component():
     """The numpy keep rule against its plain statement, on components with ties in size."""
     rng = np.random.default_rng(0)
