@@ -247,7 +247,9 @@ class TarSource(Section):
 class DownloadOptions(Section):
     """img2dataset settings for URL sources (its own names where they exist)."""
 
-    execution_fields: ClassVar[frozenset[str]] = frozenset({"processes_count", "thread_count", "distributor"})
+    execution_fields: ClassVar[frozenset[str]] = frozenset(
+        {"processes_count", "thread_count", "distributor", "shard_retries"}
+    )
 
     processes_count: int = Field(2, ge=1, description="local download processes (multiprocessing distributor)")
     thread_count: int = Field(32, ge=1)
@@ -257,7 +259,13 @@ class DownloadOptions(Section):
         "'auto' does so when the stage runs on Ray, else processes_count local processes",
     )
     timeout: float = Field(10.0, gt=0, description="seconds per request before it counts as failed")
-    retries: int = Field(0, ge=0)
+    retries: int = Field(0, ge=0, description="tries again per URL after a failed request")
+    shard_retries: int = Field(
+        2,
+        ge=0,
+        description="times img2dataset runs again over the shards of URLs whose whole task failed (a write "
+        "error, a lost storage connection); img2dataset's ray distributor never retries them itself",
+    )
     user_agent_token: str | None = None
 
 
@@ -279,20 +287,29 @@ class UrlSource(Section):
         unique = urls.unique()
         unique = unique.take(pc.sort_indices(unique))
         repeated = len(urls) - len(unique)
-        download_dir = work_dir / "download"
         url_file = work_dir / "download_urls.parquet"
         if not url_file.exists():
             write_parquet(pa.table({"url": unique}), url_file)
-        run_img2dataset(url_file, download_dir, shard_size, self.download)
-        listing = downloaded_listing(download_dir, self.kind)
-        missing = unique.filter(pc.invert(pc.is_in(unique, value_set=listing["source"].combine_chunks())))
-        if len(missing):
-            raise CorruptInput(
-                f"img2dataset output in {download_dir} lacks {len(missing)} URLs, e.g. {missing[0].as_py()}; delete that folder and re-run"
-            )
+        listing = self._download(url_file, unique, work_dir / "download", shard_size)
         if repeated:
             log.warning("%d repeated URLs in %s are ingested once", repeated, self.path)
         return listing
+
+    def _download(self, url_file: Path, unique: pa.Array, download_dir: Path, shard_size: int) -> pa.Table:
+        """img2dataset's row for every URL, running it again over the shards whose task failed."""
+        tries = self.download.shard_retries + 1
+        for attempt in range(1, tries + 1):
+            run_img2dataset(url_file, download_dir, shard_size, self.download)
+            listing = downloaded_listing(download_dir, self.kind)
+            missing = unique.filter(pc.invert(pc.is_in(unique, value_set=listing["source"].combine_chunks())))
+            if not len(missing):
+                return listing
+            log.warning("%d URLs are in shards whose download task failed (try %d of %d)", len(missing), attempt, tries)
+        raise CorruptInput(
+            f"img2dataset left {len(missing)} URLs of {self.path} undone (e.g. {missing[0].as_py()}): their "
+            f"shards' tasks failed {tries} times, with the errors printed above; run the same command again to "
+            "retry them (finished shards are kept)"
+        )
 
     def _read_urls(self) -> pa.Array:
         """The list's non-empty URLs, as Arrow large strings."""
@@ -341,7 +358,8 @@ def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: Down
         timeout=options.timeout,
         retries=options.retries,
         user_agent_token=options.user_agent_token,
-        incremental_mode="incremental",
+        incremental_mode="incremental",  # shards with a stats file are done; the others run again
+        max_shard_retry=0,  # UrlSource.listing retries, for every distributor alike
         distributor=distributor,
         enable_wandb=False,
     )

@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -179,3 +180,39 @@ def test_the_listing_gives_each_shard_its_sorted_inputs_in_a_row_group(tmp_path,
     assert all(ref.source == str(tmp_path / ref.identity) and ref.kind == "folder" for refs in shards for ref in refs)
     files = sorted((tmp_path / "out" / "listing").glob("*.parquet"))
     assert [pq.ParquetFile(f).metadata.num_row_groups for f in files] == [3, 3, 3]
+
+
+def test_a_shard_of_urls_whose_task_fails_is_retried_reported_and_finished_by_a_rerun(
+    served_crawl, pool_truth, tmp_path, monkeypatch
+):
+    """img2dataset's task for the second of four shards of URLs cannot open its tar (a folder is in
+    its way): it runs 1 + shard_retries times, then the stage stops with a one-line error naming
+    its 10 URLs. The same command, once the way is clear, downloads that shard alone and ingests
+    all 40 URLs, leaving the other shards' tars as the first run wrote them."""
+    ok = [row for row in pool_truth if row["http"] == "ok"][:40]
+    pq.write_table(pa.table({"url": [row["url"] for row in ok]}), tmp_path / "urls.parquet")
+    url_source = (
+        f"[{{kind: urls, path: {tmp_path / 'urls.parquet'}, download: {{processes_count: 1, shard_retries: 1}}}}]"
+    )
+    overrides = (f"ingest.sources={url_source}", "ingest.shard_size=10")
+    calls, finished = [], ("00000.tar", "00002.tar", "00003.tar")
+    real = sources.run_img2dataset
+
+    def in_the_way_until_cleared(url_file: Path, output: Path, shard_size: int, options) -> None:
+        (output / "00001.tar").mkdir(parents=True, exist_ok=True)
+        if cleared:
+            (output / "00001.tar").rmdir()
+        before = [(output / name).stat().st_mtime_ns for name in finished if (output / name).exists()]
+        real(url_file, output, shard_size, options)
+        calls.append((before, [(output / name).stat().st_mtime_ns for name in finished]))
+
+    monkeypatch.setattr(sources, "run_img2dataset", in_the_way_until_cleared)
+    cleared = False
+    with pytest.raises(CorruptInput, match=r"left 10 URLs .* failed 2 times.*run the same command again"):
+        ingest(served_crawl, tmp_path / "run", *overrides)
+    assert len(calls) == 2
+    cleared = True
+    ingest(served_crawl, tmp_path / "run", *overrides)
+    assert len(calls) == 3
+    assert calls[0][0] == [] and calls[0][1] == calls[1][0] == calls[1][1] == calls[2][0] == calls[2][1]
+    check_accounting(tmp_path / "run", ok, lambda row: row["url"], over_http=True)
