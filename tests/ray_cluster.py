@@ -61,7 +61,9 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
         "--include-dashboard=true",
+        f"--ray-client-server-port={free_port()}",
         *common,
+        *_agent_ports(),
     ]
     started = [_start(head, env)]
     cluster = LoopbackCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", temp_dir, env)
@@ -69,7 +71,8 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
     try:
         _wait_for(f"{cluster.dashboard}/api/version", started[0])
         for _ in range(nodes - 1):
-            started.append(_start(["ray", "start", f"--address={cluster.gcs_address}", *common], env))
+            node = ["ray", "start", f"--address={cluster.gcs_address}", *common, *_agent_ports()]
+            started.append(_start(node, env))
             cluster.sessions.append(started[-1].pid)
         _wait_for_nodes(cluster, nodes, started)
         _wait_for_job_agent(cluster)
@@ -78,6 +81,19 @@ def loopback_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[Loopbac
         for proc in reversed(started):
             _stop(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _agent_ports() -> list[str]:
+    """Free ports for a node's agents. Their defaults are fixed (the job agent's is 52365), so a second
+    node on this machine, of this cluster or another test's, found them taken: its job agent never
+    registered and `ray job submit` answered "No available agent" until it gave up."""
+    flags = (
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+    )
+    return [f"--{flag}={free_port()}" for flag in flags]
 
 
 def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
