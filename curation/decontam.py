@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,38 +59,74 @@ def run_decontam(
     kept = pq.read_table(dedup_dir / "keep.parquet", columns=["key", "component"])
     component = components_of_rows(dedup_dir, keys)
     index = on_device(build_index(vectors, config.index, seed), config.index) if len(keys) else None
-    closest: dict[int, tuple[float, str, str, str]] = {}
-    for eval_set in config.eval_sets:
-        eval_keys, eval_vectors = read_embeddings(embed_dir / config.role / "eval" / eval_set.name)
-        if index is None or not eval_keys:
-            continue
-        rows, ids, sims = neighbours_above(index, config.index, vectors, eval_vectors, config.k, config.threshold)
-        for row, pool_row, sim in zip(rows, ids, sims, strict=True):
-            hit_component = int(component[pool_row])
-            best = closest.get(hit_component)
-            if best is None or sim > best[0]:
-                closest[hit_component] = (float(sim), eval_set.name, eval_keys[row], keys[int(pool_row)].as_py())
-    hit = pa.array(sorted(closest), pa.int64())
-    kept_of_hit = kept["key"].take(pc.index_in(hit, value_set=kept["component"].combine_chunks()))
-    removed = sorted((key, c, *closest[c]) for key, c in zip(kept_of_hit.to_pylist(), hit.to_pylist(), strict=True))
-    keep = kept.filter(pc.invert(pc.is_in(kept["component"], value_set=hit))).select(["key"]).sort_by("key")
+    hits = pa.concat_tables(
+        [HITS_SCHEMA.empty_table()]
+        + [_hits(index, config, vectors, eval_set, embed_dir, component) for eval_set in config.eval_sets]
+    )
+    closest = _closest_per_component(hits)
+    kept_at = pc.index_in(closest["component"], value_set=kept["component"].combine_chunks())
+    removed = pa.table(
+        {
+            "key": kept["key"].take(kept_at).cast(pa.string()),
+            "component": closest["component"],
+            "eval_set": closest["eval_set"],
+            "eval_key": closest["eval_key"],
+            "via_key": keys.take(closest["via_row"]).cast(pa.string()),
+            "similarity": closest["similarity"],
+        }
+    ).sort_by("key")
+    keep = kept.filter(pc.invert(pc.is_in(kept["component"], value_set=closest["component"])))
+    keep = keep.select(["key"]).sort_by("key")
     (work_dir / VECTORS).unlink(missing_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(keep, work_dir / "keep.parquet")
-    pq.write_table(
-        pa.table(
-            {
-                "key": pa.array([r[0] for r in removed], pa.string()),
-                "component": pa.array([r[1] for r in removed], pa.int64()),
-                "eval_set": pa.array([r[3] for r in removed], pa.string()),
-                "eval_key": pa.array([r[4] for r in removed], pa.string()),
-                "via_key": pa.array([r[5] for r in removed], pa.string()),
-                "similarity": pa.array([r[2] for r in removed], pa.float32()),
-            }
-        ),
-        work_dir / "removed.parquet",
-    )
-    return {"images": kept.num_rows, "kept": keep.num_rows, "removed": len(removed)}
+    pq.write_table(removed, work_dir / "removed.parquet")
+    return {"images": kept.num_rows, "kept": keep.num_rows, "removed": removed.num_rows}
+
+
+HITS_SCHEMA = pa.schema(
+    [
+        ("component", pa.int64()),
+        ("similarity", pa.float32()),
+        ("eval_set", pa.string()),
+        ("eval_key", pa.string()),
+        ("via_row", pa.int64()),
+    ]
+)
+
+
+def _hits(
+    index: faiss.Index | None,
+    config: DecontamConfig,
+    vectors: np.ndarray,
+    eval_set: EvalSet,
+    embed_dir: Path,
+    component: np.ndarray,
+) -> pa.Table:
+    """Every (pool image, image of `eval_set`) pair within the threshold, as Arrow columns: at a
+    billion images there are hundreds of millions, too many for Python objects."""
+    eval_keys, eval_vectors = read_embeddings(embed_dir / config.role / "eval" / eval_set.name)
+    if index is None or not eval_keys:
+        return HITS_SCHEMA.empty_table()
+    rows, pool_rows, sims = neighbours_above(index, config.index, vectors, eval_vectors, config.k, config.threshold)
+    columns = {
+        "component": component[pool_rows],
+        "similarity": sims,
+        "eval_set": pa.repeat(pa.scalar(eval_set.name, pa.string()), len(rows)),
+        "eval_key": pa.array(eval_keys, pa.string()).take(rows),
+        "via_row": pool_rows,
+    }
+    return pa.table(columns, schema=HITS_SCHEMA)
+
+
+def _closest_per_component(hits: pa.Table) -> pa.Table:
+    """Per hit component, in component order, its most similar hit; of equals, the first found (eval
+    sets in config order, then each eval image's neighbours in rank order)."""
+    component = hits["component"].to_numpy()
+    order = np.lexsort((np.arange(len(component)), -hits["similarity"].to_numpy(), component))
+    first = np.ones(len(order), bool)
+    first[1:] = component[order[1:]] != component[order[:-1]]
+    return hits.take(order[first])
 
 
 def components_of_rows(dedup_dir: Path, keys: pa.Array) -> np.ndarray:

@@ -283,3 +283,21 @@ def test_the_graph_steps_hold_a_batch_of_edges_not_the_graph(tmp_path, monkeypat
     assert np.array_equal(labels, scipy_components(n, merged))
     beyond = peak - merged.nbytes - 24 * n
     assert beyond < 3 * len(merged), f"{beyond / len(merged):.1f} bytes an edge beyond the edges themselves"
+
+
+def test_decontam_keeps_a_components_most_similar_hit_and_of_equals_the_first_found():
+    from curation.decontam import HITS_SCHEMA, _closest_per_component
+
+    hits = pa.table(
+        {
+            "component": [7, 3, 7, 3, 7, 5],
+            "similarity": [0.5, 0.9, 0.8, 0.9, 0.8, 0.6],
+            "eval_set": ["a", "a", "a", "b", "b", "b"],
+            "eval_key": ["e0", "e1", "e2", "e3", "e4", "e5"],
+            "via_row": [0, 1, 2, 3, 4, 5],
+        },
+        schema=HITS_SCHEMA,
+    )
+    closest = _closest_per_component(hits)
+    assert closest["component"].to_pylist() == [3, 5, 7]
+    assert closest["eval_key"].to_pylist() == ["e1", "e5", "e2"]
