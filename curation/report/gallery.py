@@ -6,6 +6,8 @@ import base64
 import io
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -21,18 +23,21 @@ class Thumbnails:
 
     def __init__(self, collection_dir: Path):
         self.root = collection_dir
-        index_path = collection_dir / "index.parquet"
-        table = pq.read_table(index_path, columns=["key", *LOCATION]) if index_path.exists() else None
-        rows = zip(*(table[name].to_pylist() for name in table.column_names), strict=True) if table else ()
-        self.location = {key: (shard, offset, size) for key, shard, offset, size in rows}
 
     def get(self, keys: list[str]) -> dict[str, str]:
-        """key -> data URI, for the keys found in this collection."""
-        found = {key: self.location[key] for key in keys if key in self.location}
-        members = [
-            (self.root / f"{shard:06d}.tar", f"{key}.jpg", offset, size) for key, (shard, offset, size) in found.items()
+        """key -> data URI, for the keys found in this collection. The index is scanned a batch at a
+        time for them: the pool's holds a row per crawled image, a billion at the paper's scale."""
+        index_path = self.root / "index.parquet"
+        if not keys or not index_path.exists():
+            return {}
+        wanted = pa.array(sorted(set(keys)), pa.string())
+        found = [
+            batch.filter(pc.is_in(batch["key"].cast(pa.string()), value_set=wanted))
+            for batch in pq.ParquetFile(index_path).iter_batches(columns=["key", *LOCATION])
         ]
-        return {key: thumbnail_uri(jpeg) for key, jpeg in zip(found, read_each_at(members), strict=True)}
+        rows = pa.Table.from_batches(found).sort_by("key").to_pylist() if found else []
+        members = [(self.root / f"{r['shard']:06d}.tar", f"{r['key']}.jpg", r["offset"], r["bytes"]) for r in rows]
+        return {r["key"]: thumbnail_uri(jpeg) for r, jpeg in zip(rows, read_each_at(members), strict=True)}
 
 
 def thumbnail_uri(jpeg: bytes) -> str:

@@ -7,12 +7,13 @@ row, a few contamination hits) so the page stays small whatever the run's size.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.report.gallery import Thumbnails
@@ -39,9 +40,7 @@ def make_plots(root: Path, stats: dict[str, Any]) -> dict[str, str]:
         row["name"]: _read([root / "retrieve" / row["name"] / "selected.parquet"], ["query_key", "similarity"])
         for row in stats["sources"]
     }
-    cluster_sizes = Counter(
-        q for table in selected.values() for q in table["query_key"].to_pylist() if str(q).startswith("cluster:")
-    )
+    cluster_sizes = _cluster_sizes(selected.values())
     sizes = stats["dedup"]["component_sizes"]
     plots = {
         "funnel": figures.bars(
@@ -84,11 +83,18 @@ def make_plots(root: Path, stats: dict[str, Any]) -> dict[str, str]:
             ylabel="images",
         )
     if cluster_sizes:
-        counts = sorted(cluster_sizes.values(), reverse=True)
+        counts = sorted(cluster_sizes, reverse=True)
         plots["cluster sizes"] = figures.bars(
             [str(i) for i in range(len(counts))], counts, "Images per retrieved cluster", "images"
         )
     return plots
+
+
+def _cluster_sizes(selected: Iterable[pa.Table]) -> list[int]:
+    """Images per retrieved cluster (query keys `cluster:<id>`), counted in Arrow."""
+    query_keys = pa.chunked_array([table["query_key"].cast(pa.string()) for table in selected], pa.string())
+    clusters = query_keys.filter(pc.starts_with(query_keys, "cluster:"))
+    return pc.value_counts(clusters).field("counts").to_pylist() if len(clusters) else []
 
 
 def _image(uri_of: dict[str, str], key: str, caption: str) -> dict[str, str] | None:
@@ -109,18 +115,9 @@ def make_grids(root: Path, stats: dict[str, Any]) -> dict[str, Any]:
     ingest = root / "ingest"
     pool = Thumbnails(ingest)
 
-    removed = pq.read_table(root / "dedup" / "removed.parquet", columns=["key", "kept_key", "similarity"]).to_pylist()
-    by_kept: dict[str, list[dict]] = {}
-    for row in removed:
-        by_kept.setdefault(row["kept_key"], []).append(row)
-    largest = sorted(by_kept, key=lambda k: (-len(by_kept[k]), k))[:DUPLICATE_GROUPS]
     duplicates = [
-        [(pool, kept, "kept")]
-        + [
-            (pool, r["key"], f"{r['similarity']:.3f}")
-            for r in sorted(by_kept[kept], key=lambda r: r["key"])[:DUPLICATES_PER_GROUP]
-        ]
-        for kept in largest
+        [(pool, kept, "kept")] + [(pool, r["key"], f"{r['similarity']:.3f}") for r in removed]
+        for kept, removed in _largest_duplicate_groups(root / "dedup" / "removed.parquet")
     ]
 
     retrieval = []
@@ -129,24 +126,50 @@ def make_grids(root: Path, stats: dict[str, Any]) -> dict[str, Any]:
         if row["strategy"] == "as_is" or not path.exists():
             continue
         seeds = Thumbnails(ingest / "seeds" / row["name"])
-        by_query: dict[str, list[dict]] = {}
-        for r in pq.read_table(path).to_pylist():
-            by_query.setdefault(r["query_key"], []).append(r)
-        groups = []
-        for query in sorted(by_query)[:QUERIES_PER_ROW]:
-            best = sorted(by_query[query], key=lambda r: -r["similarity"])[:NEIGHBOURS_PER_QUERY]
-            head = [] if query.startswith("cluster:") else [(seeds, query, "query")]
-            groups.append(head + [(pool, r["key"], f"{r['similarity']:.3f}") for r in best])
+        groups = [
+            ([] if query.startswith("cluster:") else [(seeds, query, "query")])
+            + [(pool, r["key"], f"{r['similarity']:.3f}") for r in best]
+            for query, best in _first_queries(path)
+        ]
         retrieval.append({"name": row["name"], "strategy": row["strategy"], "groups": _groups(groups)})
 
-    hits = pq.read_table(root / "decontam" / "removed.parquet").to_pylist()
-    hits = sorted(hits, key=lambda r: (-r["similarity"], r["key"]))[:DECONTAM_HITS]
+    hits = pq.read_table(root / "decontam" / "removed.parquet")
+    hits = hits.take(pc.select_k_unstable(hits, DECONTAM_HITS, [("similarity", "descending"), ("key", "ascending")]))
+    hits = hits.sort_by([("similarity", "descending"), ("key", "ascending")]).to_pylist()
     evals = {name: Thumbnails(ingest / "eval" / name) for name in {h["eval_set"] for h in hits}}
     decontam = [
         [(evals[h["eval_set"]], h["eval_key"], h["eval_set"]), (pool, h["key"], f"{h['similarity']:.3f}")] for h in hits
     ]
 
     return {"duplicates": _groups(duplicates), "retrieval": retrieval, "decontam": _groups(decontam)}
+
+
+def _largest_duplicate_groups(removed_path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The DUPLICATE_GROUPS kept images with the most duplicates (ties: smaller key first), each with
+    its first DUPLICATES_PER_GROUP duplicates by key; grouped in Arrow, since the pool's removed
+    images run to hundreds of millions at the paper's scale."""
+    removed = pq.read_table(removed_path, columns=["key", "kept_key", "similarity"])
+    counts = removed.group_by("kept_key").aggregate([("key", "count")])
+    largest = counts.sort_by([("key_count", "descending"), ("kept_key", "ascending")])["kept_key"][:DUPLICATE_GROUPS]
+    members = removed.filter(pc.is_in(removed["kept_key"], value_set=largest.combine_chunks())).sort_by("key")
+    by_kept: dict[str, list[dict[str, Any]]] = {kept: [] for kept in largest.to_pylist()}
+    for row in members.to_pylist():
+        by_kept[row["kept_key"]].append(row)
+    return [(kept, rows[:DUPLICATES_PER_GROUP]) for kept, rows in by_kept.items()]
+
+
+def _first_queries(selected_path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The QUERIES_PER_ROW first query keys of a source row, each with its NEIGHBOURS_PER_QUERY most
+    similar selections (of equals, the first in key order)."""
+    selected = pq.read_table(selected_path, columns=["key", "query_key", "similarity"])
+    queries = pc.unique(selected["query_key"])
+    queries = queries.take(pc.sort_indices(queries))[:QUERIES_PER_ROW]
+    chosen = selected.filter(pc.is_in(selected["query_key"], value_set=queries))
+    chosen = chosen.sort_by([("query_key", "ascending"), ("similarity", "descending"), ("key", "ascending")])
+    by_query: dict[str, list[dict[str, Any]]] = {query: [] for query in queries.to_pylist()}
+    for row in chosen.to_pylist():
+        by_query[row["query_key"]].append(row)
+    return [(query, rows[:NEIGHBOURS_PER_QUERY]) for query, rows in by_query.items()]
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
