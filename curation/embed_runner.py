@@ -134,16 +134,19 @@ def embed_role(
     """One role's model over every shard not yet embedded (its model is freed before the next role's is built)."""
     jobs, done = embed.pending_jobs(ingest_dir, role_dir, spec.batch_size)
     # In process, the model that embeds describes itself. A Ray driver builds a CPU copy to do
-    # that (and to fail on bad weights in one line here, not in every actor).
+    # that (and to fail on bad weights in one line here, not in every actor), then lets it go: a
+    # ViT-g's weights are gigabytes the head would hold for the whole stage.
     worker = None if use_ray else local_worker(spec, config)
     embedder = worker.embedder if worker else spec.build("cpu")
     embed.write_embedder_card(role_dir, spec, embedder)
+    preprocess = embedder.preprocess
+    del embedder
     collector = embed.ShardCollector()
     with tqdm(total=len(jobs) + done, initial=done, desc=f"embed {role}", unit="shard", file=sys.stderr) as bar:
         if worker:
             run_in_process(jobs, worker, config, collector, bar)
         else:
-            run_on_ray(jobs, spec, config, collector, embedder.preprocess, bar)
+            run_on_ray(jobs, spec, config, collector, preprocess, bar)
 
 
 def check_complete(ingest_dir: Path, role_dir: Path, role: str) -> dict[str, int]:
