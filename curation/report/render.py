@@ -133,9 +133,7 @@ def make_grids(root: Path, stats: dict[str, Any]) -> dict[str, Any]:
         ]
         retrieval.append({"name": row["name"], "strategy": row["strategy"], "groups": _groups(groups)})
 
-    hits = pq.read_table(root / "decontam" / "removed.parquet")
-    hits = hits.take(pc.select_k_unstable(hits, DECONTAM_HITS, [("similarity", "descending"), ("key", "ascending")]))
-    hits = hits.sort_by([("similarity", "descending"), ("key", "ascending")]).to_pylist()
+    hits = _closest_hits(root / "decontam" / "removed.parquet")
     evals = {name: Thumbnails(ingest / "eval" / name) for name in {h["eval_set"] for h in hits}}
     decontam = [
         [(evals[h["eval_set"]], h["eval_key"], h["eval_set"]), (pool, h["key"], f"{h['similarity']:.3f}")] for h in hits
@@ -170,6 +168,15 @@ def _first_queries(selected_path: Path) -> list[tuple[str, list[dict[str, Any]]]
     for row in chosen.to_pylist():
         by_query[row["query_key"]].append(row)
     return [(query, rows[:NEIGHBOURS_PER_QUERY]) for query, rows in by_query.items()]
+
+
+def _closest_hits(removed_path: Path) -> list[dict[str, Any]]:
+    """The DECONTAM_HITS most similar contaminated images (of equals, the smaller key first), the
+    best of each batch of the file kept as it is read: the whole table is hundreds of millions of rows."""
+    order = [("similarity", "descending"), ("key", "ascending")]
+    removed = pq.ParquetFile(removed_path)
+    best = [batch.take(pc.select_k_unstable(batch, DECONTAM_HITS, order)) for batch in removed.iter_batches()]
+    return pa.Table.from_batches(best, removed.schema_arrow).sort_by(order)[:DECONTAM_HITS].to_pylist()
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> dict[str, Any]:
