@@ -17,7 +17,10 @@ machine a stage needs whatever the fleet (`--plan` states it):
   the same planted pool; and apart, with one `balanced` row (its hierarchical k-means holds a
   label, a similarity and a sort of the labels per image);
 - listing: ingest's driver lists every input before any work (`ingest.list_inputs`, here of a
-  folder source of empty files under 45-character paths); the bare figure is the path's bytes.
+  folder source of empty files under 45-character paths); the bare figure is the path's bytes;
+- urls: the same for a URL source (a list of 70-character URLs, each twice, deduplicated and
+  written out for img2dataset, and img2dataset's records of every shard already fetched, so that
+  nothing downloads); the bare figure is the URL's bytes.
 Each size runs in a fresh child process, and this process polls the child's anonymous resident
 memory (RssAnon, Linux) every millisecond: pages of a memory-mapped file are the kernel's to evict,
 so they are not memory the machine must have. The growth of that peak over the child's memory after
@@ -30,7 +33,7 @@ sizes. Recorded (--record): dedup.driver_bytes_per_image and
 retrieve.driver_bytes_per_image, retrieve.balanced_bytes_per_image and
 decontam.driver_bytes_per_image at d@DIM,
 dedup.driver_bytes_per_edge and
-ingest.listing_bytes_per_input.
+ingest.listing_bytes_per_input (subjects `ingest`, a folder source, and `urls`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ BATCHES = {  # the stage's other fixed-size buffers, as small, for the same reas
     "curation.dedup": {"EDGE_BATCH": 1 << 14, "EDGE_FILE_ROWS": 1 << 16},
     "curation.knn": {"ADD_BATCH": 1 << 14, "PAIR_BATCH": 1 << 12},
     "curation.embed": {"KEY_CHUNK": 1 << 14},
+    "curation.sources": {"URL_BATCH": 1 << 14, "URL_FILE_ROWS": 1 << 16},
+    "curation.ingest": {"SORT_BATCH": 1 << 14},
 }
 
 
@@ -87,6 +92,31 @@ def write_pool(folder: Path, vectors: np.ndarray) -> None:
     sizes = np.full(n, 256, np.int32)
     pq.write_table(pa.table({"key": keys, "width": sizes, "height": sizes}), folder / "ingest" / "index.parquet")
     pq.write_table(pa.table({"key": keys}), folder / "decontam" / "keep.parquet")
+
+
+def url(row: int) -> str:
+    """A URL as long as a typical crawled one (70 characters)."""
+    return f"https://images.example-cdn.com/photos/2024/{row:012d}/original.jpg"
+
+
+def write_downloaded_urls(folder: Path, n: int) -> None:
+    """A list of `n` URLs, each twice, and img2dataset's record of having fetched every one of them
+    (a parquet and a stats file a shard of 1000), so that the measured listing downloads nothing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    urls = [url(row) for row in range(n)]
+    pq.write_table(pa.table({"url": urls + urls}), folder / "urls.parquet")
+    download = folder / "download"
+    download.mkdir()
+    for shard, start in enumerate(range(0, n, 1000)):
+        rows = urls[start : start + 1000]
+        keys = [f"{shard:05d}{i:04d}" for i in range(len(rows))]
+        done = pa.table(
+            {"url": rows, "key": keys, "status": ["success"] * len(rows), "error_message": [None] * len(rows)}
+        )
+        pq.write_table(done, download / f"{shard:05d}.parquet")
+        (download / f"{shard:05d}_stats.json").write_text("{}")
 
 
 SEEDS = 1_000  # a seed set's images: the retrieve rows' work is per seed, the same at every pool size
@@ -121,7 +151,7 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
     from curation.dedup import DedupConfig, run_dedup
     from curation.ingest import list_inputs
     from curation.retrieve import run_retrieve
-    from curation.sources import FolderSource
+    from curation.sources import FolderSource, UrlSource
     from curation.synth.crawl import EMPTY_PHOTO
     from foundation.executors import serial_map
 
@@ -144,6 +174,9 @@ def measure(kind: str, folder: Path) -> dict[str, float]:
             retrieve_config(kind), folder / "embed", folder / "decontam", collections, folder / "retrieve", serial_map
         )
         return {"items": counts["pool"], "after_imports": after_imports}
+    if kind == "urls":
+        inputs = list_inputs([UrlSource(path=folder / "urls.parquet")], 1000, folder)
+        return {"items": inputs, "after_imports": after_imports, "bare": inputs * len(url(0))}
     inputs = list_inputs([FolderSource(path=folder / "photos")], 1000, folder)
     return {"items": inputs, "after_imports": after_imports, "bare": inputs * len(str(folder / EMPTY_PHOTO))}
 
@@ -190,11 +223,16 @@ def slope(kind: str, sizes: list[int], dim: int) -> tuple[float, float]:
     found = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            empty_photos(Path(tmp), n) if kind == "listing" else write_pool(Path(tmp), planted_vectors(n, dim))
+            if kind == "listing":
+                empty_photos(Path(tmp), n)
+            elif kind == "urls":
+                write_downloaded_urls(Path(tmp), n)
+            else:
+                write_pool(Path(tmp), planted_vectors(n, dim))
             found.append(peak_in_child(kind, Path(tmp)))
     items = found[1]["items"] - found[0]["items"]
     grown = [f["peak"] - f["after_imports"] for f in found]
-    bare = [f["bare"] if kind == "listing" else 4 * dim * f["items"] for f in found]
+    bare = [f["bare"] if kind in ("listing", "urls") else 4 * dim * f["items"] for f in found]
     return (grown[1] - grown[0]) / items, (bare[1] - bare[0]) / items
 
 
@@ -234,6 +272,7 @@ def main() -> None:
     balanced, _ = slope("balanced", args.sizes, args.dim)
     decontaminated, _ = slope("decontam", args.sizes, args.dim)
     listed, listed_bare = slope("listing", args.sizes, args.dim)
+    urls, url_bare = slope("urls", args.sizes, args.dim)
     per_edge, edge_bare = edge_cost(args.sizes[1], args.dim)
     print(
         f"an image deduplicated (d={args.dim}): {deduped:7,.0f} bytes; its float32 vector {vector_bare:5,.0f}; "
@@ -259,6 +298,10 @@ def main() -> None:
         f"an input listed:                 {listed:7,.0f} bytes; its path           {listed_bare:5,.0f}; "
         f"ratio {listed_bare / listed:.2f}"
     )
+    print(
+        f"a URL listed (each twice):       {urls:7,.0f} bytes; the URL             {url_bare:5,.0f}; "
+        f"ratio {url_bare / urls:.2f}"
+    )
     if args.record:
         from curation.measurements import record
 
@@ -268,6 +311,7 @@ def main() -> None:
         record("benchmarks/memory.py", "decontam.driver_bytes_per_image", decontaminated, "bytes", f"d@{args.dim}")
         record("benchmarks/memory.py", "dedup.driver_bytes_per_edge", per_edge, "bytes", "dedup")
         record("benchmarks/memory.py", "ingest.listing_bytes_per_input", listed, "bytes", "ingest")
+        record("benchmarks/memory.py", "ingest.listing_bytes_per_input", urls, "bytes", "urls")
 
 
 if __name__ == "__main__":

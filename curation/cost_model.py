@@ -124,16 +124,18 @@ def _estimate(stage: str, work: str, flops: float, fleet: Fleet, kind: str, prec
     return PlanRow(stage, work, None, gpu_hours, gpu_hours / fleet.gpus, note, basis="estimate", on_gpu=True)
 
 
-def _ingest(pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
+def _ingest(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> PlanRow:
     work = f"{pool:.3g} images decoded, checked and written"
     rate = latest(results, "ingest.images_per_s_per_worker", "ingest", "cpu")
     if rate is None:
         return _missing("ingest", work, "python benchmarks/ingest.py --record")
     row = _listing_time(_on_cpu_workers("ingest", work, pool, rate, fleet), pool, results)
-    listing = latest(results, "ingest.listing_bytes_per_input", "ingest", "cpu")
+    urls = any(source.kind == "urls" for source in config.ingest.sources)
+    listing = latest(results, "ingest.listing_bytes_per_input", "urls" if urls else "ingest", "cpu")
     if listing is None:
         return replace(row, memory_note="memory: not measured; run python benchmarks/memory.py --record")
-    why = f"the driver's listing of every input (Arrow), {listing.value:,.0f} bytes an input [{listing.cite()}]"
+    what = "every URL (deduplicated and written out for img2dataset first)" if urls else "every input"
+    why = f"the driver's listing of {what} (Arrow), {listing.value:,.0f} bytes an input [{listing.cite()}]"
     return replace(row, memory=pool * listing.value, memory_note=why)
 
 
@@ -378,7 +380,7 @@ def index_entry_bytes(dim: int, spec: IndexSpec) -> float:
 
 
 def plan(config: CurationConfig, pool: float, fleet: Fleet, results: list[Measurement]) -> list[PlanRow]:
-    rows = [_ingest(pool, fleet, results)]
+    rows = [_ingest(config, pool, fleet, results)]
     for role, spec in config.embed.models.items():
         rows.append(_embed(role, spec.name, pool, fleet, results))
     for stage, section in ((_dedup, config.dedup), (_decontam, config.decontam), (_retrieve, config.retrieve)):

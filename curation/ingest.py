@@ -35,11 +35,11 @@ from curation import decode
 from curation.decode import CleanImage, DecodeLimits, Rejection
 from curation.rundir import StageWork
 from curation.shards import ShardWriter
-from curation.sources import InputRef, Source, full_listing, read_refs, refs_of, source_for_path
+from curation.sources import URL_LIST, InputRef, Source, full_listing, read_refs, refs_of, source_for_path
 from foundation.config import Section
 from foundation.errors import CorruptInput, WorkerCrashed
 from foundation.executors import MapFn
-from foundation.files import atomic_path, concat_parquet, write_parquet
+from foundation.files import RowGroupFiles, concat_parquet, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def list_inputs(sources: list[Source], shard_size: int, out_dir: Path) -> int:
     folder = out_dir / LISTING
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    writer = ListingWriter(folder, shard_size)
+    writer = RowGroupFiles(folder, shard_size, SHARDS_PER_LISTING_FILE)
     keys = [np.zeros(0, np.uint64)]
     for source in sources:
         table = source.listing(out_dir, shard_size)
@@ -229,34 +229,6 @@ def list_inputs(sources: list[Source], shard_size: int, out_dir: Path) -> int:
     writer.close()
     _refuse_repeated_keys(np.concatenate(keys), out_dir, shard_size)
     return writer.rows
-
-
-class ListingWriter:
-    """Listing rows, as they come, into files of SHARDS_PER_LISTING_FILE shards, a row group a shard."""
-
-    def __init__(self, folder: Path, shard_size: int) -> None:
-        self.folder, self.shard_size = folder, shard_size
-        self.pending: list[pa.Table] = []
-        self.buffered = self.rows = self.files = 0
-
-    def add(self, table: pa.Table) -> None:
-        self.pending.append(table)
-        self.buffered += table.num_rows
-        while self.buffered >= self.shard_size * SHARDS_PER_LISTING_FILE:
-            self._write(self.shard_size * SHARDS_PER_LISTING_FILE)
-
-    def close(self) -> None:
-        if self.buffered:
-            self._write(self.buffered)
-
-    def _write(self, rows: int) -> None:
-        table = pa.concat_tables(self.pending)
-        with atomic_path(self.folder / f"{self.files:06d}.parquet") as tmp:
-            pq.write_table(table.slice(0, rows), tmp, row_group_size=self.shard_size)
-        self.pending = [table.slice(rows)]
-        self.buffered -= rows
-        self.rows += rows
-        self.files += 1
 
 
 def _refuse_repeated_keys(keys: np.ndarray, out_dir: Path, shard_size: int) -> None:
@@ -332,9 +304,8 @@ def _merge_parts(tasks: list[ShardTask], out_dir: Path) -> dict[str, int]:
 
 def _clean_work_files(out_dir: Path) -> None:
     """Drop what only served the work (img2dataset downloads, per-shard parts) before the rename."""
-    for name in ("download", "parts", LISTING):
+    for name in ("download", URL_LIST, "parts", LISTING):
         shutil.rmtree(out_dir / name, ignore_errors=True)
-    (out_dir / "download_urls.parquet").unlink(missing_ok=True)
 
 
 def summary_line(counts: dict[str, int]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pydantic import Field
 from curation.shards import SIDECAR_EXTENSIONS, list_members, read_members_until_error, unsafe_member_reason
 from foundation.config import Section
 from foundation.errors import ConfigError, CorruptInput
-from foundation.files import write_parquet
+from foundation.files import RowGroupFiles
 from foundation.ray_session import connect_ray
 from foundation.storage import ConfigPath, Location, open_input, read_bytes
 
@@ -283,53 +284,115 @@ class UrlSource(Section):
 
     def listing(self, work_dir: Path, shard_size: int) -> pa.Table:
         """Unsorted; `ingest.list_inputs` sorts by identity (the URL)."""
-        urls = self._read_urls()
-        unique = urls.unique()
-        unique = unique.take(pc.sort_indices(unique))
-        repeated = len(urls) - len(unique)
-        url_file = work_dir / "download_urls.parquet"
-        if not url_file.exists():
-            write_parquet(pa.table({"url": unique}), url_file)
-        listing = self._download(url_file, unique, work_dir / "download", shard_size)
-        if repeated:
-            log.warning("%d repeated URLs in %s are ingested once", repeated, self.path)
-        return listing
+        url_dir = work_dir / URL_LIST
+        if not url_dir.exists():
+            self._write_unique_urls(url_dir, shard_size)
+        return self._download(url_dir, work_dir / "download", shard_size)
 
-    def _download(self, url_file: Path, unique: pa.Array, download_dir: Path, shard_size: int) -> pa.Table:
-        """img2dataset's row for every URL, running it again over the shards whose task failed."""
+    def _write_unique_urls(self, url_dir: Path, shard_size: int) -> None:
+        """The list's URLs, sorted and each once, into `url_dir` in files of whole shards of URLs.
+        They are put in order a batch at a time through one sort index, so that the driver holds
+        the list and its order, not copies of them; the folder appears when it is complete."""
+        urls = self._read_urls()
+        order = pc.sort_indices(urls)
+        tmp = url_dir.with_name(url_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed run's
+        tmp.mkdir(parents=True)
+        files = RowGroupFiles(tmp, shard_size, max(1, URL_FILE_ROWS // shard_size))
+        last = None
+        for start in range(0, len(order), URL_BATCH):
+            batch = urls.take(order.slice(start, URL_BATCH)).combine_chunks()
+            files.add(pa.table({"url": batch.filter(_first_of_runs(batch, last))}))
+            last = batch[-1]
+        files.close()
+        os.replace(tmp, url_dir)
+        if len(urls) > files.rows:
+            log.warning("%d repeated URLs in %s are ingested once", len(urls) - files.rows, self.path)
+
+    def _download(self, url_dir: Path, download_dir: Path, shard_size: int) -> pa.Table:
+        """img2dataset's row for every URL of `url_dir`, running it again over the shards of URLs
+        whose task failed (img2dataset writes a shard's stats file last)."""
+        parts = [pq.read_metadata(part).num_rows for part in sorted(url_dir.glob("*.parquet"))]
+        urls = sum(parts)
+        if not urls:
+            return downloaded_listing(download_dir, self.kind)
         tries = self.download.shard_retries + 1
         for attempt in range(1, tries + 1):
-            run_img2dataset(url_file, download_dir, shard_size, self.download)
-            listing = downloaded_listing(download_dir, self.kind)
-            missing = unique.filter(pc.invert(pc.is_in(unique, value_set=listing["source"].combine_chunks())))
-            if not len(missing):
-                return listing
-            log.warning("%d URLs are in shards whose download task failed (try %d of %d)", len(missing), attempt, tries)
+            run_img2dataset(url_dir, download_dir, shard_size, self.download)
+            undone = sorted(set(range(-(-urls // shard_size))) - _finished_shards(download_dir))
+            if not undone:
+                return _complete_listing(download_dir, self.kind, urls)
+            log.warning("%d shards of URLs failed to download (try %d of %d)", len(undone), attempt, tries)
+        left = sum(min(shard_size, urls - shard * shard_size) for shard in undone)
+        example = _url_at(url_dir, parts, undone[0] * shard_size)
         raise CorruptInput(
-            f"img2dataset left {len(missing)} URLs of {self.path} undone (e.g. {missing[0].as_py()}): their "
-            f"shards' tasks failed {tries} times, with the errors printed above; run the same command again to "
-            "retry them (finished shards are kept)"
+            f"img2dataset left {left} URLs of {self.path} undone in {len(undone)} shards (e.g. {example}): their "
+            f"tasks failed {tries} times, with the errors printed above; run the same command again to retry "
+            "them (finished shards are kept)"
         )
 
-    def _read_urls(self) -> pa.Array:
-        """The list's non-empty URLs, as Arrow large strings."""
+    def _read_urls(self) -> pa.ChunkedArray:
+        """The list's non-empty URLs, as Arrow large strings, read a batch at a time: a billion URLs
+        are some 100 GB, and a copy of them all per step (a cast, a filter) would be as much again."""
         if not self.path.is_file():
             raise ConfigError(f"ingest source url list {self.path} does not exist")
-        if self.path.suffix == ".parquet":
-            with open_input(self.path) as handle:
-                table = pq.read_table(handle)
-            if self.url_column not in table.column_names:
+        batches = (batch.cast(pa.large_string()) for batch in self._url_batches())
+        return pa.chunked_array([batch.filter(pc.not_equal(batch, "")) for batch in batches], pa.large_string())
+
+    def _url_batches(self) -> Iterator[pa.Array]:
+        with open_input(self.path) as handle:
+            if self.path.suffix != ".parquet":
+                lines = (line.decode().strip() for line in handle)
+                yield from _arrow_strings(lines).chunks
+                return
+            urls = pq.ParquetFile(handle)
+            if self.url_column not in urls.schema_arrow.names:
                 raise ConfigError(
-                    f"{self.path} has no column {self.url_column!r} (columns: {table.column_names}); set url_column"
+                    f"{self.path} has no column {self.url_column!r} (columns: {urls.schema_arrow.names}); set url_column"
                 )
-            urls = table.column(self.url_column).combine_chunks().cast(pa.large_string())
-        else:
-            urls = _arrow_strings(line.strip() for line in self.path.read_text().splitlines()).combine_chunks()
-        return urls.filter(pc.and_kleene(pc.is_valid(urls), pc.not_equal(urls, "")))
+            for batch in urls.iter_batches(columns=[self.url_column]):
+                yield batch.column(0)
 
 
-def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: DownloadOptions) -> None:
-    """Download every URL in `url_file` into WebDataset tars under `output`, resuming finished shards.
+URL_LIST = "download_urls"  # work folder: the list's URLs, sorted, each once, as img2dataset reads them
+URL_FILE_ROWS = 10_000_000
+"""URLs a file of that list holds at most (whole shards of them): img2dataset reads each file of its
+input whole, in the driver, so a billion URLs in one file would be read at once."""
+URL_BATCH = 1 << 20  # URLs put in order, deduplicated and written at once
+
+
+def _first_of_runs(urls: pa.Array, previous: pa.Scalar | None) -> pa.Array:
+    """Whether each of sorted `urls` differs from the one before it (`previous` before the first)."""
+    first = previous is None or urls[0] != previous
+    return pa.concat_arrays([pa.array([first]), pc.not_equal(urls[1:], urls[:-1])])
+
+
+def _finished_shards(download_dir: Path) -> set[int]:
+    """The shards of URLs img2dataset finished: it writes `<shard>_stats.json` last."""
+    return {int(path.name.split("_")[0]) for path in download_dir.glob("*_stats.json")}
+
+
+def _complete_listing(download_dir: Path, kind: str, urls: int) -> pa.Table:
+    listing = downloaded_listing(download_dir, kind)
+    if listing.num_rows != urls:
+        raise CorruptInput(
+            f"img2dataset's records in {download_dir} hold {listing.num_rows} rows for {urls} URLs: the folder "
+            "holds another list's downloads; delete it and re-run"
+        )
+    return listing
+
+
+def _url_at(url_dir: Path, file_rows: list[int], row: int) -> str:
+    """The URL at `row` of the list's files."""
+    for part, rows in zip(sorted(url_dir.glob("*.parquet")), file_rows, strict=True):
+        if row < rows:
+            return pq.read_table(part)["url"][row].as_py()
+        row -= rows
+    raise IndexError(row)
+
+
+def run_img2dataset(url_list: Path, output: Path, shard_size: int, options: DownloadOptions) -> None:
+    """Download every URL in `url_list`'s files into WebDataset tars under `output`, resuming finished shards.
 
     On Ray the download is the ingest stage's own distributed work: the driver lists every input
     before any shard task starts, and a billion URLs fetched by one node's processes would take
@@ -344,7 +407,7 @@ def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: Down
     if distributor == "ray":
         connect_ray()
     download(
-        url_list=str(url_file),
+        url_list=str(url_list),
         output_folder=str(output),
         input_format="parquet",
         url_col="url",
@@ -366,24 +429,42 @@ def run_img2dataset(url_file: Path, output: Path, shard_size: int, options: Down
 
 
 def downloaded_listing(download_dir: Path, kind: str) -> pa.Table:
-    """One row per URL from img2dataset's per-shard parquet: the tar member, or the error."""
-    tables = [_refs_table([])]
-    for part in sorted(download_dir.glob("*.parquet")):
+    """One row per URL from img2dataset's per-shard parquet: the tar member, or the error. A row's
+    tar is a number into the list of tars (an Arrow dictionary), not its path again: at a billion
+    URLs the path repeated would be the listing's largest column."""
+    parts = sorted(download_dir.glob("*.parquet"))
+    columns: dict[str, list[pa.Array]] = {name: [] for name in ("source", "tar", "member", "failure", "detail")}
+    none = _large(None)
+    for number, part in enumerate(parts):
         rows = pq.read_table(part, columns=["url", "key", "status", "error_message"])  # a part's rows: strings
-        url, key, status, error = (rows[name].cast(pa.string()) for name in rows.column_names)
+        url, key, status, error = (rows[name].cast(pa.large_string()) for name in rows.column_names)
         ok = pc.fill_null(pc.equal(status, "success"), False)
         said = pc.fill_null(pc.not_equal(error, ""), False)  # the error message, else the status
-        none = pa.scalar(None, pa.string())
-        columns = {
-            "source": url,
-            "identity": url,
-            "container": pc.if_else(ok, str(part.with_suffix(".tar")), none),
-            "member": pc.if_else(ok, pc.binary_join_element_wise(key, ".jpg", ""), none),
-            "failure": pc.if_else(ok, none, DOWNLOAD_FAILED),
-            "detail": pc.if_else(ok, none, pc.if_else(said, error, status)),
+        columns["source"].append(url)
+        columns["tar"].append(pc.if_else(ok, pa.scalar(number, pa.int32()), pa.scalar(None, pa.int32())))
+        columns["member"].append(pc.if_else(ok, pc.binary_join_element_wise(key, _large(".jpg"), _large("")), none))
+        columns["failure"].append(pc.if_else(ok, none, _large(DOWNLOAD_FAILED)))
+        columns["detail"].append(pc.if_else(ok, none, pc.if_else(said, error, status)))
+    source, member, failure, detail = (
+        pa.chunked_array(columns[name], pa.large_string()) for name in ("source", "member", "failure", "detail")
+    )
+    tars = pa.array([str(part.with_suffix(".tar")) for part in parts], pa.large_string())
+    numbers = pa.chunked_array(columns["tar"], pa.int32()).combine_chunks()
+    container = pa.DictionaryArray.from_arrays(numbers, tars)
+    return pa.table(
+        {
+            "source": source,
+            "identity": source,
+            "container": container,
+            "member": member,
+            "failure": failure,
+            "detail": detail,
         }
-        tables.append(pa.table({name: column.cast(pa.large_string()) for name, column in columns.items()}))
-    return pa.concat_tables(tables)
+    )
+
+
+def _large(text: str | None) -> pa.Scalar:
+    return pa.scalar(text, pa.large_string())
 
 
 def _refs_table(refs: list[InputRef]) -> pa.Table:

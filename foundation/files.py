@@ -62,3 +62,34 @@ def concat_parquet(parts: list[Path], path: str | Path, schema: pa.Schema) -> in
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+class RowGroupFiles:
+    """Tables, as they come, into numbered parquet files of `groups_per_file` row groups of
+    `group_rows` rows each (the last file short): a reader finds row r in file r // (group_rows ·
+    groups_per_file), and the writer holds at most one file's rows."""
+
+    def __init__(self, folder: Path, group_rows: int, groups_per_file: int) -> None:
+        self.folder, self.group_rows = folder, group_rows
+        self.file_rows = group_rows * groups_per_file
+        self.pending: list[pa.Table] = []
+        self.buffered = self.rows = self.files = 0
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.buffered += table.num_rows
+        while self.buffered >= self.file_rows:
+            self._write(self.file_rows)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._write(self.buffered)
+
+    def _write(self, rows: int) -> None:
+        table = pa.concat_tables(self.pending)
+        with atomic_path(self.folder / f"{self.files:06d}.parquet") as tmp:
+            pq.write_table(table.slice(0, rows), tmp, row_group_size=self.group_rows)
+        self.pending = [table.slice(rows)]
+        self.buffered -= rows
+        self.rows += rows
+        self.files += 1

@@ -12,6 +12,7 @@ import pytest
 from curation import cost_model, measurements
 from curation.measurements import Measurement, latest, load
 from curation.run_config import CurationConfig
+from curation.sources import FolderSource
 from foundation.config import load_config
 from foundation.errors import ConfigError
 
@@ -166,7 +167,7 @@ def test_cpu_rates_are_per_machine_and_spread_over_cores(config):
 
 
 def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config):
-    """Ingest's listing per input; the dedup driver measured at one width with IVF-PQ: its bytes
+    """Ingest's listing per input (a URL source's, for lvd142m's URL list); the dedup driver measured at one width with IVF-PQ: its bytes
     beyond the index entry carry over, each stage's own index entry (kind, role's width) and its
     largest training sample are added; dedup adds its graph, at least the paper's 1.2B -> 1.1B
     removed images' edges; retrieve's and decontam's own measurements replace dedup's once there are."""
@@ -178,9 +179,14 @@ def test_stages_that_hold_the_whole_pool_in_one_process_state_its_memory(config)
         _m("dedup.driver_bytes_per_image", 128 / 16 + 8 + 90, "d@128", device="cpu", cores=2),
         _m("ingest.images_per_s_per_worker", 1000, "ingest", device="cpu", cores=2),
         _m("ingest.listing_bytes_per_input", 300, "ingest", device="cpu", cores=2),
+        _m("ingest.listing_bytes_per_input", 500, "urls", device="cpu", cores=2),
     ]
     rows = {r.stage: r for r in cost_model.plan(config, 1e9, fleet, results)}
-    assert rows["ingest"].memory == pytest.approx(1e9 * 300)
+    assert rows["ingest"].memory == pytest.approx(1e9 * 500) and "every URL" in rows["ingest"].memory_note
+    folders = config.model_copy(
+        update={"ingest": config.ingest.model_copy(update={"sources": [FolderSource(path="/crawl")]})}
+    )
+    assert next(r for r in cost_model.plan(folders, 1e9, fleet, results) if r.stage == "ingest").memory == 1e9 * 300
     samples = {"dedup": 1e6, "decontam": 1e6, "retrieve": 256 * 100_000}  # lvd142m: train_size, and 100K clusters
     for stage, section in {"dedup": config.dedup, "decontam": config.decontam, "retrieve": config.retrieve}.items():
         dim = cost_model._model(config.embed.models[section.role].name)[1]

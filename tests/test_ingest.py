@@ -185,12 +185,16 @@ def test_the_listing_gives_each_shard_its_sorted_inputs_in_a_row_group(tmp_path,
 def test_a_shard_of_urls_whose_task_fails_is_retried_reported_and_finished_by_a_rerun(
     served_crawl, pool_truth, tmp_path, monkeypatch
 ):
-    """img2dataset's task for the second of four shards of URLs cannot open its tar (a folder is in
-    its way): it runs 1 + shard_retries times, then the stage stops with a one-line error naming
-    its 10 URLs. The same command, once the way is clear, downloads that shard alone and ingests
+    """img2dataset's task for the second of four shards of URLs (a list of 40, each twice, in files
+    of two shards) cannot open its tar (a folder is in its way): it runs 1 + shard_retries times,
+    then the stage stops with a one-line error naming its 10 URLs and the first of them. The same command, once the way is clear, downloads that shard alone and ingests
     all 40 URLs, leaving the other shards' tars as the first run wrote them."""
     ok = [row for row in pool_truth if row["http"] == "ok"][:40]
-    pq.write_table(pa.table({"url": [row["url"] for row in ok]}), tmp_path / "urls.parquet")
+    urls = [row["url"] for row in ok]
+    listed = [urls[i] for i in np.random.default_rng(0).permutation(80) % 40]  # each twice, shuffled
+    pq.write_table(pa.table({"url": listed}), tmp_path / "urls.parquet")
+    monkeypatch.setattr(sources, "URL_BATCH", 7)  # sorted 7 at a time: repeats straddle batches
+    monkeypatch.setattr(sources, "URL_FILE_ROWS", 20)  # two shards of URLs a file for img2dataset
     url_source = (
         f"[{{kind: urls, path: {tmp_path / 'urls.parquet'}, download: {{processes_count: 1, shard_retries: 1}}}}]"
     )
@@ -208,7 +212,8 @@ def test_a_shard_of_urls_whose_task_fails_is_retried_reported_and_finished_by_a_
 
     monkeypatch.setattr(sources, "run_img2dataset", in_the_way_until_cleared)
     cleared = False
-    with pytest.raises(CorruptInput, match=r"left 10 URLs .* failed 2 times.*run the same command again"):
+    second_shard = re.escape(sorted(urls)[10])
+    with pytest.raises(CorruptInput, match=rf"left 10 URLs .* in 1 shards \(e.g. {second_shard}\): .* failed 2 times"):
         ingest(served_crawl, tmp_path / "run", *overrides)
     assert len(calls) == 2
     cleared = True
