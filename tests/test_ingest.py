@@ -221,3 +221,14 @@ def test_a_shard_of_urls_whose_task_fails_is_retried_reported_and_finished_by_a_
     assert len(calls) == 3
     assert calls[0][0] == [] and calls[0][1] == calls[1][0] == calls[1][1] == calls[2][0] == calls[2][1]
     check_accounting(tmp_path / "run", ok, lambda row: row["url"], over_http=True)
+
+
+def test_a_url_list_is_read_from_parquet_or_text_without_its_empty_entries(tmp_path):
+    urls = ["http://a/1.jpg", "", None, "http://b/2.jpg"]
+    pq.write_table(pa.table({"link": urls, "caption": ["x"] * 4}), tmp_path / "urls.parquet")
+    (tmp_path / "urls.txt").write_text("http://a/1.jpg\n\n  http://b/2.jpg  \n")
+    expected = ["http://a/1.jpg", "http://b/2.jpg"]
+    assert sources.UrlSource(path=tmp_path / "urls.parquet", url_column="link")._read_urls().to_pylist() == expected
+    assert sources.UrlSource(path=tmp_path / "urls.txt")._read_urls().to_pylist() == expected
+    with pytest.raises(ConfigError, match=r"has no column 'url' \(columns: \['link', 'caption'\]\); set url_column"):
+        sources.UrlSource(path=tmp_path / "urls.parquet")._read_urls()
