@@ -30,12 +30,12 @@ class Thumbnails:
         index_path = self.root / "index.parquet"
         if not keys or not index_path.exists():
             return {}
-        wanted = pa.array(sorted(set(keys)), pa.string())
+        wanted = pa.array(set(keys), pa.string())
         found = [
             batch.filter(pc.is_in(batch["key"].cast(pa.string()), value_set=wanted))
             for batch in pq.ParquetFile(index_path).iter_batches(columns=["key", *LOCATION])
         ]
-        rows = pa.Table.from_batches(found).sort_by("key").to_pylist() if found else []
+        rows = pa.Table.from_batches(found).to_pylist() if found else []
         members = [(self.root / f"{r['shard']:06d}.tar", f"{r['key']}.jpg", r["offset"], r["bytes"]) for r in rows]
         return {r["key"]: thumbnail_uri(jpeg) for r, jpeg in zip(rows, read_each_at(members), strict=True)}
 

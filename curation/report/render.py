@@ -149,11 +149,7 @@ def _largest_duplicate_groups(removed_path: Path) -> list[tuple[str, list[dict[s
     removed = pq.read_table(removed_path, columns=["key", "kept_key", "similarity"])
     counts = removed.group_by("kept_key").aggregate([("key", "count")])
     largest = counts.sort_by([("key_count", "descending"), ("kept_key", "ascending")])["kept_key"][:DUPLICATE_GROUPS]
-    members = removed.filter(pc.is_in(removed["kept_key"], value_set=largest.combine_chunks())).sort_by("key")
-    by_kept: dict[str, list[dict[str, Any]]] = {kept: [] for kept in largest.to_pylist()}
-    for row in members.to_pylist():
-        by_kept[row["kept_key"]].append(row)
-    return [(kept, rows[:DUPLICATES_PER_GROUP]) for kept, rows in by_kept.items()]
+    return _first_rows(removed, "kept_key", largest.combine_chunks(), [("key", "ascending")], DUPLICATES_PER_GROUP)
 
 
 def _first_queries(selected_path: Path) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -162,12 +158,20 @@ def _first_queries(selected_path: Path) -> list[tuple[str, list[dict[str, Any]]]
     selected = pq.read_table(selected_path, columns=["key", "query_key", "similarity"])
     queries = pc.unique(selected["query_key"])
     queries = queries.take(pc.sort_indices(queries))[:QUERIES_PER_ROW]
-    chosen = selected.filter(pc.is_in(selected["query_key"], value_set=queries))
-    chosen = chosen.sort_by([("query_key", "ascending"), ("similarity", "descending"), ("key", "ascending")])
-    by_query: dict[str, list[dict[str, Any]]] = {query: [] for query in queries.to_pylist()}
+    order = [("similarity", "descending"), ("key", "ascending")]
+    return _first_rows(selected, "query_key", queries, order, NEIGHBOURS_PER_QUERY)
+
+
+def _first_rows(
+    table: pa.Table, column: str, values: pa.Array, order: list[tuple[str, str]], limit: int
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """For each of `values`, in their order, its first `limit` rows of `table` (where `column` holds
+    it) by `order`: only those values' rows become Python objects."""
+    chosen = table.filter(pc.is_in(table[column], value_set=values)).sort_by(order)
+    grouped: dict[str, list[dict[str, Any]]] = {value: [] for value in values.to_pylist()}
     for row in chosen.to_pylist():
-        by_query[row["query_key"]].append(row)
-    return [(query, rows[:NEIGHBOURS_PER_QUERY]) for query, rows in by_query.items()]
+        grouped[row[column]].append(row)
+    return [(value, rows[:limit]) for value, rows in grouped.items()]
 
 
 def _closest_hits(removed_path: Path) -> list[dict[str, Any]]:
